@@ -81,6 +81,35 @@ def write_shard(path, tokens, fmt="bin"):
     fsync_dir(path.parent)
 
 
+def write_bin_chunks(path, chunks):
+    """Write a .bin shard from an iterable of token arrays, atomically, never holding it whole.
+
+    The header's token count is only known at the end, so it is written last (seek back), before
+    the fsync and rename. The temporary name carries host and pid: writers on different nodes of
+    a shared file system never collide. Returns the number of tokens.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.uname().nodename}-{os.getpid()}")
+    num_tokens = 0
+    try:
+        with open(tmp, "wb") as f:
+            f.write(bytes(HEADER_BYTES))
+            for tokens in chunks:
+                tokens = as_tokens(tokens)
+                f.write(tokens.tobytes())
+                num_tokens += len(tokens)
+            f.seek(0)
+            f.write(bin_header(num_tokens).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # bad input upstream, Ctrl-C: leave no temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return num_tokens
+
+
 def fsync_dir(directory):
     """Make a rename durable (POSIX: the directory entry lives in the directory's own data)."""
     fd = os.open(directory, os.O_RDONLY)

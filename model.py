@@ -1,0 +1,498 @@
+"""GPT-2, readable top to bottom.
+
+The module layout and parameter names follow OpenAI's GPT-2 as Hugging Face stores it
+(transformer.wte, transformer.h.0.attn.c_attn, ..., lm_head), so loading OpenAI's weights and
+exporting back to a `GPT2LMHeadModel` folder is a name-for-name copy (plus a transpose: HF keeps
+these layers as Conv1D, whose weight is the transpose of nn.Linear's).
+
+References:
+1) OpenAI's GPT-2 TensorFlow code: https://github.com/openai/gpt-2/blob/master/src/model.py
+2) nanoGPT: https://github.com/karpathy/nanoGPT/blob/master/model.py
+"""
+
+import inspect
+import math
+import os
+import socket
+from dataclasses import asdict, dataclass, fields, replace
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # maximum context length
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 (faster matmuls)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # 0 for pretraining; try 0.1+ for fine-tuning
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
+
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a dict (e.g. a checkpoint's config["model"]); unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# The four OpenAI GPT-2 sizes, plus a tiny one for tests. 50304 = 50257 padded (see above).
+MODEL_CONFIGS = {
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "tiny": GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=4, n_embd=64),
+}
+MODEL_ALIASES = {"124m": "gpt2", "350m": "gpt2-medium", "774m": "gpt2-large", "1558m": "gpt2-xl"}
+
+
+def get_config(name, **overrides):
+    """A fresh GPTConfig for a named size ("gpt2", "124m", "tiny", ...), with field overrides."""
+    key = MODEL_ALIASES.get(name.lower(), name.lower())
+    if key not in MODEL_CONFIGS:
+        choices = ", ".join(list(MODEL_CONFIGS) + list(MODEL_ALIASES))
+        raise ValueError(f"unknown model size {name!r}: choose one of {choices}")
+    return replace(MODEL_CONFIGS[key], **overrides)
+
+
+def unwrap(model):
+    """The plain GPT inside DDP (.module) and/or torch.compile (._orig_mod) wrappers.
+
+    Save, evaluate and generate with unwrap(model): its state_dict keys carry no `module.` or
+    `_orig_mod.` prefixes, and it runs eagerly (generation's ever-changing shapes would make
+    a compiled model recompile).
+    """
+    while True:
+        if isinstance(getattr(model, "module", None), nn.Module):  # DistributedDataParallel
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for incremental decoding.
+
+    One buffer per layer of shape (B, n_head, max_len, head_dim), allocated on first use with the
+    keys' dtype and device (so it follows autocast). `pos` counts the positions already stored.
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.n_layer, self.max_len = n_layer, max_len
+        self.k = [None] * n_layer
+        self.v = [None] * n_layer
+        self.pos = 0
+
+    def update(self, layer, k, v):
+        """Store the new keys/values (B, nh, T, hs) of `layer`; return all of them so far."""
+        B, nh, T, hs = k.shape
+        if self.pos + T > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos} + {T} positions > max_len {self.max_len}")
+        if self.k[layer] is None:
+            self.k[layer] = k.new_empty(B, nh, self.max_len, hs)
+            self.v[layer] = v.new_empty(B, nh, self.max_len, hs)
+        end = self.pos + T
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        # query, key, value projections for all heads, in one batched matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # output projection: writes into the residual stream (see the scaled init in GPT)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, kv_cache=None, layer=0):
+        B, T, C = x.size()  # batch, sequence length, embedding dim
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, nh, T, hs): heads become a batch dimension
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        start = 0
+        if kv_cache is not None:
+            start = kv_cache.pos
+            k, v = kv_cache.update(layer, k, v)  # now (B, nh, start + T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if start == 0:
+            # plain causal attention (flash attention on GPU)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:
+            # one new token attends to every cached position: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            # T new tokens after `start` cached ones: query i sees keys 0 .. start + i
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config=None):
+        super().__init__()
+        config = config or GPTConfig()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (as GPT-2): the output layer reuses the token embedding matrix
+        self.transformer.wte.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2 paper: scale the weights of residual projections by 1/sqrt(N), N = the number of
+        # residual additions = 2 per layer (attention and MLP), so the stream's variance stays ~1
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=False):
+        """Number of parameters (the tied embedding/output matrix counted once).
+
+        non_embedding=True leaves out the position embeddings (as nanoGPT does: the token
+        embeddings stay in because, tied, they are also the output layer's weights).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token (forward + backward) for MFU, as in PaLM appendix B / nanoGPT:
+        6N for the matmuls with the weights, plus 12*L*H*Q*T for attention scores and values."""
+        cfg = self.config
+        T = seq_len or cfg.block_size
+        L, H, Q = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head
+        return 6 * self.num_params(non_embedding=True) + 12 * L * H * Q * T
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx: (B, T) token ids -> (logits (B, T, vocab_size), loss or None).
+
+        With `targets` (B, T) the loss is the mean cross-entropy over positions whose target is
+        not -1. With a KVCache, idx holds only the new tokens, which sit at positions
+        kv_cache.pos, kv_cache.pos + 1, ...; the cache is advanced past them.
+        """
+        B, T = idx.size()
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the model's context "
+                f"(block_size {self.config.block_size})"
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, i)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    def configure_optimizer(
+        self,
+        weight_decay=0.1,
+        learning_rate=6e-4,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        device_type="cpu",
+        verbose=True,
+    ):
+        """AdamW with weight decay on the matrices and embeddings (dim >= 2) only: biases and
+        LayerNorm gains are not decayed. Fused kernel on CUDA when available, else foreach."""
+        params = [p for p in self.parameters() if p.requires_grad]  # tied weight listed once
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        use_fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        kind = {"fused": True} if use_fused else {"foreach": True}
+        if verbose:
+            print(
+                f"optimizer: {len(decay)} decayed tensors ({sum(p.numel() for p in decay):,} params), "
+                f"{len(no_decay)} non-decayed ({sum(p.numel() for p in no_decay):,} params); "
+                f"AdamW {'fused' if use_fused else 'foreach'}"
+            )
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kind)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx,
+        max_new_tokens,
+        temperature=1.0,
+        top_k=None,
+        generator=None,
+        use_kv_cache=True,
+        vocab_size=None,
+    ):
+        """Continue the prompts idx (B, T) by max_new_tokens sampled tokens; returns (B, T + n).
+
+        temperature 0 means greedy. top_k keeps the k most likely tokens. `generator` (a seeded
+        torch.Generator) makes samples reproducible. `vocab_size` forbids ids >= vocab_size (the
+        padding rows of a padded vocabulary, or a char vocabulary smaller than the model's).
+        With use_kv_cache each step feeds only the new token; the tokens equal those of the
+        recompute path. Once the sequence outgrows block_size, the context is cropped to the last
+        block_size tokens and recomputed every step (positions shift, so the cache cannot serve).
+        """
+        was_training = self.training
+        self.eval()
+        block_size = self.config.block_size
+        cache = KVCache(self.config.n_layer, block_size) if use_kv_cache else None
+        for _ in range(max_new_tokens):
+            if cache is not None and idx.size(1) <= block_size:
+                logits, _ = self(idx[:, cache.pos :], kv_cache=cache)  # only the unseen tokens
+            else:
+                logits, _ = self(idx[:, -block_size:])
+            logits = logits[:, -1, :].float()
+            if vocab_size is not None and vocab_size < logits.size(-1):
+                logits[:, vocab_size:] = -float("inf")
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                probs = F.softmax(logits, dim=-1)
+                if generator is not None and generator.device != probs.device:
+                    probs = probs.to(generator.device)  # sample where the generator lives
+                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, idx_next.to(idx.device)), dim=1)
+        self.train(was_training)
+        return idx
+
+    # ---------------------------------------------------------------------------------------
+    # Hugging Face interop: OpenAI's weights in, any checkpoint out.
+
+    # HF's GPT-2 keeps these as Conv1D layers, whose weight is (in, out): transpose vs nn.Linear
+    _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir):
+        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl, or 124m..1558m), any hub id of
+        a GPT-2 model, or a local folder written by save_pretrained / export_hf."""
+        hf = _load_hf_gpt2(str(name_or_dir))
+        c = hf.config
+        if c.activation_function != "gelu_new" or getattr(c, "n_inner", None) not in (None, 4 * c.n_embd):
+            raise ValueError(f"{name_or_dir!r} is not a standard GPT-2 (activation/width differ)")
+        config = GPTConfig(
+            block_size=c.n_positions,
+            vocab_size=c.vocab_size,  # 50257 for OpenAI's: exact, not padded
+            n_layer=c.n_layer,
+            n_head=c.n_head,
+            n_embd=c.n_embd,
+            dropout=0.0,
+            bias=True,
+        )
+        model = cls(config)
+        sd_hf = hf.state_dict()
+        sd = model.state_dict()
+        with torch.no_grad():
+            for k, p in sd.items():
+                src = sd_hf.get(k)
+                if src is None and k == "lm_head.weight":
+                    src = sd_hf["transformer.wte.weight"]  # tied
+                if src is None:
+                    raise ValueError(f"{name_or_dir!r}: no weight {k!r} in the Hugging Face model")
+                if k.endswith(cls._CONV1D):
+                    src = src.t()
+                if src.shape != p.shape:
+                    raise ValueError(f"{name_or_dir!r}: {k} has shape {tuple(src.shape)}, expected {tuple(p.shape)}")
+                p.copy_(src)
+        return model
+
+    def export_hf(self, out_dir, vocab_size=50257):
+        """Write a transformers GPT2LMHeadModel folder (config.json + weights).
+
+        A padded vocabulary is cropped to `vocab_size` rows (50257, GPT-2's, by default; a model
+        with fewer rows keeps its own).
+        """
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = self.config
+        if not cfg.bias:
+            raise ValueError("export_hf: GPT2LMHeadModel has biases; this model has bias=False")
+        vocab_size = min(vocab_size, cfg.vocab_size)
+        eot = 50256 if vocab_size == 50257 else None  # GPT-2's <|endoftext|>; none for others
+        hf_config = GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=cfg.block_size,
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            activation_function="gelu_new",
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout,
+            layer_norm_epsilon=1e-5,
+            tie_word_embeddings=True,
+            bos_token_id=eot,
+            eos_token_id=eot,
+        )
+        hf = GPT2LMHeadModel(hf_config)
+        sd_hf = hf.state_dict()
+        with torch.no_grad():
+            for k, v in unwrap(self).state_dict().items():
+                if k not in sd_hf:
+                    continue
+                v = v.detach().to("cpu", torch.float32)
+                if k in ("transformer.wte.weight", "lm_head.weight"):
+                    v = v[:vocab_size]
+                if k.endswith(self._CONV1D):
+                    v = v.t()
+                sd_hf[k].copy_(v)
+        hf.save_pretrained(out_dir)
+        return out_dir
+
+
+def _load_hf_gpt2(name_or_dir):
+    """transformers' GPT2LMHeadModel from a local folder, the local HF cache, or the hub.
+
+    Offline, transformers retries the hub for ~25 s before failing; we look in the cache first
+    and probe the hub once, so a missing model fails in a second with one clear line.
+    """
+    from transformers import GPT2LMHeadModel
+
+    hub_id = MODEL_ALIASES.get(name_or_dir.lower(), name_or_dir)
+
+    def fail(reason):
+        raise ValueError(
+            f"could not load GPT-2 weights {hub_id!r} ({reason}): put a local copy (a folder "
+            f"written by save_pretrained or export_hf) and pass its path, or go online"
+        ) from None
+
+    def short(e):
+        return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
+
+    looks_local = os.path.isdir(hub_id) or hub_id.startswith((".", "/", "~")) or hub_id.count("/") > 1
+    if looks_local:
+        if not os.path.isdir(os.path.expanduser(hub_id)):
+            fail("no such folder")
+        try:
+            return GPT2LMHeadModel.from_pretrained(os.path.expanduser(hub_id))
+        except Exception as e:
+            fail(short(e))
+    try:
+        return GPT2LMHeadModel.from_pretrained(hub_id, local_files_only=True)  # the HF cache
+    except Exception:
+        pass
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        fail("not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    if not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        host = urlparse(constants.ENDPOINT).hostname
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+        except OSError as e:
+            fail(f"not in the Hugging Face cache and {host} is unreachable: {e}")
+    try:
+        return GPT2LMHeadModel.from_pretrained(hub_id)
+    except Exception as e:
+        fail(short(e))
+
+
+def main(argv=None):
+    """python model.py export-hf CHECKPOINT OUT_DIR [--vocab-size N]: a train_gpt2.py checkpoint
+    (or a run folder: its newest) as a Hugging Face GPT2LMHeadModel folder."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description="Export a checkpoint to a Hugging Face GPT-2 folder")
+    sub = p.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export-hf", help="write a GPT2LMHeadModel folder (config.json + weights)")
+    exp.add_argument("checkpoint", help="a ckpt_*.pt file, or a run folder (its newest checkpoint)")
+    exp.add_argument("out_dir")
+    exp.add_argument("--vocab-size", type=int, default=None,
+                     help="rows to keep (default: the tokenizer's, from the checkpoint's shards; "
+                          "else 50257)")
+    args = p.parse_args(argv)
+    from sample import load_checkpoint_model
+
+    try:
+        model, data_dir = load_checkpoint_model(args.checkpoint)
+        vocab_size = args.vocab_size
+        if vocab_size is None:
+            vocab_size = 50257
+            if data_dir and os.path.isdir(data_dir):
+                from pipeline.tokenizer import load_tokenizer
+
+                vocab_size = load_tokenizer(data_dir).vocab_size
+        model.export_hf(args.out_dir, vocab_size=vocab_size)
+    except (ValueError, RuntimeError) as e:
+        print(f"model.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out_dir} (GPT2LMHeadModel, vocab {min(vocab_size, model.config.vocab_size)}); "
+          f"load it with transformers, or: python sample.py --model {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

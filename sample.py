@@ -1,0 +1,174 @@
+"""Generate text from a training checkpoint or from OpenAI's GPT-2.
+
+    python sample.py --checkpoint runs/gpt2/ckpt_0019073.pt --prompt "Hello, I'm a language model,"
+    python sample.py --checkpoint runs/shakespeare-char          # newest checkpoint in a run folder
+    python sample.py --model gpt2 --num-samples 5 --top-k 50      # OpenAI's weights (hub id or folder)
+
+A checkpoint is decoded with the tokenizer its shards were made with (GPT-2 BPE or char-level):
+the checkpoint's config names the shard folder; --tokenizer overrides it (e.g. when the shards
+are not on this machine). Sampling uses a KV cache, so each new token costs one position, not the
+whole prefix. The same --seed gives the same samples.
+"""
+
+import argparse
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from model import GPT, GPTConfig
+
+
+def find_checkpoint(path):
+    """A checkpoint file, or the newest ckpt_*.pt in a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("ckpt_*.pt"))
+        if not found:
+            raise ValueError(f"{path}: no ckpt_*.pt checkpoint in this folder")
+        return found[-1]
+    if not path.exists():
+        raise ValueError(f"{path}: no such checkpoint")
+    return path
+
+
+def load_checkpoint_model(path, device="cpu"):
+    """(model, shard folder or None) from a checkpoint written by train_gpt2.py."""
+    path = find_checkpoint(path)
+    try:
+        # mmap: only the model's tensors are read, not the optimizer state. weights_only=False:
+        # our checkpoints also hold RNG states and plain Python objects (only load trusted files).
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model" not in ckpt.get("config", {}):
+        raise ValueError(f"{path}: not a train_gpt2.py checkpoint (needs 'model' and config['model'])")
+    config = GPTConfig.from_dict(ckpt["config"]["model"])
+    config.dropout = 0.0
+    model = GPT(config)
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: the weights do not fit its config['model']: {detail}") from None
+    data = ckpt["config"].get("data")
+    return model.to(device), (str(data) if data else None)
+
+
+def load(checkpoint=None, model_name=None, tokenizer=None, device="cpu"):
+    """(model in eval mode, tokenizer) for a checkpoint or a Hugging Face GPT-2."""
+    from pipeline.tokenizer import load_tokenizer
+
+    if checkpoint is not None:
+        model, data_dir = load_checkpoint_model(checkpoint, device)
+        if tokenizer is None:
+            if data_dir is None or not Path(data_dir).is_dir():
+                raise ValueError(
+                    f"{checkpoint}: the shard folder it was trained on ({data_dir}) is not here, so "
+                    f"its tokenizer is unknown: pass --tokenizer gpt2 or --tokenizer SHARD_DIR"
+                )
+            tokenizer = data_dir
+    else:
+        model = GPT.from_pretrained(model_name).to(device)
+        tokenizer = tokenizer or "gpt2"
+    try:
+        tok = load_tokenizer(tokenizer)
+    except RuntimeError as e:  # e.g. GPT-2's BPE files neither cached nor downloadable
+        raise ValueError(str(e)) from None
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model only "
+            f"{model.config.vocab_size}: wrong --tokenizer?"
+        )
+    return model.eval(), tok
+
+
+def prompt_tokens(tok, prompt):
+    """Token ids of the prompt. An empty prompt starts from GPT-2's end-of-text token (as an
+    unconditional sample does), or from a newline for a char vocabulary (which has no EOT)."""
+    if prompt:
+        return tok.encode(prompt)
+    if tok.eot is not None:
+        return [tok.eot]
+    try:
+        return tok.encode("\n")
+    except ValueError:  # no newline in this char vocabulary
+        return [0]
+
+
+def generate_samples(model, tok, prompt="", num_samples=1, max_new_tokens=100, temperature=1.0,
+                     top_k=None, seed=1337, device="cpu", use_kv_cache=True):
+    """Sampled texts (prompt + continuation), cut at the first generated end-of-text token."""
+    ids = prompt_tokens(tok, prompt)
+    if max(ids) >= model.config.vocab_size:
+        raise ValueError(f"prompt token {max(ids)} is outside the model's vocabulary")
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    with amp:
+        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                             generator=generator, use_kv_cache=use_kv_cache,
+                             vocab_size=tok.vocab_size)
+    texts = []
+    for row in out.tolist():
+        new = row[len(ids):]
+        if tok.eot is not None and tok.eot in new:
+            new = new[: new.index(tok.eot)]
+        shown = ids if prompt else []  # an empty prompt's start token is not part of the text
+        texts.append(tok.decode(shown + new))
+    return texts
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a ckpt_*.pt file, or a run folder (its newest checkpoint)")
+    src.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, a hub id, or a local "
+                                     "Hugging Face GPT-2 folder (e.g. one written by export_hf)")
+    p.add_argument("--tokenizer", default=None,
+                   help="gpt2 or a shard folder (default: the checkpoint's shards; gpt2 for --model)")
+    p.add_argument("--prompt", default="",
+                   help="text to continue; FILE:path reads it from a file (default: unconditional)")
+    p.add_argument("--num-samples", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50, help="0 = no top-k filtering")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute the prefix every token")
+    args = p.parse_args(argv)
+    for flag in ("num_samples", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.temperature < 0:
+        p.error("--temperature must be >= 0")
+    if args.prompt.startswith("FILE:"):
+        try:
+            args.prompt = Path(args.prompt[5:]).read_text(encoding="utf-8")
+        except OSError as e:
+            p.error(f"--prompt {args.prompt}: {e}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model, tok = load(args.checkpoint, args.model, args.tokenizer, args.device)
+        print(f"{args.checkpoint or args.model}: {model.num_params():,} parameters, "
+              f"tokenizer {tok.name}, device {args.device}", file=sys.stderr)
+        texts = generate_samples(model, tok, args.prompt, args.num_samples, args.max_new_tokens,
+                                 args.temperature, args.top_k or None, args.seed, args.device,
+                                 use_kv_cache=not args.no_kv_cache)
+    except ValueError as e:
+        print(f"sample.py: error: {e}", file=sys.stderr)
+        return 2
+    for i, text in enumerate(texts):
+        print(f"---------- sample {i + 1} ----------")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

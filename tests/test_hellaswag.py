@@ -1,0 +1,320 @@
+"""HellaSwag: data checks, both rendering styles, scoring, HF vs our GPT, 2 ranks, export.
+
+Offline and on CPU. The models are random and tiny except for the output layer, which keeps
+GPT-2's 50257-token vocabulary because the examples are GPT-2 tokens.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hellaswag
+from hellaswag import HellaSwagUnavailable, evaluate, render_example
+from pipeline.tokenizer import get_gpt2_encoding
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data" / "hellaswag_format"
+DEAD_URL = "http://127.0.0.1:9/hellaswag_val.jsonl"  # the discard port: refused at once, offline-safe
+
+
+def example(ctx_a, ctx_b, endings, label, activity_label="Roof shingle removal"):
+    return {"ind": 0, "activity_label": activity_label, "ctx_a": ctx_a, "ctx_b": ctx_b,
+            "ctx": (ctx_a + " " + ctx_b).strip(), "split": "val", "split_type": "indomain",
+            "label": label, "endings": endings, "source_id": "test"}
+
+
+ROOF = example("A man is sitting on a roof.", "he",
+               ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
+                "is holding a rubik's cube.", "starts pulling up roofing on a roof."], 3)
+# WikiHow-style, with the bracket artefacts the harness cleans up
+WIKIHOW = example("[header] How to dye your hair [title] Choose a color.", "[step] pick",
+                  ["a shade close to your own. [substeps] Lighter is easier.", "[title] Buy a kit.",
+                   "the darkest one you can find.", "nothing at all."], 0,
+                  activity_label="Personal Care and Style")
+WRITTEN = [
+    ROOF,
+    WIKIHOW,
+    example("A lady walks to a barbell. She bends down and grabs the pole.", "the Lady",
+            ["swings and lands in her arms.", "pulls the barbell forward.",
+             "pulls a rope attached to the barbell.", "stands and lifts the weight over her head."],
+            3, activity_label="Clean and jerk"),
+    example("Two kids play in a yard.", "",
+            ["run.", "they throw a ball back and forth for a long while.", "sit.", "the dog barks."], 1,
+            activity_label="Playing catch"),
+    example("A chef slices onions on a board.", "she",
+            ["adds them to a pan.", "flies away.", "sings.", "is cooking dinner for her family tonight."], 0,
+            activity_label="Cooking"),
+]
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_gpt2_encoding()
+
+
+@pytest.fixture(scope="module")
+def examples():
+    """The test's own examples, plus the real ones in ../shared when that folder is present."""
+    extra = []
+    if SHARED.is_dir():
+        for split in ("val", "train"):
+            extra += hellaswag.load_examples(SHARED / f"hellaswag_{split}.jsonl")
+    return WRITTEN + extra
+
+
+@pytest.fixture(scope="module")
+def data_file(examples, tmp_path_factory):
+    path = tmp_path_factory.mktemp("hs") / "val.jsonl"
+    path.write_text("".join(json.dumps(ex) + "\n" for ex in examples))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A random GPT2LMHeadModel folder; a wide init so the predictions are not all 'shortest'."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                        initializer_range=0.2)
+    path = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# data
+
+
+def test_load_local_file_limit_and_malformed(tmp_path, data_file, examples):
+    assert hellaswag.load_examples(data_file) == examples
+    assert hellaswag.load_examples(data_file, limit=2) == examples[:2]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(ROOF) + "\n" + json.dumps({**ROOF, "endings": ["only one"]}) + "\n")
+    with pytest.raises(HellaSwagUnavailable, match=r"bad\.jsonl:2: not a HellaSwag example"):
+        hellaswag.load_examples(bad)
+    with pytest.raises(HellaSwagUnavailable, match="no such file"):
+        hellaswag.load_examples(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} absent (shared real-data folder)")
+def test_shared_format_files():
+    val = hellaswag.load_examples(SHARED / "hellaswag_val.jsonl")
+    assert [ex["ind"] for ex in val] == [24, 92] and [ex["label"] for ex in val] == [3, 3]
+    # the test split carries no labels: it cannot be scored, and says so
+    with pytest.raises(HellaSwagUnavailable, match="hellaswag_test.jsonl:1"):
+        hellaswag.load_examples(SHARED / "hellaswag_test.jsonl")
+
+
+def test_cache_used_offline_and_incomplete_cache_refused(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    line = json.dumps(ROOF) + "\n"
+    (cache / hellaswag.VAL_FILE).write_text(line * hellaswag.NUM_VAL_EXAMPLES)
+    got = hellaswag.load_examples(cache_dir=cache, url=DEAD_URL, limit=3)
+    assert got == [ROOF] * 3  # served from the cache: the dead URL was never needed
+    (cache / hellaswag.VAL_FILE).write_text(line * 100)  # a truncated copy is not trusted
+    with pytest.raises(HellaSwagUnavailable):
+        hellaswag.load_examples(cache_dir=cache, url=DEAD_URL)
+    assert sorted(p.name for p in cache.iterdir()) == [hellaswag.VAL_FILE]  # no temp file left
+
+
+def test_offline_without_cache_one_clear_line(tmp_path, capsys):
+    cache = tmp_path / "nothing-here"
+    with pytest.raises(HellaSwagUnavailable) as err:
+        hellaswag.load_examples(cache_dir=cache, url=DEAD_URL)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(cache / hellaswag.VAL_FILE) in message and DEAD_URL in message and "--data" in message
+    # the CLI: exit status 2, the same single line on stderr, nothing on stdout
+    status = hellaswag.main(["--model", "gpt2", "--cache-dir", str(cache), "--url", DEAD_URL])
+    out, errout = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert errout.splitlines() == [f"error: {message}"]
+
+
+# ----------------------------------------------------------------------------------------
+# rendering
+
+
+def test_harness_preprocess_hand_checked():
+    pre = hellaswag.harness_preprocess
+    assert pre("  A man is sitting on a roof. He ") == "A man is sitting on a roof. He"
+    assert pre("Personal Care and Style: [header] How to dye your hair [title] Choose a color.") == (
+        "Personal Care and Style: How to dye your hair. Choose a color.")
+    # strip comes first, so a leading bracket leaves a leading space behind (as in the harness)
+    assert pre(" [step] Rinse well. ") == " Rinse well."
+    assert pre("a [substeps] b") == "a b"
+
+
+def test_render_default_layout(enc):
+    r = render_example(ROOF, enc, "default")
+    ctx = enc.encode_ordinary("A man is sitting on a roof. he")
+    assert r.label == 3
+    for k, ending in enumerate(ROOF["endings"]):
+        end = enc.encode_ordinary(" " + ending)
+        assert r.tokens[k] == ctx + end
+        assert r.mask[k] == [0] * len(ctx) + [1] * len(end)
+        assert r.norm[k] == len(end)  # acc_norm divides by the ending's token count
+    assert enc.decode(r.tokens[1]) == "A man is sitting on a roof. he is ripping level tiles off."
+
+
+def test_render_harness_layout(enc):
+    r = render_example(ROOF, enc, "harness")
+    query = "Roof shingle removal: A man is sitting on a roof. He"  # label prefix, ctx_b capitalized
+    for k, ending in enumerate(ROOF["endings"]):
+        n_ctx = r.mask[k].index(1)
+        assert r.tokens[k][:n_ctx] == enc.encode_ordinary(query)
+        assert enc.decode(r.tokens[k][n_ctx:]) == " " + ending
+        assert r.mask[k] == [0] * n_ctx + [1] * (len(r.tokens[k]) - n_ctx)
+        assert r.norm[k] == len(ending)  # characters, the joining space not counted
+
+    w = render_example(WIKIHOW, enc, "harness")
+    n_ctx = w.mask[0].index(1)
+    # ctx = ctx_a + " " + "[step] pick".capitalize() -> "[step] pick" (capitalize lowercases the rest);
+    # " [title]" -> ". ", brackets dropped, double spaces collapsed
+    assert enc.decode(w.tokens[0][:n_ctx]) == (
+        "Personal Care and Style: How to dye your hair. Choose a color. pick")
+    assert enc.decode(w.tokens[0][n_ctx:]) == " a shade close to your own. Lighter is easier."
+    assert w.norm == [len("a shade close to your own. Lighter is easier."), len(" Buy a kit."),
+                      len("the darkest one you can find."), len("nothing at all.")]
+    assert enc.decode(render_example(WRITTEN[2], enc, "harness").tokens[0]).startswith(
+        "Clean and jerk: A lady walks to a barbell. She bends down and grabs the pole. The lady ")
+
+
+def test_harness_trailing_space_moves_to_continuation(enc):
+    # a context that ends in a space after clean-up: the harness moves the space to the ending
+    ctx, cont = hellaswag.harness_encode_pair(enc, "Cooking: she ", " stirs.")
+    assert enc.decode(ctx) == "Cooking: she" and enc.decode(cont) == "  stirs."
+    assert ctx + cont == enc.encode_ordinary("Cooking: she  stirs.")
+
+
+# ----------------------------------------------------------------------------------------
+# scoring
+
+
+def unigram_model_fn(probs, n_vocab):
+    """A model that predicts the same distribution everywhere: log-likelihoods by hand."""
+    rest = (1 - sum(probs.values())) / (n_vocab - len(probs))
+    logp = torch.full((n_vocab,), math.log(rest))
+    for token, p in probs.items():
+        logp[token] = math.log(p)
+    return lambda idx: logp.expand(idx.shape[0], idx.shape[1], n_vocab)
+
+
+def test_scoring_hand_checked_both_styles(enc):
+    no, a, everything = 645, 257, 2279  # " no", " a", " everything": one token each
+    assert [enc.encode_ordinary(s) for s in (" no", " a", " everything")] == [[no], [a], [everything]]
+    model_fn = unigram_model_fn({no: 0.1, a: 0.4, everything: 0.05}, enc.n_vocab)
+    ex = example("Someone answers.", "they say", ["no", "a a a a", "everything", "no no no"], 2)
+    ll = [math.log(0.1), 4 * math.log(0.4), math.log(0.05), 3 * math.log(0.1)]
+    # summed: "no" -2.30 best; per token: "a a a a" -0.92 best; per character: "everything" -0.30 best
+    expected = {"default": (0, 1), "harness": (0, 2)}
+    for style, (pred, pred_norm) in expected.items():
+        res = evaluate(model_fn, [ex], enc, style)
+        got_pred, got_pred_norm, got_ll = res["predictions"][0]
+        assert got_ll == pytest.approx(ll, rel=1e-4)  # float32 log-softmax over 50257 ids
+        assert (got_pred, got_pred_norm) == (pred, pred_norm)
+        assert (res["n"], res["acc"], res["acc_norm"]) == (1, 0.0, float(pred_norm == 2))
+
+
+def test_batch_is_padded_to_longest_row(enc):
+    seen = []
+    base = unigram_model_fn({}, enc.n_vocab)
+
+    def spy(idx):
+        seen.append(idx.clone())
+        return base(idx)
+
+    batch = [render_example(ex, enc, "default") for ex in (ROOF, WRITTEN[3])]
+    hellaswag.score_batch(spy, batch, "cpu", enc.n_vocab)
+    rows = [row for r in batch for row in r.tokens]
+    (idx,) = seen
+    assert idx.shape == (8, max(map(len, rows)))  # 2 examples x 4 endings in one forward
+    for i, row in enumerate(rows):
+        assert idx[i, : len(row)].tolist() == row and not idx[i, len(row):].any()
+
+
+def direct_loglikelihoods(hf, rendered):
+    """Per ending, one unpadded row through the HF model; sum log p(token) over the ending."""
+    out = []
+    for row, mask in zip(rendered.tokens, rendered.mask):
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor([row])).logits[0].double(), dim=-1)
+        out.append(sum(logp[t - 1, row[t]].item() for t in range(1, len(row)) if mask[t]))
+    return out
+
+
+@pytest.mark.parametrize("style", hellaswag.STYLES)
+def test_hf_folder_and_our_gpt_agree_with_direct_computation(style, hf_dir, examples, data_file, enc, capsys):
+    from transformers import GPT2LMHeadModel
+
+    from model import GPT
+
+    hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    via_hf = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu"), examples, enc, style, batch_size=3)
+    gpt = GPT.from_pretrained(hf_dir).train()
+    via_gpt = hellaswag.evaluate_gpt(gpt, examples, style=style, batch_size=2)
+    assert gpt.training  # evaluate_gpt scores in eval mode, then gives the model back as it was
+    for i, ex in enumerate(examples):
+        r = render_example(ex, enc, style)
+        ll = direct_loglikelihoods(hf, r)
+        pred = max(range(4), key=lambda k: ll[k])
+        pred_norm = max(range(4), key=lambda k: ll[k] / r.norm[k])
+        for res in (via_hf, via_gpt):
+            assert res["predictions"][i][:2] == (pred, pred_norm)
+            assert res["predictions"][i][2] == pytest.approx(ll, abs=1e-3)
+    assert len({p[:2] for p in via_hf["predictions"].values()}) > 1  # not one constant answer
+    bf16 = hellaswag.evaluate_gpt(gpt, examples, style=style, autocast_dtype=torch.bfloat16)
+    for i, (_, _, ll) in bf16["predictions"].items():
+        assert ll == pytest.approx(via_gpt["predictions"][i][2], rel=0.05)  # bf16: ~3 digits
+
+    # the CLI on the same folder reports the same counts
+    assert hellaswag.main(["--model", str(hf_dir), "--data", str(data_file), "--style", style,
+                           "--json", "--device", "cpu"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert {k: cli[k] for k in ("n", "correct", "correct_norm", "acc", "acc_norm")} == {
+        k: via_hf[k] for k in ("n", "correct", "correct_norm", "acc", "acc_norm")}
+
+
+def test_two_ranks_under_torchrun_equal_one_process(hf_dir, examples, data_file, enc):
+    single = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu"), examples, enc, batch_size=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "hellaswag.py"), "--model", str(hf_dir), "--data", str(data_file),
+           "--json", "--device", "cpu", "--batch-size", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]  # rank 0 prints once
+    both = json.loads(line)
+    assert len(examples) % 2 == 1  # ranks get unequal shares
+    assert (both["n"], both["correct"], both["correct_norm"]) == (
+        single["n"], single["correct"], single["correct_norm"])
+
+
+def test_exported_checkpoint_matches_checkpoint(tmp_path, examples, data_file, enc, capsys):
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(1)
+    # a padded vocabulary (50304), as in training: export crops it to GPT-2's 50257
+    model = GPT(GPTConfig(block_size=128, vocab_size=50304, n_layer=2, n_head=2, n_embd=32))
+    ckpt = tmp_path / "ckpt_0000010.pt"
+    torch.save({"model": model.state_dict(), "config": {"model": model.config.to_dict()}, "step": 10}, ckpt)
+    model.export_hf(tmp_path / "hf")
+
+    from_ckpt = evaluate(hellaswag.load_checkpoint_fn(str(ckpt), "cpu"), examples, enc, batch_size=4)
+    from_hf = evaluate(hellaswag.load_hf_model_fn(str(tmp_path / "hf"), "cpu"), examples, enc, batch_size=4)
+    for i in range(len(examples)):
+        assert from_ckpt["predictions"][i][:2] == from_hf["predictions"][i][:2]
+        assert from_ckpt["predictions"][i][2] == pytest.approx(from_hf["predictions"][i][2], abs=1e-4)
+
+    assert hellaswag.main(["--checkpoint", str(ckpt), "--data", str(data_file), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(examples)} examples, acc {from_hf['acc']:.4f}, acc_norm {from_hf['acc_norm']:.4f}" in out
+    assert "124M" in out and "1558M" in out and "not the full set" in out
