@@ -6,9 +6,14 @@ PY := $(VENV)/bin/python
 # is already satisfied (otherwise pip pulls a multi-GB CUDA build).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo clean slurm-deps
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed slurm-deps
+
+# Slurm + munge for tests/test_slurm.py (a real one-node cluster): apt-get install when root and
+# missing; otherwise nothing (those tests then skip and say why).
+slurm-deps:
+	@bash slurm/cluster.sh install
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

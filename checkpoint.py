@@ -1,0 +1,95 @@
+"""Training checkpoints: `RUN/ckpt_{step:07d}.pt`, written atomically, the newest K kept.
+
+A checkpoint is one torch.save'd dict:
+    model         state_dict of the plain GPT (no `module.` / `_orig_mod.` prefixes)
+    optimizer     AdamW state_dict
+    step          number of steps done (training resumes at this step)
+    loader        ShardLoader.state_dict(): a few ints
+    rng           list, one entry per rank: {"torch": CPU RNG state, "cuda": CUDA RNG state|None}
+    param_sha256  list, one per rank: hash of that rank's parameters (DDP replicas must agree)
+    config        TrainConfig as a dict, plus config["model"] = the GPTConfig dict
+    wandb_run_id  str or None, so a resumed run continues the same wandb run
+It is written to a hidden temporary name, fsync'ed and renamed: a crash mid-save leaves the
+previous checkpoints intact and never a partial file under a `ckpt_*.pt` name.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from shards.format import fsync_dir
+
+PATTERN = re.compile(r"ckpt_(\d{7,})\.pt")
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable or from an incompatible run; one line says which."""
+
+
+def checkpoint_path(run_dir, step):
+    return Path(run_dir) / f"ckpt_{step:07d}.pt"
+
+
+def list_checkpoints(run_dir):
+    """Checkpoint paths in run_dir, oldest first (by step)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := PATTERN.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(state, run_dir, step, keep=0):
+    """Atomically write `state` as ckpt_{step}.pt, then delete all but the newest `keep`."""
+    path = checkpoint_path(run_dir, step)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path):
+    try:
+        # mmap: every rank loads it, the tensors are paged in from the file rather than copied.
+        # weights_only=False: it holds RNG states and plain dicts (load trusted files only)
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not {"model", "step", "config"} <= state.keys():
+        raise CheckpointError(f"{path}: not a train_gpt2.py checkpoint")
+    return state
+
+
+def find_latest(run_dir):
+    """(path, state) of the newest readable checkpoint in run_dir, or (None, None).
+
+    Writes are atomic, so a damaged file means disk trouble: it is reported and skipped.
+    """
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            print(f"warning: skipping {e}")
+    return None, None
+
+
+def check_compatible(state, model_config, path):
+    """Refuse a checkpoint whose model config differs from this run's (one line, which fields)."""
+    saved = state["config"].get("model", {})
+    diff = [f"{k} {saved.get(k)} != {v}" for k, v in model_config.items()
+            if k != "dropout" and saved.get(k) != v]
+    if diff:
+        raise CheckpointError(f"{path}: checkpoint is from another model config ({', '.join(diff)}); "
+                              f"use the same model flags, another --out-dir, or --resume never")

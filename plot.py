@@ -1,0 +1,240 @@
+"""Plot training runs: loss against steps and tokens, and HellaSwag accuracy.
+
+    python plot.py runs/gpt2-124m                        # writes runs/gpt2-124m/plot.png
+    python plot.py runs/a runs/b -o compare.png          # several runs overlaid
+
+Reads RUN/log.jsonl written by train_gpt2.py (train lines: step, loss, ...; val lines: step,
+val_loss; HellaSwag lines: step, hellaswag_acc_norm) and RUN/config.json (total_batch_size for
+the tokens axis; the shard folder, to decide whether OpenAI GPT-2 124M's reference lines apply).
+
+Reference lines (OpenAI GPT-2 124M, as measured by build-nanogpt): validation loss 3.2924 on the
+FineWeb-Edu val shard, drawn only for runs on FineWeb-Edu with the GPT-2 tokenizer (a loss on
+other text is not comparable); HellaSwag acc_norm 0.2955, drawn whenever a run has HellaSwag.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # no display needed: we only write files
+import matplotlib.pyplot as plt  # noqa: E402
+
+GPT2_124M_VAL_LOSS = 3.2924  # on the FineWeb-Edu val shard (build-nanogpt)
+GPT2_124M_HELLASWAG = 0.2955  # acc_norm, build-nanogpt's scoring
+
+
+def read_log(path):
+    """{"train": [(step, loss)], "val": [(step, val_loss)], "hellaswag": [(step, acc_norm)]}.
+
+    Later lines win for a repeated step (a resumed run logs the steps after its checkpoint
+    again); lines of other kinds (samples, ...) and a torn last line are ignored.
+    """
+    series = {"train": {}, "val": {}, "hellaswag": {}}
+    keys = {"train": "loss", "val": "val_loss", "hellaswag": "hellaswag_acc_norm"}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a run killed mid-write leaves a partial last line
+            if not isinstance(record, dict) or "step" not in record:
+                continue
+            for name, key in keys.items():
+                if isinstance(record.get(key), (int, float)):
+                    series[name][int(record["step"])] = float(record[key])
+    return {name: sorted(points.items()) for name, points in series.items()}
+
+
+def is_fineweb_edu_gpt2(config, run_dir):
+    """True when the run trained on FineWeb-Edu with the GPT-2 tokenizer (so 3.2924 applies)."""
+    data = config.get("data")
+    if not data:
+        return False
+    if config.get("vocab_size", 50304) < 50257:
+        return False
+    data_dir = Path(data)
+    if not data_dir.is_absolute() and not data_dir.exists():
+        data_dir = Path(run_dir).parent.parent / data  # run folders usually live in REPO/runs/
+    manifest_path = data_dir / "manifest.json"
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError:
+            return False
+        return (manifest.get("tokenizer") == "gpt2"
+                and "fineweb-edu" in str(manifest.get("source", "")).lower())
+    # no manifest (a build-nanogpt / llm.c folder, or the shards are elsewhere): go by the name
+    return "edu_fineweb" in str(data).lower() or "fineweb-edu" in str(data).lower()
+
+
+def load_run(run_dir):
+    run_dir = Path(run_dir)
+    log = run_dir / "log.jsonl"
+    if not log.exists():
+        raise ValueError(f"{log}: not found; is {run_dir} a run folder written by train_gpt2.py?")
+    config = {}
+    if (run_dir / "config.json").exists():
+        try:
+            config = json.loads((run_dir / "config.json").read_text())
+        except ValueError:
+            print(f"warning: {run_dir / 'config.json'} is unreadable; no tokens axis", file=sys.stderr)
+    series = read_log(log)
+    if not any(series.values()):
+        raise ValueError(f"{log}: no train, val or HellaSwag lines yet")
+    return {"name": run_dir.resolve().name, "dir": str(run_dir), "config": config,
+            "tokens_per_step": config.get("total_batch_size"),
+            "fineweb_edu": is_fineweb_edu_gpt2(config, run_dir), **series}
+
+
+def human(x, _pos=None):
+    """Tick label for a token count: 500M, 1.5B."""
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:g}{suffix}"
+    return f"{x:g}"
+
+
+def smooth(values, alpha):
+    """Exponential moving average, bias-corrected like Adam (so the start is not pulled to 0)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = alpha * avg + (1 - alpha) * v
+        out.append(avg / (1 - alpha ** i))
+    return out
+
+
+def loss_ylim(runs):
+    """Clip the first steps' very high losses so the interesting part of the curves is visible."""
+    tails = []
+    for run in runs:
+        losses = [v for _, v in run["train"]]
+        skip = max(1, len(losses) // 20)
+        tails += smooth(losses, 0.9)[skip:] if len(losses) > 20 else losses
+        tails += [v for _, v in run["val"][1:]] or [v for _, v in run["val"]]
+    if not tails:
+        return None
+    low, high = min(tails), max(tails)
+    if any(run["fineweb_edu"] for run in runs):
+        low = min(low, GPT2_124M_VAL_LOSS)
+    margin = 0.05 * (high - low or 1.0)
+    return low - margin, high + margin
+
+
+def auto_smoothing(n):
+    """EMA factor giving a window of ~2% of the points (at least ~10): 0.9 up to 500 points."""
+    return 1 - min(0.1, 50 / max(n, 1))
+
+
+def make_figure(runs, smoothing=None):
+    """The figure, plus what was drawn: {axis title: {label: (xs, ys)}} (for tests and scripts)."""
+    has_hellaswag = any(run["hellaswag"] for run in runs)
+    has_tokens = any(run["tokens_per_step"] for run in runs)
+    panels = ["loss vs steps"] + (["loss vs tokens"] if has_tokens else []) + \
+             (["HellaSwag"] if has_hellaswag else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    axes = dict(zip(panels, axes[0]))
+    drawn = {title: {} for title in panels}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    many = len(runs) > 1
+
+    def line(title, label, xs, ys, **kw):
+        axes[title].plot(xs, ys, label=label, **kw)
+        drawn[title][label] = (list(xs), list(ys))
+
+    for i, run in enumerate(runs):
+        color = colors[i % len(colors)]
+        prefix = f"{run['name']}: " if many else ""
+        scale = run["tokens_per_step"]
+        for title, per in (("loss vs steps", 1), ("loss vs tokens", scale)):
+            if title not in axes or not per:
+                continue
+            if run["train"]:
+                steps, losses = zip(*run["train"])
+                xs = [s * per for s in steps]
+                axes[title].plot(xs, losses, color=color, alpha=0.15, linewidth=0.6)  # raw
+                alpha = auto_smoothing(len(losses)) if smoothing is None else smoothing
+                line(title, f"{prefix}train", xs, smooth(losses, alpha) if len(losses) > 20
+                     else losses, color=color, linewidth=1.5)
+            if run["val"]:
+                steps, losses = zip(*run["val"])
+                line(title, f"{prefix}val", [s * per for s in steps], losses, color=color,
+                     linestyle="--", marker="o", markersize=3)
+        if run["hellaswag"]:
+            steps, accs = zip(*run["hellaswag"])
+            line("HellaSwag", f"{prefix}acc_norm", steps, accs, color=color, marker="o",
+                 markersize=3)
+
+    ylim = loss_ylim(runs)
+    for title in ("loss vs steps", "loss vs tokens"):
+        if title not in axes:
+            continue
+        ax = axes[title]
+        if any(run["fineweb_edu"] for run in runs):
+            ax.axhline(GPT2_124M_VAL_LOSS, color="red", linestyle=":", linewidth=1.2)
+            drawn[title]["OpenAI GPT-2 124M val"] = ([], [GPT2_124M_VAL_LOSS])
+            ax.plot([], [], color="red", linestyle=":", label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})")
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.set_xlabel("step" if title == "loss vs steps" else "tokens")
+        if title == "loss vs tokens":
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(human))
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(f"{title.split(' vs ')[0]} (train smoothed, val dashed)"
+                     if title == "loss vs steps" else "loss vs tokens seen")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if "HellaSwag" in axes:
+        ax = axes["HellaSwag"]
+        ax.axhline(GPT2_124M_HELLASWAG, color="red", linestyle=":", linewidth=1.2,
+                   label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})")
+        drawn["HellaSwag"]["OpenAI GPT-2 124M"] = ([], [GPT2_124M_HELLASWAG])
+        ax.axhline(0.25, color="gray", linestyle=":", linewidth=1, label="chance (0.25)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("acc_norm")
+        ax.set_title("HellaSwag accuracy (acc_norm)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(", ".join(run["name"] for run in runs))
+    fig.tight_layout()
+    return fig, drawn
+
+
+def plot(run_dirs, out=None, smoothing=None):
+    """Write the PNG; return (path, drawn series)."""
+    runs = [load_run(d) for d in run_dirs]
+    if out is None:
+        out = Path(run_dirs[0]) / "plot.png" if len(run_dirs) == 1 else Path("plot.png")
+    fig, drawn = make_figure(runs, smoothing)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out, drawn
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python plot.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (with log.jsonl)")
+    parser.add_argument("-o", "--out", help="PNG to write (default RUN_DIR/plot.png for one run, "
+                                            "else plot.png)")
+    parser.add_argument("--smoothing", type=float, default=None,
+                        help="EMA factor for the train loss curve, in [0, 1) (default: a window "
+                             "of ~2%% of the steps)")
+    args = parser.parse_args(argv)
+    if args.smoothing is not None and not 0 <= args.smoothing < 1:
+        parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    try:
+        out, _ = plot(args.runs, args.out, args.smoothing)
+    except (ValueError, OSError) as e:
+        print(f"plot.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# A real one-node Slurm cluster on this machine, for the tests and for trying the sbatch scripts
+# (Debian's slurm-wlm + munge; no systemd needed). Everything lives in one folder; the daemons
+# are stopped by their pid files, never by name.
+#
+#   slurm/cluster.sh install          # apt-get install slurm-wlm munge (root only; quiet; idempotent)
+#   slurm/cluster.sh start DIR        # write DIR/slurm.conf, start munged/slurmctld/slurmd, wait idle
+#   export SLURM_CONF=DIR/slurm.conf  # then sbatch/squeue/scontrol talk to this cluster
+#   slurm/cluster.sh stop DIR         # cancel its jobs, stop the daemons it started
+#   slurm/cluster.sh status DIR
+#
+# Exit status of start: 0 up; 1 failed (see DIR/*.log); 4 Slurm/munge not installed or not root
+# (the reason on stderr: tests skip on it).
+# Settings that matter here (measured, see the project's notes): linuxproc proctrack and no task
+# plugin (no cgroups), the node line spelled out from `slurmd -C`, and short credential
+# expiry + scheduler intervals so a requeued job restarts in ~15 s instead of ~2.5 min.
+set -euo pipefail
+
+cmd=${1:-}
+dir=${2:-}
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+need_tools() {
+    local missing=()
+    for tool in munged slurmctld slurmd sbatch scontrol; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
+    if ((${#missing[@]})); then
+        echo "cluster.sh: Slurm/munge not installed (missing: ${missing[*]}); as root run: $0 install" >&2
+        exit 4
+    fi
+    if [[ $(id -u) != 0 ]]; then
+        echo "cluster.sh: a local Slurm cluster needs root (SlurmUser=root, munged as the munge user)" >&2
+        exit 4
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+install() {
+    if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "note: Slurm tests will be skipped: slurm-wlm/munge missing (as root: apt-get install slurm-wlm munge)" >&2
+        return 0
+    fi
+    echo "installing slurm-wlm and munge (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    local log
+    log=$(mktemp)
+    # without package lists (a fresh container) the first attempt fails fast: update, try again
+    if ! { apt-get install -y -qq --no-install-recommends slurm-wlm munge >"$log" 2>&1 ||
+           { apt-get update -qq >"$log" 2>&1 &&
+             apt-get install -y -qq --no-install-recommends slurm-wlm munge >"$log" 2>&1; }; }; then
+        tail -n 5 "$log" >&2
+        echo "note: apt-get install slurm-wlm munge failed; Slurm tests will be skipped" >&2
+    fi
+    rm -f "$log"
+    return 0
+}
+
+start_munge() {
+    # one munged per machine, on the standard socket: reuse a running one, else start ours
+    mkdir -p /run/munge && chown munge:munge /run/munge && chmod 0755 /run/munge
+    if alive /run/munge/munged.pid; then
+        return 0
+    fi
+    if [[ ! -s /etc/munge/munge.key ]]; then
+        runuser -u munge -- /usr/sbin/mungekey --create --keyfile=/etc/munge/munge.key >/dev/null 2>&1 ||
+            die "no /etc/munge/munge.key and mungekey failed"
+    fi
+    runuser -u munge -- /usr/sbin/munged --force >>"$dir/munged.out" 2>&1 || die "munged failed to start (see $dir/munged.out)"
+    cp /run/munge/munged.pid "$dir/munged.pid"  # ours: `stop` ends it
+}
+
+write_conf() {
+    local host hardware ctld_port slurmd_port
+    host=$(hostname -s)
+    # this machine as slurmd sees it: CPUs=... SocketsPerBoard=... RealMemory=... (a node line
+    # that does not spell these out is marked invalid)
+    hardware=$(slurmd -C | head -n 1 | sed 's/^NodeName=[^ ]* //')
+    ctld_port=${SLURMCTLD_PORT:-$(free_port)}
+    slurmd_port=${SLURMD_PORT:-$(free_port)}
+    cat >"$dir/slurm.conf" <<EOF
+# written by slurm/cluster.sh: a one-node test cluster
+ClusterName=localtest
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=10
+CredType=cred/munge
+MailProg=/bin/true
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5,bf_interval=5
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+JobRequeue=1
+ReturnToService=2
+MinJobAge=600
+KillWait=30
+InactiveLimit=0
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/slurmctld.log
+SlurmdLogFile=$dir/slurmd.log
+NodeName=$host NodeAddr=127.0.0.1 $hardware State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+start() {
+    need_tools
+    [[ -n $dir ]] || die "usage: $0 start DIR"
+    mkdir -p "$dir/state" "$dir/spool"
+    dir=$(cd "$dir" && pwd)
+    if alive "$dir/slurmctld.pid" || alive "$dir/slurmd.pid"; then
+        die "a cluster is already running from $dir (stop it first: $0 stop $dir)"
+    fi
+    write_conf
+    start_munge
+    export SLURM_CONF=$dir/slurm.conf
+    slurmctld -f "$SLURM_CONF" || die "slurmctld failed to start (see $dir/slurmctld.log)"
+    slurmd -f "$SLURM_CONF" -N "$(hostname -s)" || die "slurmd failed to start (see $dir/slurmd.log)"
+    local state=""
+    for _ in $(seq 1 100); do
+        state=$(sinfo -h -o %T 2>/dev/null | head -n 1 || true)
+        [[ $state == idle ]] && { echo "export SLURM_CONF=$SLURM_CONF"; return 0; }
+        sleep 0.2
+    done
+    die "the node did not become idle within 20 s (state: ${state:-none}; see $dir/slurmctld.log, $dir/slurmd.log)"
+}
+
+stop_daemons() {  # stop_daemons PIDFILE...: TERM to all at once (each takes ~2 s), wait up to 10 s, then KILL
+    local file pid pids=()
+    for file in "$@"; do
+        if alive "$file"; then
+            pid=$(cat "$file")
+            kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+        fi
+    done
+    for _ in $(seq 1 100); do
+        local running=()
+        for pid in ${pids[@]+"${pids[@]}"}; do kill -0 "$pid" 2>/dev/null && running+=("$pid"); done
+        pids=(${running[@]+"${running[@]}"})
+        ((${#pids[@]} == 0)) && break
+        sleep 0.1
+    done
+    for pid in ${pids[@]+"${pids[@]}"}; do
+        echo "cluster.sh: process $pid ignored SIGTERM for 10 s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -f "$@"
+}
+
+stop() {
+    [[ -n $dir && -d $dir ]] || die "usage: $0 stop DIR (a folder given to start)"
+    dir=$(cd "$dir" && pwd)
+    if alive "$dir/slurmctld.pid"; then
+        # cancel this cluster's jobs first, so no job step outlives the daemons
+        export SLURM_CONF=$dir/slurm.conf
+        local jobs
+        jobs=$(squeue -h -o %A 2>/dev/null || true)
+        if [[ -n $jobs ]]; then
+            scancel $jobs 2>/dev/null || true
+            for _ in $(seq 1 50); do
+                [[ -z $(squeue -h -t running,completing -o %A 2>/dev/null || true) ]] && break
+                sleep 0.2
+            done
+        fi
+    fi
+    local files=("$dir/slurmd.pid" "$dir/slurmctld.pid")
+    # only the munged this script started (its pid file is still the machine's munged)
+    if alive "$dir/munged.pid" && [[ $(cat "$dir/munged.pid") == $(cat /run/munge/munged.pid 2>/dev/null) ]]; then
+        files+=("$dir/munged.pid")
+    fi
+    stop_daemons "${files[@]}"
+    rm -f "$dir/munged.pid"
+}
+
+status() {
+    [[ -n $dir ]] || die "usage: $0 status DIR"
+    for name in munged slurmctld slurmd; do
+        if alive "$dir/$name.pid"; then echo "$name: running ($(cat "$dir/$name.pid"))"; else echo "$name: not running (from $dir)"; fi
+    done
+    if alive "$dir/slurmctld.pid"; then SLURM_CONF=$dir/slurm.conf sinfo; fi
+}
+
+case $cmd in
+    install) install ;;
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    *) echo "usage: $0 install | start DIR | stop DIR | status DIR" >&2; exit 2 ;;
+esac

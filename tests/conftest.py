@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny char-level shard folder, and reading wandb's offline run files back."""
+
+import json
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shards.format import write_shard
+
+
+def write_char_shards(d, train_tokens=16384, val_tokens=2048, seed=0):
+    """A val shard and a train shard of a learnable 64-token stream (each token has 2 likely
+    successors), plus a 64-char tokenizer.json: trains in milliseconds a step."""
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    successors = rng.integers(0, 64, size=(64, 2))
+    for i, n in enumerate([val_tokens, train_tokens]):
+        tokens = [0]
+        for _ in range(n - 1):
+            noisy = rng.random() > 0.9
+            tokens.append(int(rng.integers(0, 64)) if noisy else int(successors[tokens[-1], rng.integers(0, 2)]))
+        write_shard(d / f"t_{'val' if i == 0 else 'train'}_{i:06d}.bin", tokens)
+    chars = string.ascii_letters + string.digits + " ."
+    (d / "tokenizer.json").write_text(json.dumps({"type": "char", "chars": list(chars)}))
+    return d
+
+
+@pytest.fixture(scope="session")
+def char_shards(tmp_path_factory):
+    return write_char_shards(tmp_path_factory.mktemp("char_shards"))
+
+
+def wandb_offline_runs(run_dir):
+    """Every offline wandb run under RUN/wandb/, oldest first, read back from its .wandb file with
+    `wandb leet inspect --json`: [{"id", "config", "summary", "history": [item, ...]}]."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    runs = []
+    for folder in sorted(Path(run_dir, "wandb").glob("offline-run-*")):
+        out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(folder)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        run = {"id": None, "config": {}, "summary": {}, "history": []}
+        for line in out.stdout.splitlines():
+            record = json.loads(line)
+            kind = record.get("type")
+            if kind == "run":
+                run["id"] = record["run"]["run_id"]
+                run["config"] = record["run"].get("config", {}).get("update", {})
+            elif kind == "history":
+                run["history"].append(record["history"]["item"])
+            elif kind == "summary":
+                run["summary"].update(record["summary"].get("update", {}))
+        runs.append(run)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def read_wandb_runs():
+    return wandb_offline_runs

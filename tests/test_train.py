@@ -1,0 +1,302 @@
+"""train_gpt2.py end to end on CPU: DDP under torchrun (gloo), exact resume, signals, bad input.
+
+One tiny configuration (vocab 64, 2 layers, 32 wide, 512 tokens/step, 40 steps) run as real
+processes; each scenario launches torchrun or python once.
+"""
+
+import json
+import math
+import os
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from config import PRESETS, TrainConfig, parse_config
+from shards.format import write_shard
+from train_gpt2 import get_lr, main
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 40
+TINY = ["--preset", "cpu-smoke", "--vocab-size", "64", "--n-layer", "2", "--n-head", "2",
+        "--n-embd", "32", "--block-size", "32", "--seq-len", "32", "--micro-batch-size", "4",
+        "--total-batch-size", "512", "--max-steps", str(STEPS), "--warmup-steps", "4",
+        "--lr", "3e-3", "--min-lr", "3e-4", "--eval-every", "20", "--val-tokens", "1024",
+        "--checkpoint-every", "10", "--keep-checkpoints", "10", "--sample-prompt", "ab",
+        "--num-samples", "1", "--sample-tokens", "8"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A val shard and two train shards (16 + 16 steps: the 40-step runs cross an epoch) of a
+    learnable token stream (each token has 2 likely successors), with a 64-char tokenizer."""
+    d = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    successors = rng.integers(0, 64, size=(64, 2))
+    for i, n in enumerate([2048, 8192, 8192]):
+        tokens = [0]
+        for _ in range(n - 1):
+            noisy = rng.random() > 0.9
+            tokens.append(int(rng.integers(0, 64)) if noisy else int(successors[tokens[-1], rng.integers(0, 2)]))
+        write_shard(d / f"t_{'val' if i == 0 else 'train'}_{i:06d}.bin", tokens)
+    chars = string.ascii_letters + string.digits + " ."
+    (d / "tokenizer.json").write_text(json.dumps({"type": "char", "chars": list(chars)}))
+    return d
+
+
+def launch(out_dir, data, nproc=1, extra=()):
+    """Start a training process (plain python for 1 rank, torchrun for more); returns Popen."""
+    if nproc == 1:
+        cmd = [sys.executable, "train_gpt2.py"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "train_gpt2.py"]
+    cmd += TINY + ["--data", str(data), "--out-dir", str(out_dir), *extra]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run(out_dir, data, nproc=1, extra=(), expect=0):
+    proc = launch(out_dir, data, nproc, extra)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == expect, output
+    return output
+
+
+def read_log(out_dir):
+    """({step: train loss}, {step: val loss}) from log.jsonl."""
+    train, val = {}, {}
+    for line in (Path(out_dir) / "log.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            train[row["step"]] = row["loss"]
+        if "val_loss" in row:
+            val[row["step"]] = row["val_loss"]
+    return train, val
+
+
+def assert_same_losses(a, b, tol):
+    assert a.keys() == b.keys()
+    worst = max(abs(a[k] - b[k]) for k in a)
+    assert worst <= tol, f"losses differ by up to {worst}"
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """The uninterrupted run: 1 process, gradient accumulation 4."""
+    out = tmp_path_factory.mktemp("reference")
+    run(out, data)
+    return out
+
+
+def test_reference_run_writes_its_run_folder(reference):
+    train, val = read_log(reference)
+    assert sorted(train) == list(range(STEPS)) and sorted(val) == [0, 20, 40]
+    assert all(math.isfinite(v) for v in train.values())
+    assert (reference / "DONE").exists()
+    assert json.loads((reference / "config.json").read_text())["max_steps"] == STEPS
+    assert [p.name for p in sorted(reference.glob("ckpt_*.pt"))] == [
+        f"ckpt_{s:07d}.pt" for s in (10, 20, 30, 40)]
+    rows = [json.loads(line) for line in (reference / "log.jsonl").read_text().splitlines()]
+    row = next(r for r in rows if "loss" in r)
+    assert {"step", "loss", "lr", "norm", "ms", "tokens_per_s", "mfu", "eta"} <= row.keys()
+    ckpt = torch.load(reference / "ckpt_0000040.pt", weights_only=False)
+    assert ckpt["step"] == STEPS and ckpt["config"]["model"]["n_embd"] == 32
+    assert ckpt["loader"]["epoch"] == 1 and len(ckpt["rng"]) == 1
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    # weight decay on matrices and embeddings only
+    decay, no_decay = ckpt["optimizer"]["param_groups"]
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    n_matrices = sum(1 for k, v in ckpt["model"].items() if v.dim() >= 2 and k != "lm_head.weight")
+    assert len(decay["params"]) == n_matrices  # lm_head is tied to wte: counted once
+    assert len(no_decay["params"]) == sum(1 for v in ckpt["model"].values() if v.dim() < 2)
+
+
+def test_two_ranks_equal_one_rank_and_stay_in_sync(data, reference, tmp_path):
+    """2 ranks x accumulation 2 sees the same global batches as 1 rank x 4: same losses."""
+    run(tmp_path, data, nproc=2)
+    train, val = read_log(tmp_path)
+    ref_train, ref_val = read_log(reference)
+    assert_same_losses(train, ref_train, 1e-5)
+    assert_same_losses(val, ref_val, 1e-5)
+    assert np.mean([train[s] for s in range(5)]) > np.mean([train[s] for s in range(35, 40)]) + 0.3
+    ckpt = torch.load(tmp_path / "ckpt_0000040.pt", weights_only=False)
+    assert len(ckpt["param_sha256"]) == 2 and len(set(ckpt["param_sha256"])) == 1
+    assert len(ckpt["rng"]) == 2
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_resume_after_kill_equals_uninterrupted(data, reference, tmp_path, nproc):
+    """What a kill -9 after step 10's checkpoint leaves (later log lines, a half-written
+    checkpoint under its temporary name): the resumed run, on 1 or 2 ranks, gives the
+    uninterrupted run's per-step losses."""
+    shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+    for path in tmp_path.glob("ckpt_*.pt"):
+        if path.name != "ckpt_0000010.pt":
+            path.unlink()
+    (tmp_path / "DONE").unlink()
+    (tmp_path / ".ckpt_0000020.pt.tmp-12345").write_bytes(b"half a checkpoint")
+    output = run(tmp_path, data, nproc=nproc)
+    assert "resuming from" in output and "at step 10" in output
+    train, val = read_log(tmp_path)
+    ref_train, ref_val = read_log(reference)
+    tol = 0.0 if nproc == 1 else 1e-5
+    assert_same_losses(train, ref_train, tol)
+    assert_same_losses(val, ref_val, tol)
+    assert (tmp_path / "DONE").exists()
+
+
+def worker_pids(torchrun_pid):
+    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def catches(pid, sig):
+    """True once process `pid` has installed a handler for `sig` (Linux /proc SigCgt mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    mask = int(next(l.split()[1] for l in status.splitlines() if l.startswith("SigCgt")), 16)
+    return bool(mask >> (sig - 1) & 1)
+
+
+def test_signal_checkpoints_exits_3_and_resumes(data, reference, tmp_path):
+    """SIGUSR1 to one rank only: both finish the step, agree, checkpoint and exit 3;
+    resuming (here on 1 rank) continues the uninterrupted run's losses."""
+    proc = launch(tmp_path, data, nproc=2)
+    deadline = time.time() + 60
+    target = None
+    while target is None and time.time() < deadline and proc.poll() is None:
+        for pid in worker_pids(proc.pid):
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if b"RANK=1" in env and catches(pid, signal.SIGUSR1):
+                target = pid
+        time.sleep(0.005)
+    assert target is not None, "rank 1 never installed its signal handler"
+    os.kill(target, signal.SIGUSR1)
+    output, _ = proc.communicate(timeout=120)
+    assert "exiting with status 3" in output and "exitcode" in output and ": 3" in output, output
+    assert not (tmp_path / "DONE").exists()
+    stop_step = max(int(p.stem[5:]) for p in tmp_path.glob("ckpt_*.pt"))
+    assert 0 < stop_step < STEPS
+    run(tmp_path, data, nproc=1)
+    train, _ = read_log(tmp_path)
+    assert_same_losses(train, read_log(reference)[0], 1e-5)
+
+
+def test_sigterm_exit_status_3_single_process(data, tmp_path):
+    proc = launch(tmp_path, data, extra=["--max-steps", "100000", "--eval-every", "0"])
+    deadline = time.time() + 60
+    while not catches(proc.pid, signal.SIGTERM) and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)  # a few steps in
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3, output
+    step = max(int(p.stem[5:]) for p in tmp_path.glob("ckpt_*.pt"))
+    assert f"checkpoint at step {step} saved" in output
+
+
+def test_lr_schedule():
+    cfg = TrainConfig()  # 6e-4 peak, 715 warmup, cosine to 6e-5 at 19,073
+    assert get_lr(0, cfg) == pytest.approx(6e-4 / 715)
+    assert get_lr(714, cfg) == pytest.approx(6e-4)
+    assert get_lr(715, cfg) == pytest.approx(6e-4)
+    assert get_lr((715 + 19073) // 2, cfg) == pytest.approx((6e-4 + 6e-5) / 2, rel=1e-3)
+    assert get_lr(19072, cfg) == pytest.approx(6e-5, rel=1e-4)
+    assert get_lr(19073, cfg) == get_lr(30000, cfg) == 6e-5
+    assert all(get_lr(s, cfg) >= get_lr(s + 1, cfg) for s in range(715, 19073))
+
+
+def test_config_resolution(tmp_path):
+    assert parse_config([]) == TrainConfig()
+    cfg = parse_config(["--preset", "cpu-smoke"])
+    assert cfg.n_layer == PRESETS["cpu-smoke"]["n_layer"] and cfg.preset == "cpu-smoke"
+    file = tmp_path / "run.json"
+    file.write_text(json.dumps({"lr": 1, "max_steps": 7, "compile": True}))
+    cfg = parse_config(["--preset", "cpu-smoke", "--config", str(file), "--max-steps", "9",
+                        "--compile", "false", "--shuffle"])
+    assert (cfg.lr, cfg.max_steps, cfg.compile, cfg.shuffle, cfg.n_layer) == (1.0, 9, False, True, 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-steps", "ten"], "invalid int value"),
+    (["--seq-len", "2048"], "longer than the model's context"),
+    (["--dtype", "float16"], "--dtype must be one of"),
+    (["--nope"], "unrecognized arguments"),
+])
+def test_bad_flags_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_input_exit_2(data, reference, tmp_path, capsys):
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+
+    def fails(extra, message):
+        argv = TINY + ["--data", str(data), "--out-dir", str(tmp_path / "run"), *extra]
+        try:
+            assert main(argv) == 2
+        finally:  # main() installs its stop-signal handlers: give pytest its own back
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+    fails(["--data", str(tmp_path / "nothing")], "python -m pipeline.fineweb")
+    fails(["--total-batch-size", "500"], "not divisible")
+    fails(["--vocab-size", "32"], "raise --vocab-size")
+    fails(["--resume", str(tmp_path / "missing.pt")], "cannot read the checkpoint")
+    (tmp_path / "run").mkdir()
+    shutil.copy(reference / "ckpt_0000010.pt", tmp_path / "run")
+    fails(["--n-embd", "64"], "another model config")
+
+
+def in_process(argv):
+    """main(argv) in this process, then pytest's own signal handlers back."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+    try:
+        return main(argv)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def test_hellaswag_hook_runs_or_is_skipped_with_one_warning(tmp_path, capsys):
+    """A GPT-2-vocabulary model on GPT-2-token shards (no manifest: GPT-2 assumed) scores the
+    HellaSwag examples it is given; with the data unavailable the run goes on after one warning."""
+    rng = np.random.default_rng(0)
+    for i, n in enumerate([1024, 4096]):
+        write_shard(tmp_path / f"g_{'val' if i == 0 else 'train'}_{i:06d}.bin", rng.integers(0, 50257, n))
+    example = {"ctx": "A man sits down.", "ctx_a": "A man sits down.", "ctx_b": "", "label": 1,
+               "activity_label": "Sitting", "endings": ["He flies.", "He rests.", "He sings.", "He runs."]}
+    (tmp_path / "hs.jsonl").write_text("\n".join(json.dumps(example) for _ in range(3)) + "\n")
+    argv = TINY + ["--data", str(tmp_path), "--vocab-size", "50304", "--max-steps", "2",
+                   "--micro-batch-size", "2", "--seq-len", "16", "--total-batch-size", "64",
+                   "--eval-every", "0", "--checkpoint-every", "0", "--hellaswag-every", "1"]
+    assert in_process(argv + ["--out-dir", str(tmp_path / "a"),
+                              "--hellaswag-data", str(tmp_path / "hs.jsonl")]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "hellaswag_acc_norm" in r]
+    assert [r["step"] for r in scored] == [0, 1, 2] and all(r["hellaswag_n"] == 3 for r in scored)
+    assert "(OpenAI GPT-2 124M: 0.2955)" in capsys.readouterr().out
+    assert in_process(argv + ["--out-dir", str(tmp_path / "b"),
+                              "--hellaswag-data", str(tmp_path / "missing.jsonl")]) == 0
+    assert capsys.readouterr().out.count("warning: HellaSwag evaluation skipped") == 1
+
+
+def test_compile_keeps_eval_and_samples_working(data, tmp_path):
+    """--compile: training runs compiled, validation and generation still run (eagerly), and
+    checkpoint keys carry no `_orig_mod.` prefix. (~20 s: inductor compiles on first use.)"""
+    output = run(tmp_path, data, extra=["--compile", "--max-steps", "3", "--eval-every", "2"])
+    assert output.count("val loss") == 3 and output.count("sample:") == 3
+    ckpt = torch.load(tmp_path / "ckpt_0000003.pt", weights_only=False)
+    assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
