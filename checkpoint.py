@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
+from model import GPT, GPTConfig
 from shards.format import fsync_dir
 
 PATTERN = re.compile(r"ckpt_(\d{7,})\.pt")
 
 
-class CheckpointError(Exception):
+class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or from an incompatible run; one line says which."""
 
 
@@ -70,6 +71,39 @@ def load_checkpoint(path):
     if not isinstance(state, dict) or not {"model", "step", "config"} <= state.keys():
         raise CheckpointError(f"{path}: not a train_gpt2.py checkpoint")
     return state
+
+
+def resolve_checkpoint(path):
+    """A checkpoint file, or the newest ckpt_*.pt in a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"{path}: no ckpt_*.pt checkpoint in this folder")
+        return found[-1]
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    return path
+
+
+def load_model(path, device="cpu"):
+    """(GPT in eval-ready form, its shard folder or None) from a checkpoint file or run folder:
+    what sampling, HellaSwag and export need, without the optimizer state."""
+    path = resolve_checkpoint(path)
+    state = load_checkpoint(path)
+    if "model" not in state["config"]:
+        raise CheckpointError(f"{path}: its config has no 'model' entry (not a train_gpt2.py checkpoint)")
+    config = GPTConfig.from_dict(state["config"]["model"])
+    config.dropout = 0.0
+    model = GPT(config)
+    weights = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state["model"].items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: the weights do not fit its config['model']: {detail}") from None
+    data = state["config"].get("data")
+    return model.to(device), (str(data) if data else None)
 
 
 def find_latest(run_dir):

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from model import MODEL_ALIASES, unwrap
 from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding
-from sample import load_checkpoint_model
+from checkpoint import load_model
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 VAL_FILE = "hellaswag_val.jsonl"
@@ -328,7 +328,7 @@ def load_hf_model_fn(name_or_dir, device):
 
 def load_checkpoint_fn(path, device):
     """model_fn of our GPT from a training checkpoint (or a run folder: its newest one)."""
-    model, _ = load_checkpoint_model(path, device)
+    model, _ = load_model(path, device)
     check_gpt2_vocab(model, f"--checkpoint {path}")
     model.eval()
     return lambda idx: model(idx)[0]

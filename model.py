@@ -474,10 +474,10 @@ def main(argv=None):
                      help="rows to keep (default: the tokenizer's, from the checkpoint's shards; "
                           "else 50257)")
     args = p.parse_args(argv)
-    from sample import load_checkpoint_model
+    from checkpoint import load_model
 
     try:
-        model, data_dir = load_checkpoint_model(args.checkpoint)
+        model, data_dir = load_model(args.checkpoint)
         vocab_size = args.vocab_size
         if vocab_size is None:
             vocab_size = 50257

@@ -17,44 +17,8 @@ from pathlib import Path
 
 import torch
 
-from model import GPT, GPTConfig
-
-
-def find_checkpoint(path):
-    """A checkpoint file, or the newest ckpt_*.pt in a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.glob("ckpt_*.pt"))
-        if not found:
-            raise ValueError(f"{path}: no ckpt_*.pt checkpoint in this folder")
-        return found[-1]
-    if not path.exists():
-        raise ValueError(f"{path}: no such checkpoint")
-    return path
-
-
-def load_checkpoint_model(path, device="cpu"):
-    """(model, shard folder or None) from a checkpoint written by train_gpt2.py."""
-    path = find_checkpoint(path)
-    try:
-        # mmap: only the model's tensors are read, not the optimizer state. weights_only=False:
-        # our checkpoints also hold RNG states and plain Python objects (only load trusted files).
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model" not in ckpt.get("config", {}):
-        raise ValueError(f"{path}: not a train_gpt2.py checkpoint (needs 'model' and config['model'])")
-    config = GPTConfig.from_dict(ckpt["config"]["model"])
-    config.dropout = 0.0
-    model = GPT(config)
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise ValueError(f"{path}: the weights do not fit its config['model']: {detail}") from None
-    data = ckpt["config"].get("data")
-    return model.to(device), (str(data) if data else None)
+from checkpoint import load_model
+from model import GPT
 
 
 def load(checkpoint=None, model_name=None, tokenizer=None, device="cpu"):
@@ -62,7 +26,7 @@ def load(checkpoint=None, model_name=None, tokenizer=None, device="cpu"):
     from pipeline.tokenizer import load_tokenizer
 
     if checkpoint is not None:
-        model, data_dir = load_checkpoint_model(checkpoint, device)
+        model, data_dir = load_model(checkpoint, device)
         if tokenizer is None:
             if data_dir is None or not Path(data_dir).is_dir():
                 raise ValueError(

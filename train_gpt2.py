@@ -66,13 +66,19 @@ class StopRequest:
     """Records SIGUSR1 (Slurm's pre-emption warning), SIGTERM and SIGINT instead of dying:
     the loop finishes its step, checkpoints and exits with EXIT_STOPPED."""
 
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
         self.signum = 0
-        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame):
         self.signum = self.signum or signum
+
+    def restore(self):
+        """Give the signals back to their former handlers (train_gpt2.main may run in-process)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def params_sha256(model):
@@ -132,12 +138,15 @@ def main(argv=None):
         torch.cuda.set_device(device)
     if ddp:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    stop = StopRequest()  # from here on a signal means "checkpoint and exit 3"
     try:
-        status = train(cfg, setup, ddp, rank, world_size, device)
+        status = train(cfg, setup, ddp, rank, world_size, device, stop)
     except (BadInput, CheckpointError, LoaderError, WandbUnavailable) as e:  # raised alike on every rank
         if master:
             print(f"error: {e}", file=sys.stderr)
         status = EXIT_BAD_INPUT
+    finally:
+        stop.restore()
     if ddp:
         dist.barrier()  # gloo can abort at exit if one rank leaves while another is busy
         dist.destroy_process_group()
@@ -174,12 +183,11 @@ def prepare(cfg, rank, world_size):
                 tokenizer=tokenizer)
 
 
-def train(cfg, setup, ddp, rank, world_size, device):
+def train(cfg, setup, ddp, rank, world_size, device, stop):
     master = rank == 0
     grad_accum, train_loader, val_loader = setup["grad_accum"], setup["train_loader"], setup["val_loader"]
     tokenizer = setup["tokenizer"]
     out_dir = Path(cfg.out_dir)
-    stop = StopRequest()  # from here on a signal means "checkpoint and exit 3"
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
     use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
@@ -371,7 +379,7 @@ def generate_samples(model, tokenizer, cfg, step, device, autocast):
     """cfg.num_samples continuations of cfg.sample_prompt; a generator seeded by the step keeps
     the training RNG stream (and so a resumed run) untouched."""
     try:
-        prompt = tokenizer.encode(cfg.sample_prompt)[-(cfg.block_size - cfg.sample_tokens):]
+        prompt = tokenizer.encode(cfg.sample_prompt)[-cfg.block_size:]  # generate() crops as it goes
     except ValueError as e:  # e.g. a character outside a char vocabulary
         return [f"(no samples: --sample-prompt: {e})"]
     if not prompt:

@@ -66,6 +66,9 @@ def _init_worker(tokenizer):
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+    # Pool.terminate() stops workers with SIGTERM: a handler inherited from the forking process
+    # (a trainer's, say) would leave them alive and the pool's exit hanging
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def tokenize_chunk(texts):

@@ -12,14 +12,14 @@ import pytest
 from shards.format import write_shard
 
 
-def write_char_shards(d, train_tokens=16384, val_tokens=2048, seed=0):
-    """A val shard and a train shard of a learnable 64-token stream (each token has 2 likely
-    successors), plus a 64-char tokenizer.json: trains in milliseconds a step."""
+def write_char_shards(d, sizes=(2048, 16384), seed=0):
+    """A val shard then train shards of the given sizes, of a learnable 64-token stream (each
+    token has 2 likely successors), plus a 64-char tokenizer.json: trains in milliseconds a step."""
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     successors = rng.integers(0, 64, size=(64, 2))
-    for i, n in enumerate([val_tokens, train_tokens]):
+    for i, n in enumerate(sizes):
         tokens = [0]
         for _ in range(n - 1):
             noisy = rng.random() > 0.9

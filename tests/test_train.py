@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import signal
-import string
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ import torch
 from config import PRESETS, TrainConfig, parse_config
 from shards.format import write_shard
 from train_gpt2 import get_lr, main
+
+from conftest import write_char_shards
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 40
@@ -37,18 +38,7 @@ TINY = ["--preset", "cpu-smoke", "--vocab-size", "64", "--n-layer", "2", "--n-he
 def data(tmp_path_factory):
     """A val shard and two train shards (16 + 16 steps: the 40-step runs cross an epoch) of a
     learnable token stream (each token has 2 likely successors), with a 64-char tokenizer."""
-    d = tmp_path_factory.mktemp("shards")
-    rng = np.random.default_rng(0)
-    successors = rng.integers(0, 64, size=(64, 2))
-    for i, n in enumerate([2048, 8192, 8192]):
-        tokens = [0]
-        for _ in range(n - 1):
-            noisy = rng.random() > 0.9
-            tokens.append(int(rng.integers(0, 64)) if noisy else int(successors[tokens[-1], rng.integers(0, 2)]))
-        write_shard(d / f"t_{'val' if i == 0 else 'train'}_{i:06d}.bin", tokens)
-    chars = string.ascii_letters + string.digits + " ."
-    (d / "tokenizer.json").write_text(json.dumps({"type": "char", "chars": list(chars)}))
-    return d
+    return write_char_shards(tmp_path_factory.mktemp("shards"), sizes=(2048, 8192, 8192))
 
 
 def launch(out_dir, data, nproc=1, extra=()):
@@ -261,13 +251,13 @@ def test_bad_input_exit_2(data, reference, tmp_path, capsys):
 
 
 def in_process(argv):
-    """main(argv) in this process, then pytest's own signal handlers back."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
-    try:
-        return main(argv)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    """main(argv) in this process. It must give the signal handlers back as it found them: a
+    trainer's SIGTERM handler left behind would, for one, keep forked worker pools from stopping."""
+    signals = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+    before = [signal.getsignal(s) for s in signals]
+    status = main(argv)
+    assert [signal.getsignal(s) for s in signals] == before
+    return status
 
 
 def test_hellaswag_hook_runs_or_is_skipped_with_one_warning(tmp_path, capsys):
