@@ -99,7 +99,7 @@ echo "$INFO" | grep -E '^(tokenizer|format|val|train):'
 TRAIN_FLAGS=(--preset cpu-smoke --data "$DATA" --out-dir "$RUN" --resume never --device cpu
     --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --seq-len 64
     --micro-batch-size 4 --total-batch-size $((NPROC * 4 * 64))
-    --max-steps "$STEPS" --warmup-steps 20 --lr 3e-3 --min-lr 3e-4 --shuffle true
+    --max-steps "$STEPS" --warmup-steps 20 --lr 1.5e-3 --min-lr 1.5e-4 --shuffle true
     --eval-every 100 --val-tokens 16384 --num-samples 1 --sample-tokens 24
     --sample-prompt "$PROMPT" --checkpoint-every 0 --hellaswag-every 0)
 say "3/5 train" "torchrun --standalone --nproc_per_node=$NPROC train_gpt2.py ${TRAIN_FLAGS[*]}"
