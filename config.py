@@ -62,7 +62,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # the newest K are kept; 0 = keep all
     # wandb (metrics.MetricsLogger)
     wandb: bool = False
-    wandb_project: str = "gpt2-fineweb"
+    wandb_project: str = ""  # default: $WANDB_PROJECT, else "gpt2-fineweb"
     wandb_run_name: str = ""
     # which preset the values started from (informational)
     preset: str = "gpt2-124m"

@@ -85,7 +85,7 @@ class MetricsLogger:
         mode = os.environ.get("WANDB_MODE", "")
         try:
             self._run = wandb.init(
-                project=project or os.environ.get("WANDB_PROJECT") or None,
+                project=project or os.environ.get("WANDB_PROJECT") or "gpt2-fineweb",
                 name=run_name or None,
                 id=self.run_id,  # None: wandb picks a new id, saved with every checkpoint
                 resume="allow",  # the same id continues the same run: one curve across requeues
