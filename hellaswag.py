@@ -31,9 +31,9 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
+from checkpoint import load_model
 from model import MODEL_ALIASES, unwrap
 from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding
-from checkpoint import load_model
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 VAL_FILE = "hellaswag_val.jsonl"
