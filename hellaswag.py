@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 from checkpoint import load_model
-from model import MODEL_ALIASES, unwrap
+from model import load_hf_gpt2, unwrap
 from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -313,15 +313,10 @@ def evaluate_gpt(model, examples, *, enc=None, style="default", batch_size=8, ra
 
 def load_hf_model_fn(name_or_dir, device):
     """model_fn of a transformers GPT2LMHeadModel: OpenAI's sizes, a hub id or a local folder."""
-    from transformers import GPT2LMHeadModel
-
-    name = MODEL_ALIASES.get(name_or_dir.lower(), name_or_dir)
     try:
-        hf = GPT2LMHeadModel.from_pretrained(name)
-    except Exception as e:  # offline, missing folder, not a GPT-2 model, ...
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"--model {name_or_dir}: could not load a GPT-2 model ({reason}); "
-                         f"pass a local folder written by save_pretrained, or go online") from None
+        hf = load_hf_gpt2(name_or_dir)
+    except ValueError as e:
+        raise ValueError(f"--model {name_or_dir}: {e}") from None
     hf.to(device).eval()
     return lambda idx: hf(idx).logits
 

@@ -338,7 +338,7 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_dir):
         """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl, or 124m..1558m), any hub id of
         a GPT-2 model, or a local folder written by save_pretrained / export_hf."""
-        hf = _load_hf_gpt2(str(name_or_dir))
+        hf = load_hf_gpt2(str(name_or_dir))
         c = hf.config
         if c.activation_function != "gelu_new" or getattr(c, "n_inner", None) not in (None, 4 * c.n_embd):
             raise ValueError(f"{name_or_dir!r} is not a standard GPT-2 (activation/width differ)")
@@ -412,7 +412,7 @@ class GPT(nn.Module):
         return out_dir
 
 
-def _load_hf_gpt2(name_or_dir):
+def load_hf_gpt2(name_or_dir):
     """transformers' GPT2LMHeadModel from a local folder, the local HF cache, or the hub.
 
     Offline, transformers retries the hub for ~25 s before failing; we look in the cache first
