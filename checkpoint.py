@@ -13,14 +13,13 @@ It is written to a hidden temporary name, fsync'ed and renamed: a crash mid-save
 previous checkpoints intact and never a partial file under a `ckpt_*.pt` name.
 """
 
-import os
 import re
 from pathlib import Path
 
 import torch
 
 from model import GPT, GPTConfig
-from shards.format import fsync_dir
+from shards.format import atomic_write
 
 PATTERN = re.compile(r"ckpt_(\d{7,})\.pt")
 
@@ -45,16 +44,8 @@ def list_checkpoints(run_dir):
 def save_checkpoint(state, run_dir, step, keep=0):
     """Atomically write `state` as ckpt_{step}.pt, then delete all but the newest `keep`."""
     path = checkpoint_path(run_dir, step)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    with atomic_write(path) as f:
+        torch.save(state, f)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             old.unlink(missing_ok=True)

@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from pipeline.sources import FINEWEB_EDU, SourceError, open_source
 from pipeline.tokenizer import CHAR_TOKENIZER_FILE, GPT2_EOT, CharTokenizer, GPT2Tokenizer
-from shards.format import FORMATS, ShardError, read_shard, write_bin_chunks, write_shard
+from shards.format import (FORMATS, ShardError, atomic_write, read_shard, write_bin_chunks,
+                           write_shard)
 from shards.manifest import (MANIFEST, MANIFEST_VERSION, ManifestError, file_sha256, read_manifest,
                              shard_name, write_manifest)
 
@@ -355,9 +356,8 @@ def check_parts(args, source, out):
                 "it or use another --out")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{PARTS_INFO}.tmp-{os.uname().nodename}-{os.getpid()}")
-        tmp.write_text(json.dumps(info, indent=1) + "\n")
-        os.replace(tmp, path)  # tasks starting together write the same content: last one wins
+        with atomic_write(path, "w") as f:  # tasks starting together write the same: last one wins
+            f.write(json.dumps(info, indent=1) + "\n")
 
 
 def pinned_parts_revision(args):

@@ -150,11 +150,10 @@ class CharTokenizer:
 
     def save(self, directory):
         """Write tokenizer.json atomically beside the shards."""
-        path = Path(directory) / CHAR_TOKENIZER_FILE
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False),
-                       encoding="utf-8")
-        os.replace(tmp, path)
+        from shards.format import atomic_write
+
+        with atomic_write(Path(directory) / CHAR_TOKENIZER_FILE, "w", encoding="utf-8") as f:
+            json.dump({"type": "char", "chars": self.chars}, f, ensure_ascii=False)
 
     def encode(self, text):
         try:

@@ -9,6 +9,7 @@ they can (magic, version, dtype, size) so a truncated or foreign file fails with
 """
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,54 +60,55 @@ def as_tokens(tokens):
     return tokens.reshape(-1)
 
 
-def write_shard(path, tokens, fmt="bin"):
-    """Write tokens atomically: to a temporary name, fsync, then rename to `path`.
+@contextmanager
+def atomic_write(path, mode="wb", **open_kwargs):
+    """Write `path` through a temporary sibling, fsync'ed and renamed into place on success.
 
-    A crash at any moment leaves either no file or the complete file under `path`.
+    A crash at any moment leaves the old file or the complete new one under `path`, never half a
+    file; an exception (bad input, Ctrl-C) removes the temporary. Its name `.NAME.tmp-HOST-PID`
+    never collides between writers on different nodes of a shared file system.
     """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.uname().nodename}-{os.getpid()}")
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def write_shard(path, tokens, fmt="bin"):
+    """Write tokens atomically (see atomic_write) in the .bin or .npy format."""
     if fmt not in FORMATS:
         raise ShardError(f"unknown shard format {fmt!r}; use one of {FORMATS}")
-    path = Path(path)
     tokens = as_tokens(tokens)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         if fmt == "bin":
             f.write(bin_header(len(tokens)).tobytes())
             f.write(tokens.tobytes())
         else:
             np.save(f, tokens, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def write_bin_chunks(path, chunks):
     """Write a .bin shard from an iterable of token arrays, atomically, never holding it whole.
 
-    The header's token count is only known at the end, so it is written last (seek back), before
-    the fsync and rename. The temporary name carries host and pid: writers on different nodes of
-    a shared file system never collide. Returns the number of tokens.
+    The header's token count is only known at the end, so it is written last (seek back).
+    Returns the number of tokens.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.uname().nodename}-{os.getpid()}")
     num_tokens = 0
-    try:
-        with open(tmp, "wb") as f:
-            f.write(bytes(HEADER_BYTES))
-            for tokens in chunks:
-                tokens = as_tokens(tokens)
-                f.write(tokens.tobytes())
-                num_tokens += len(tokens)
-            f.seek(0)
-            f.write(bin_header(num_tokens).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:  # bad input upstream, Ctrl-C: leave no temporary behind
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with atomic_write(path) as f:
+        f.write(bytes(HEADER_BYTES))
+        for tokens in chunks:
+            tokens = as_tokens(tokens)
+            f.write(tokens.tobytes())
+            num_tokens += len(tokens)
+        f.seek(0)
+        f.write(bin_header(num_tokens).tobytes())
     return num_tokens
 
 

@@ -7,11 +7,10 @@ llm.c have no manifest: `list_shards` still finds their shards by name.
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
-from shards.format import fsync_dir
+from shards.format import atomic_write
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -44,15 +43,9 @@ def read_manifest(directory):
 
 def write_manifest(directory, manifest):
     """Atomic: a reader (or a resume after kill -9) sees the old or the new manifest, never half."""
-    path = Path(directory) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_write(Path(directory) / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def list_shards(directory, split):
