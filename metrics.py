@@ -20,10 +20,11 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.tokenizer import GPT2_VOCAB_SIZE
+
 # OpenAI GPT-2 124M, measured as build-nanogpt does: loss on FineWeb-Edu's validation shard
 # (GPT-2 tokenizer) and HellaSwag acc_norm (10,042 validation examples, completion style).
 GPT2_124M_REFERENCE = {"val_loss": 3.2924, "hellaswag_acc_norm": 0.2955}
-GPT2_VOCAB_SIZE = 50257
 
 
 class WandbUnavailable(Exception):

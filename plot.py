@@ -23,8 +23,11 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # no display needed: we only write files
 import matplotlib.pyplot as plt  # noqa: E402
 
-GPT2_124M_VAL_LOSS = 3.2924  # on the FineWeb-Edu val shard (build-nanogpt)
-GPT2_124M_HELLASWAG = 0.2955  # acc_norm, build-nanogpt's scoring
+from metrics import GPT2_124M_REFERENCE  # noqa: E402
+from pipeline.tokenizer import GPT2_VOCAB_SIZE  # noqa: E402
+
+GPT2_124M_VAL_LOSS = GPT2_124M_REFERENCE["val_loss"]
+GPT2_124M_HELLASWAG = GPT2_124M_REFERENCE["hellaswag_acc_norm"]
 
 
 def read_log(path):
@@ -54,7 +57,7 @@ def is_fineweb_edu_gpt2(config, run_dir):
     data = config.get("data")
     if not data:
         return False
-    if config.get("vocab_size", 50304) < 50257:
+    if config.get("vocab_size", GPT2_VOCAB_SIZE) < GPT2_VOCAB_SIZE:
         return False
     data_dir = Path(data)
     if not data_dir.is_absolute() and not data_dir.exists():

@@ -32,14 +32,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import CheckpointError, check_compatible, find_latest, load_checkpoint, save_checkpoint
 from config import parse_config, save_config
-from metrics import MetricsLogger, WandbUnavailable
+from metrics import GPT2_124M_REFERENCE, MetricsLogger, WandbUnavailable
 from model import GPT, GPTConfig
+from pipeline.tokenizer import GPT2_VOCAB_SIZE, load_tokenizer
 from shards.loader import LoaderError, ShardLoader, ValLoader
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
-GPT2_VOCAB_SIZE = 50257
-HELLASWAG_GPT2_124M = 0.2955  # OpenAI GPT-2 124M acc_norm (build-nanogpt's scoring)
 
 # Dense bf16 tensor-core peak FLOP/s per device, for MFU (first matching name wins).
 PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
@@ -91,8 +90,6 @@ def params_sha256(model):
 
 def data_tokenizer(data_dir):
     """The shards' tokenizer (for samples and the vocab check), or None with a warning."""
-    from pipeline.tokenizer import load_tokenizer
-
     try:
         return load_tokenizer(data_dir)
     except Exception as e:  # e.g. GPT-2's BPE files unavailable offline
@@ -290,7 +287,7 @@ def train(cfg, setup, ddp, rank, world_size, device, stop):
                          "hellaswag_acc": result["acc"], "hellaswag_n": result["n"]})
             if master:
                 print(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} "
-                      f"(OpenAI GPT-2 124M: {HELLASWAG_GPT2_124M}) on {result['n']} examples")
+                      f"(OpenAI GPT-2 124M: {GPT2_124M_REFERENCE['hellaswag_acc_norm']}) on {result['n']} examples")
         if last_step:
             break
 
