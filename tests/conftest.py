@@ -30,6 +30,16 @@ def write_char_shards(d, sizes=(2048, 16384), seed=0):
     return d
 
 
+def tiny_train_flags(steps, total_batch_size, eval_every):
+    """train_gpt2.py flags for a 2-layer, 32-wide model on char_shards: a step takes milliseconds."""
+    return ["--preset", "cpu-smoke", "--vocab-size", "64", "--n-layer", "2", "--n-head", "2",
+            "--n-embd", "32", "--block-size", "32", "--seq-len", "32", "--micro-batch-size", "4",
+            "--total-batch-size", str(total_batch_size), "--max-steps", str(steps),
+            "--warmup-steps", "4", "--eval-every", str(eval_every), "--val-tokens", "512",
+            "--checkpoint-every", "0", "--sample-prompt", "ab", "--num-samples", "1",
+            "--sample-tokens", "8"]
+
+
 @pytest.fixture(scope="session")
 def char_shards(tmp_path_factory):
     return write_char_shards(tmp_path_factory.mktemp("char_shards"))

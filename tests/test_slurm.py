@@ -20,14 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_train_flags
+
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "slurm" / "cluster.sh"
 STEPS = 80
-TINY = ["--preset", "cpu-smoke", "--vocab-size", "64", "--n-layer", "2", "--n-head", "2",
-        "--n-embd", "32", "--block-size", "32", "--seq-len", "32", "--micro-batch-size", "4",
-        "--total-batch-size", "512", "--max-steps", str(STEPS), "--warmup-steps", "4",
-        "--eval-every", "40", "--val-tokens", "512", "--checkpoint-every", "0",
-        "--sample-prompt", "ab", "--num-samples", "1", "--sample-tokens", "8"]
+TINY = tiny_train_flags(STEPS, total_batch_size=512, eval_every=40)
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                 "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 

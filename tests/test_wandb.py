@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_train_flags
 from metrics import GPT2_124M_REFERENCE, MetricsLogger
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 30
-TINY = ["--preset", "cpu-smoke", "--vocab-size", "64", "--n-layer", "2", "--n-head", "2",
-        "--n-embd", "32", "--block-size", "32", "--seq-len", "32", "--micro-batch-size", "4",
-        "--total-batch-size", "256", "--max-steps", str(STEPS), "--warmup-steps", "4",
-        "--eval-every", "10", "--val-tokens", "512", "--checkpoint-every", "0",
-        "--sample-prompt", "ab", "--num-samples", "1", "--sample-tokens", "8"]
+TINY = tiny_train_flags(STEPS, total_batch_size=256, eval_every=10)
 
 
 def clean_env(tmp_path, **extra):
