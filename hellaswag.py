@@ -31,8 +31,9 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from checkpoint import load_model
-from model import load_hf_gpt2, unwrap
+from trainer.checkpoint import load_model
+from hf_gpt2 import load_hf_gpt2
+from model import unwrap
 from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"

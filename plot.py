@@ -23,7 +23,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # no display needed: we only write files
 import matplotlib.pyplot as plt  # noqa: E402
 
-from metrics import GPT2_124M_REFERENCE  # noqa: E402
+from trainer.metrics import GPT2_124M_REFERENCE  # noqa: E402
 from pipeline.tokenizer import GPT2_VOCAB_SIZE  # noqa: E402
 
 GPT2_124M_VAL_LOSS = GPT2_124M_REFERENCE["val_loss"]

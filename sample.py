@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_model
-from model import GPT
+from trainer.checkpoint import load_model
+from hf_gpt2 import gpt_from_hf
 
 
 def load(checkpoint=None, model_name=None, tokenizer=None, device="cpu"):
@@ -35,7 +35,7 @@ def load(checkpoint=None, model_name=None, tokenizer=None, device="cpu"):
                 )
             tokenizer = data_dir
     else:
-        model = GPT.from_pretrained(model_name).to(device)
+        model = gpt_from_hf(model_name).to(device)
         tokenizer = tokenizer or "gpt2"
     try:
         tok = load_tokenizer(tokenizer)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import train_gpt2
-from config import parse_config
+from trainer.config import parse_config
 from model import GPT, GPTConfig
 from shards.format import write_shard
 from shards.loader import ShardLoader

@@ -178,6 +178,16 @@ class ValLoader:
         self.num_tokens = self.num_sequences * seq_len
         self.requested_tokens = tokens
 
+    @property
+    def num_batches(self):
+        """Batches this rank yields."""
+        return -(-len(self.starts[self.rank :: self.world_size]) // self.B)
+
+    @property
+    def max_batches(self):
+        """Batches of the rank with the largest share (rank 0)."""
+        return -(-len(self.starts[:: self.world_size]) // self.B)
+
     def __iter__(self):
         mine = self.starts[self.rank :: self.world_size]
         for i in range(0, len(mine), self.B):

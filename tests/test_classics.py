@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from config import PRESETS, parse_config
+from trainer.config import PRESETS, parse_config
 from pipeline import shakespeare_char
 from pipeline.tokenizer import CharTokenizer, load_tokenizer
 from shards.__main__ import verify

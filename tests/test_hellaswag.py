@@ -16,6 +16,7 @@ import torch
 
 import hellaswag
 from hellaswag import HellaSwagUnavailable, evaluate, render_example
+from hf_gpt2 import export_hf, gpt_from_hf
 from pipeline.tokenizer import get_gpt2_encoding
 
 REPO = Path(__file__).resolve().parent.parent
@@ -259,7 +260,7 @@ def test_hf_folder_and_our_gpt_agree_with_direct_computation(style, hf_dir, exam
 
     hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     via_hf = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu"), examples, enc, style, batch_size=3)
-    gpt = GPT.from_pretrained(hf_dir).train()
+    gpt = gpt_from_hf(hf_dir).train()
     via_gpt = hellaswag.evaluate_gpt(gpt, examples, style=style, batch_size=2)
     assert gpt.training  # evaluate_gpt scores in eval mode, then gives the model back as it was
     for i, ex in enumerate(examples):
@@ -306,7 +307,7 @@ def test_exported_checkpoint_matches_checkpoint(tmp_path, examples, data_file, e
     model = GPT(GPTConfig(block_size=128, vocab_size=50304, n_layer=2, n_head=2, n_embd=32))
     ckpt = tmp_path / "ckpt_0000010.pt"
     torch.save({"model": model.state_dict(), "config": {"model": model.config.to_dict()}, "step": 10}, ckpt)
-    model.export_hf(tmp_path / "hf")
+    export_hf(model, tmp_path / "hf")
 
     from_ckpt = evaluate(hellaswag.load_checkpoint_fn(str(ckpt), "cpu"), examples, enc, batch_size=4)
     from_hf = evaluate(hellaswag.load_hf_model_fn(str(tmp_path / "hf"), "cpu"), examples, enc, batch_size=4)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from hf_gpt2 import export_hf, gpt_from_hf
 from model import GPT, GPTConfig, KVCache, MODEL_CONFIGS, get_config, unwrap
 
 transformers = pytest.importorskip("transformers")
@@ -45,7 +46,7 @@ def _hf_logits(path, idx):
 
 
 def test_logits_equal_huggingface(hf_dir):
-    model = GPT.from_pretrained(hf_dir).eval()
+    model = gpt_from_hf(hf_dir).eval()
     assert model.config.vocab_size == 96 and model.config.block_size == 32
     idx = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -64,8 +65,8 @@ def test_logits_equal_huggingface(hf_dir):
 def test_export_reimport_is_lossless(tmp_path):
     cfg = GPTConfig(block_size=32, vocab_size=96, n_layer=2, n_head=4, n_embd=32)
     model = _randomize(GPT(cfg)).eval()
-    model.export_hf(tmp_path / "hf", vocab_size=96)
-    back = GPT.from_pretrained(tmp_path / "hf")
+    export_hf(model, tmp_path / "hf", vocab_size=96)
+    back = gpt_from_hf(tmp_path / "hf")
     assert back.config == cfg
     sd, sd_back = model.state_dict(), back.state_dict()
     assert sd.keys() == sd_back.keys()
@@ -81,7 +82,7 @@ def test_export_crops_padded_vocab(tmp_path):
     cfg = GPTConfig(block_size=32, vocab_size=128, n_layer=2, n_head=4, n_embd=32)  # 96 padded
     model = _randomize(GPT(cfg)).eval()
     # through torch.compile's wrapper (lazy: nothing is compiled here): keys must stay clean
-    unwrap(torch.compile(model)).export_hf(tmp_path / "hf", vocab_size=96)
+    export_hf(unwrap(torch.compile(model)), tmp_path / "hf", vocab_size=96)
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
@@ -90,7 +91,7 @@ def test_export_crops_padded_vocab(tmp_path):
     with torch.no_grad():
         ours, _ = model(idx)
     torch.testing.assert_close(_hf_logits(tmp_path / "hf", idx), ours[..., :96], atol=1e-5, rtol=1e-5)
-    back = GPT.from_pretrained(tmp_path / "hf")
+    back = gpt_from_hf(tmp_path / "hf")
     assert torch.equal(back.lm_head.weight, model.lm_head.weight[:96])
 
 
@@ -185,7 +186,8 @@ def test_weight_decay_groups(capsys):
     opt = model.configure_optimizer(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95),
                                     eps=1e-8, device_type="cpu")
     assert isinstance(opt, torch.optim.AdamW)
-    assert "decayed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "decayed" in out
     names = {id(p): n for n, p in model.named_parameters()}
     by_decay = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in opt.param_groups}
     decayed, plain = by_decay[0.1], by_decay[0.0]
@@ -199,7 +201,8 @@ def test_weight_decay_groups(capsys):
     assert len(plain) == 2 * (4 + 4) + 2  # per layer 4 Linear biases + 2 LayerNorms (w, b); ln_f
     n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n_opt == model.num_params()
-    assert opt.defaults["lr"] == 1e-3 and opt.defaults["foreach"] is True
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["fused"] is True  # fused on CPU too
+    assert "AdamW fused" in out
 
 
 def test_init_std():
@@ -234,12 +237,12 @@ def test_unwrap_ddp_and_compile(tmp_path):
 
 def test_from_pretrained_clear_error_offline(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="could not load .*no such folder.*go online"):
-        GPT.from_pretrained(tmp_path / "missing")
+        gpt_from_hf(tmp_path / "missing")
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="could not load .*put a local copy.*go online"):
-        GPT.from_pretrained("no-such-org/no-such-gpt2")
+        gpt_from_hf("no-such-org/no-such-gpt2")
 
 
 def test_gpt2_124m_training_step():
@@ -260,15 +263,15 @@ def test_gpt2_124m_training_step():
 
 
 def test_export_cli_from_checkpoint(tmp_path, capsys):
-    import model as model_module
+    import hf_gpt2
 
     cfg = GPTConfig(block_size=32, vocab_size=128, n_layer=2, n_head=4, n_embd=32)
     model = _randomize(GPT(cfg))
     ckpt = {"model": model.state_dict(), "config": {"model": cfg.to_dict(), "data": None}, "step": 5}
     torch.save(ckpt, tmp_path / "ckpt_0000005.pt")
-    rc = model_module.main(["export-hf", str(tmp_path), str(tmp_path / "hf"), "--vocab-size", "100"])
+    rc = hf_gpt2.main(["export", str(tmp_path), str(tmp_path / "hf"), "--vocab-size", "100"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
-    back = GPT.from_pretrained(tmp_path / "hf")
+    back = gpt_from_hf(tmp_path / "hf")
     assert back.config.vocab_size == 100
     assert torch.equal(back.lm_head.weight, model.lm_head.weight[:100])
-    assert model_module.main(["export-hf", str(tmp_path / "none.pt"), str(tmp_path / "x")]) == 2
+    assert hf_gpt2.main(["export", str(tmp_path / "none.pt"), str(tmp_path / "x")]) == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_train_flags
-from metrics import GPT2_124M_REFERENCE, MetricsLogger
+from trainer.metrics import GPT2_124M_REFERENCE, MetricsLogger
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 30

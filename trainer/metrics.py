@@ -17,6 +17,7 @@ written under RUN/wandb/ and `wandb sync` uploads it later).
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,45 @@ from pipeline.tokenizer import GPT2_VOCAB_SIZE
 # OpenAI GPT-2 124M, measured as build-nanogpt does: loss on FineWeb-Edu's validation shard
 # (GPT-2 tokenizer) and HellaSwag acc_norm (10,042 validation examples, completion style).
 GPT2_124M_REFERENCE = {"val_loss": 3.2924, "hellaswag_acc_norm": 0.2955}
+
+
+# Dense bf16/fp16 tensor-core peak FLOP/s per device, for MFU, by the name CUDA reports with its
+# "NVIDIA "/"Tesla "/"GeForce " prefix removed. Whole names: an L40 is not an L4, and the
+# three H100s differ.
+PEAK_FLOPS = [(r"H100( 80GB HBM3| SXM5?.*)?", 989e12), (r"H100 PCIe", 756e12), (r"H100 NVL", 835e12),
+              (r"H200.*", 989e12), (r"A100.*", 312e12), (r"L40S", 362e12), (r"L40", 181e12),
+              (r"L4", 121e12), (r"A10G", 70e12), (r"A10", 125e12), (r"RTX 4090", 165e12),
+              (r"RTX 3090( Ti)?", 71e12), (r"V100.*", 125e12), (r"T4", 65e12)]
+
+
+def peak_flops_of(device_name):
+    """Peak FLOP/s of a GPU by its CUDA name, or None for a GPU not in the table."""
+    name = re.sub(r"^(NVIDIA |Tesla |GeForce )+", "", device_name.strip())
+    return next((flops for pattern, flops in PEAK_FLOPS if re.fullmatch(pattern, name)), None)
+
+
+class Throughput:
+    """Per-step speed: ms, tokens/s, MFU (when the device's peak is known) and ETA. The first
+    step timed (compilation, warm-up) is left out of the mean that the ETA uses."""
+
+    def __init__(self, tokens_per_step, flops_per_step, peak_flops, world_size, start_step, max_steps):
+        self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+        self.peak_total = peak_flops * world_size if peak_flops else None
+        self.start_step, self.max_steps = start_step, max_steps
+        self.timed_s, self.timed_steps = 0.0, 0
+
+    def update(self, step, seconds):
+        if step > self.start_step:
+            self.timed_s, self.timed_steps = self.timed_s + seconds, self.timed_steps + 1
+        mean = self.timed_s / self.timed_steps if self.timed_steps else seconds
+        mfu = self.flops_per_step / seconds / self.peak_total if self.peak_total else None
+        return {"ms": seconds * 1000, "tokens_per_s": self.tokens_per_step / seconds, "mfu": mfu,
+                "eta": (self.max_steps - step - 1) * mean}
+
+
+def format_eta(seconds):
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
 
 
 class WandbUnavailable(Exception):
@@ -117,6 +157,16 @@ class MetricsLogger:
             for key in list(data):
                 data.update(self._refs.get(key, {}))
             self._wandb_call(self._run.log, data, step=int(metrics["step"]))
+
+    def log_setup(self, setup):
+        """One {"setup": {...}} line per start of the run (a requeued job adds one): what ran
+        where. wandb gets it in the run's config."""
+        if self.rank != 0 or self._file is None:
+            return
+        self._file.write(json.dumps({"setup": setup}, default=_jsonable) + "\n")
+        self._file.flush()
+        if self._run is not None:
+            self._wandb_call(self._run.config.update, {"setup": setup}, allow_val_change=True)
 
     def log_samples(self, step, samples):
         """Generated texts: a log.jsonl line {"step", "samples"} and a wandb table."""

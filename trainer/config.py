@@ -44,10 +44,15 @@ class TrainConfig:
     vocab_size: int = 50_304  # GPT-2's 50,257 padded to a multiple of 64
     dropout: float = 0.0
     bias: bool = True
-    # hardware
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    dtype: str = "auto"  # auto (bfloat16 autocast on CUDA, float32 on CPU) | bfloat16 | float32
+    # hardware and parallelism
+    device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | mps
+    # auto: bfloat16 autocast where the GPU has native bf16, float16 autocast with loss scaling on
+    # older GPUs (V100, T4), float32 on CPU | bfloat16 | float16 | float32
+    dtype: str = "auto"
     compile: bool = False  # torch.compile the model for training
+    fsdp: bool = False  # shard weights, gradients and AdamW state over the ranks (FSDP2)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    dist_timeout_min: int = 30  # how long a collective waits for a slow rank (e.g. checkpointing)
     peak_flops: float = 0.0  # per device, for MFU; 0 = detect known GPUs
     # evaluation, samples, checkpoints
     eval_every: int = 250  # validation loss + samples every N steps (and at the end); 0 = never
@@ -197,6 +202,8 @@ def _check(parser, c):
     non_negative = ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
                     "hellaswag_every", "hellaswag_limit", "weight_decay", "grad_clip",
                     "peak_flops", "num_samples", "sample_tokens", "min_lr", "lr")
+    if c.dist_timeout_min <= 0:
+        parser.error(f"--dist-timeout-min must be positive, got {c.dist_timeout_min}")
     for name in non_negative:
         if getattr(c, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
@@ -207,8 +214,8 @@ def _check(parser, c):
                      f"--block-size {c.block_size}")
     if not 0 <= c.dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {c.dropout}")
-    for name, choices in (("device", ("auto", "cpu", "cuda")),
-                          ("dtype", ("auto", "bfloat16", "float32"))):
+    for name, choices in (("device", ("auto", "cpu", "cuda", "mps")),
+                          ("dtype", ("auto", "bfloat16", "float16", "float32"))):
         if getattr(c, name) not in choices:
             parser.error(f"--{name} must be one of {', '.join(choices)}, got {getattr(c, name)!r}")
 

@@ -1,0 +1,209 @@
+"""Where training runs: the process group, the device, and how the model is spread over ranks.
+
+    runtime = Runtime.from_env(device="auto")     # torchrun's ranks, or a world of one
+    runtime.init_process_group(timeout_min=30)
+    parallel = ParallelModel(model, runtime, fsdp=False, compile=False)
+    with parallel.gradient_sync(micro_step == grad_accum - 1):
+        _, loss = parallel.train_module(x, y)
+        loss.backward()
+    norm = parallel.clip_grad_norm_(1.0)
+    state = parallel.full_state(optimizer)        # rank 0: full tensors (FSDP: gathered); others: {}
+    parallel.load_full_state(optimizer, state)    # from any world size, DDP or FSDP
+    runtime.close()
+
+DDP keeps a full replica of weights, gradients and AdamW state on every rank (16 bytes a
+parameter in fp32). FSDP (PyTorch's FSDP2, `fully_shard` on every transformer block and on the
+root) keeps 1/world_size of each and gathers a block's weights just before it runs: the larger
+GPT-2s fit where DDP does not. Checkpoints always hold the full, unsharded state keyed by
+parameter name (torch.distributed.checkpoint.state_dict), so a run saved by FSDP on N ranks
+resumes on M ranks with or without FSDP, and the tools (sample, HellaSwag, export) read it as a
+plain GPT.
+"""
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+
+def pick_device_type(choice):
+    """auto: cuda if present, then Apple's mps, else cpu; an explicit choice must exist."""
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(choice, False):
+        raise ValueError(f"--device {choice} but no {choice} device is available; use --device auto")
+    return choice
+
+
+def autocast_dtype(choice, device):
+    """(dtype for torch.autocast or None for float32, one line saying why) for --dtype.
+
+    auto: bf16 where the GPU computes it natively (Ampere and newer); fp16 on older GPUs (V100,
+    T4), whose bf16 is emulated and slow, with loss scaling (see GradScaler in the loop); fp32 on
+    CPU and MPS, where bf16 is only fast on some CPUs."""
+    if choice == "float32" or (choice == "auto" and device.type != "cuda"):
+        return None, "float32"
+    if choice == "bfloat16":
+        return torch.bfloat16, "bfloat16 autocast"
+    if choice == "float16":
+        return torch.float16, "float16 autocast with loss scaling"
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16, f"bfloat16 autocast ({torch.cuda.get_device_name(device)} has native bf16)"
+    return torch.float16, (f"float16 autocast with loss scaling ({torch.cuda.get_device_name(device)} "
+                           f"has no native bf16)")
+
+
+@dataclass
+class Runtime:
+    """This process's place in the job: rank, world size, device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device="auto"):
+        """torchrun's RANK/LOCAL_RANK/WORLD_SIZE (plain python: a world of one) and the device;
+        no process group yet, so input checks can fail first, alike on every rank."""
+        rank = int(os.environ.get("RANK", 0))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        device_type = pick_device_type(device)
+        dev = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device(device_type)
+        return cls(rank, local_rank, world_size, dev)
+
+    def init_process_group(self, timeout_min=30):
+        """Join the job's process group (NCCL on CUDA, gloo otherwise). The timeout bounds how
+        long a collective waits for a slow rank, e.g. rank 0 writing a large checkpoint."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.distributed:
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo",
+                                    timeout=timedelta(minutes=timeout_min))
+
+    def all_reduce(self, tensor, op=dist.ReduceOp.SUM):
+        """In place over all ranks (nothing to do in a world of one); returns the tensor."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=op)
+        return tensor
+
+    def broadcast_object(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather_object(self, obj):
+        """[obj of rank 0, obj of rank 1, ...] on every rank."""
+        if not self.distributed:
+            return [obj]
+        everyone = [None] * self.world_size
+        dist.all_gather_object(everyone, obj)
+        return everyone
+
+    def close(self):
+        if self.distributed and dist.is_initialized():
+            dist.barrier()  # gloo can abort at exit if one rank leaves while another is busy
+            dist.destroy_process_group()
+
+
+class ParallelModel:
+    """A GPT wrapped for training on `runtime`: DDP (default) or FSDP, optionally compiled.
+
+    `module` is the plain GPT (its parameters are sharded DTensors under FSDP): evaluation and
+    generation call it directly, uncompiled. Under FSDP every rank must then make the same
+    forward calls (`lockstep`), since each forward gathers the weights from all ranks.
+    """
+
+    def __init__(self, model, runtime, fsdp=False, compile=False, activation_checkpointing=False,
+                 param_dtype=None):
+        self.module, self.runtime, self.fsdp = model, runtime, fsdp
+        model.activation_checkpointing = activation_checkpointing
+        if fsdp:
+            # param_dtype: weights gathered and computed in bf16, gradients reduced in fp32; the
+            # sharded master weights and AdamW state stay fp32
+            policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+            for block in model.transformer.h:
+                fully_shard(block, mp_policy=policy)
+            # the root holds the embeddings, ln_f and lm_head: the tied wte/lm_head weight is one
+            # parameter there, so it stays tied
+            fully_shard(model, mp_policy=policy)
+            wrapped = torch.compile(model) if compile else model
+        else:
+            wrapped = torch.compile(model) if compile else model
+            if runtime.distributed:
+                device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+                wrapped = DDP(wrapped, device_ids=device_ids)
+        self.train_module = wrapped
+
+    @property
+    def lockstep(self):
+        """Whether every rank must run the same number of forward passes (FSDP's all-gathers)."""
+        return self.fsdp and self.runtime.distributed
+
+    @contextmanager
+    def gradient_sync(self, enabled):
+        """Reduce gradients across ranks only when `enabled` (the last micro-step of a step):
+        accumulation steps before it stay local. Wrap the forward and the backward."""
+        if self.fsdp:
+            self.module.set_requires_gradient_sync(enabled)
+        elif isinstance(self.train_module, DDP):
+            self.train_module.require_backward_grad_sync = enabled  # read by DDP's forward
+        yield
+
+    def clip_grad_norm_(self, max_norm):
+        """Clip to the global norm over all (possibly sharded) gradients; returns it as a
+        plain tensor."""
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def state_bytes(self, optimizer):
+        """Bytes of weights, gradients and optimizer state this rank holds (its shards under
+        FSDP). Gradients are counted as one per parameter (allocated by the first backward)."""
+        def local_bytes(t):
+            t = t.to_local() if hasattr(t, "to_local") else t
+            return t.numel() * t.element_size()
+
+        params = {id(p): p for p in self.module.parameters()}.values()  # tied: counted once
+        weights = sum(local_bytes(p) for p in params)
+        optim = sum(local_bytes(v) for state in optimizer.state.values()
+                    for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+        return {"weights": weights, "gradients": weights, "optimizer": optim,
+                "total": 2 * weights + optim}
+
+    _SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0's CPU
+    _LOAD = StateDictOptions(full_state_dict=True)
+
+    def full_state(self, optimizer):
+        """{"model", "optimizer"} of full CPU tensors keyed by parameter name, on rank 0 (other
+        ranks: empty dicts). A collective under FSDP: every rank calls it."""
+        return {"model": get_model_state_dict(self.module, options=self._SAVE),
+                "optimizer": get_optimizer_state_dict(self.module, optimizer, options=self._SAVE)}
+
+    def load_full_state(self, optimizer, state):
+        """Load a full state (every rank passes it) into this rank's part of model and optimizer."""
+        set_model_state_dict(self.module, state["model"], options=self._LOAD)
+        if optimizer is not None:
+            set_optimizer_state_dict(self.module, optimizer, state["optimizer"], options=self._LOAD)

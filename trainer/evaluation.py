@@ -1,0 +1,134 @@
+"""What the training loop measures every N steps: validation loss, text samples, HellaSwag.
+
+    evaluator = Evaluator(cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype)
+    evaluator.run(step, last_step)   # on every rank; evaluations due at `step` run, results logged
+
+Evaluations see the model after `step` updates, through the plain (uncompiled) module, and use
+generators of their own, so the training RNG stream (and so an exact resume) is untouched.
+Under FSDP each forward gathers weights from every rank: all ranks then run the same forwards.
+"""
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.tokenizer import GPT2_VOCAB_SIZE
+from trainer.metrics import GPT2_124M_REFERENCE
+
+
+class Evaluator:
+    def __init__(self, cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype=None):
+        self.cfg, self.parallel, self.val_loader = cfg, parallel, val_loader
+        self.tokenizer, self.metrics = tokenizer, metrics
+        self.runtime = parallel.runtime
+        self.autocast_dtype = autocast_dtype
+        self.hellaswag_examples = load_hellaswag(cfg, tokenizer, self.runtime)
+
+    def autocast(self):
+        device_type = self.runtime.device.type
+        return torch.autocast(device_type, self.autocast_dtype) if self.autocast_dtype else nullcontext()
+
+    def run(self, step, last_step):
+        cfg, master = self.cfg, self.runtime.master
+        if self.val_loader is not None and (step % cfg.eval_every == 0 or last_step):
+            val_loss = self.validation_loss()
+            self.metrics.log({"step": step, "val_loss": val_loss})
+            if master:
+                print(f"step {step:5d} | val loss {val_loss:.4f} ({self.val_loader.num_tokens:,} tokens)")
+            if self.tokenizer is not None and cfg.num_samples and (master or self.parallel.lockstep):
+                samples = self.samples(step)
+                if master:
+                    for text in samples:
+                        print(f"sample: {text!r}")
+                    self.metrics.log_samples(step, samples)
+        if self.hellaswag_examples and (step % cfg.hellaswag_every == 0 or last_step):
+            result = self.hellaswag()
+            self.metrics.log({"step": step, "hellaswag_acc_norm": result["acc_norm"],
+                              "hellaswag_acc": result["acc"], "hellaswag_n": result["n"]})
+            if master:
+                print(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} "
+                      f"(OpenAI GPT-2 124M: {GPT2_124M_REFERENCE['hellaswag_acc_norm']}) "
+                      f"on {result['n']} examples")
+
+    @torch.no_grad()
+    def validation_loss(self):
+        """Mean cross-entropy over the val loader's tokens, summed over ranks: the same for any
+        world size (per-token losses summed in float64, whatever the batching)."""
+        model, device = self.parallel.module, self.runtime.device
+        was_training = model.training
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
+        batches = iter(self.val_loader)
+        # in lockstep a rank whose share is one batch shorter scores its first batch again, unused
+        rounds = self.val_loader.max_batches if self.parallel.lockstep else self.val_loader.num_batches
+        first = None
+        for i in range(rounds):
+            batch = next(batches, None)
+            counted = batch is not None
+            x, y = batch if counted else first
+            first = first or (x, y)
+            x, y = x.to(device), y.to(device)
+            with self.autocast():
+                logits, _ = model(x)
+            if counted:
+                losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+                total += torch.stack([losses.double().sum(),
+                                      torch.tensor(float(y.numel()), device=device, dtype=torch.float64)])
+        self.runtime.all_reduce(total)
+        model.train(was_training)
+        return (total[0] / total[1]).item()
+
+    def samples(self, step):
+        """cfg.num_samples continuations of cfg.sample_prompt; a generator seeded by the step
+        (the same on every rank: under FSDP all ranks generate the same tokens together)."""
+        cfg, tokenizer = self.cfg, self.tokenizer
+        try:
+            prompt = tokenizer.encode(cfg.sample_prompt)[-cfg.block_size:]  # generate() crops as it goes
+        except ValueError as e:  # e.g. a character outside a char vocabulary
+            return [f"(no samples: --sample-prompt: {e})"]
+        if not prompt:
+            prompt = [tokenizer.eot if tokenizer.eot is not None else 0]
+        device = self.runtime.device
+        idx = torch.tensor([prompt] * cfg.num_samples, dtype=torch.long, device=device)
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed + step)
+        with self.autocast():
+            out = self.parallel.module.generate(idx, cfg.sample_tokens, top_k=50, generator=generator,
+                                                vocab_size=tokenizer.vocab_size)
+        return [tokenizer.decode(row.tolist()) for row in out]
+
+    def hellaswag(self):
+        import hellaswag
+
+        # under FSDP every rank scores every example (all forwards in lockstep); otherwise each
+        # rank scores its share and the counts are summed
+        share = dict(rank=0, world_size=1) if self.parallel.lockstep else {}
+        return hellaswag.evaluate_gpt(self.parallel.module, self.hellaswag_examples,
+                                      device=self.runtime.device, autocast_dtype=self.autocast_dtype,
+                                      **share)
+
+
+def load_hellaswag(cfg, tokenizer, runtime):
+    """HellaSwag examples, or None after one warning: never a crash. All ranks agree."""
+    if not cfg.hellaswag_every:
+        return None
+    examples, reason = None, None
+    if cfg.vocab_size < GPT2_VOCAB_SIZE or tokenizer is None or tokenizer.name != "gpt2":
+        reason = "it needs a GPT-2-tokenizer model and shards"
+    else:
+        try:
+            import hellaswag
+
+            examples = hellaswag.load_examples(cfg.hellaswag_data or None,
+                                               limit=cfg.hellaswag_limit or None)
+        except Exception as e:  # HellaSwagUnavailable (offline, no cached copy), bad file, ...
+            reason = str(e)
+    available = torch.tensor(float(examples is not None), device=runtime.device)
+    # all ranks must run it (counts are all-reduced) or none
+    runtime.all_reduce(available, op=torch.distributed.ReduceOp.MIN)
+    if available.item() == 0:
+        if runtime.master:
+            print(f"warning: HellaSwag evaluation skipped: {reason or 'unavailable on another rank'}")
+        return None
+    return examples
+
