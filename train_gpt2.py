@@ -33,10 +33,11 @@ from pipeline.tokenizer import load_tokenizer
 from shards.loader import LoaderError, ShardLoader, ValLoader
 from trainer.checkpoint import (CheckpointError, choose_resume, restore_training_state,
                                 save_training_state)
-from trainer.config import parse_config, save_config
+from trainer.config import parse_config, save_config, wants_dry_run
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype
 from trainer.evaluation import Evaluator
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
+from trainer.preflight import describe_plan, memory_plan
 from trainer.signals import StopRequest
 
 EXIT_BAD_INPUT = 2
@@ -60,6 +61,8 @@ def get_lr(step, cfg):
 
 def main(argv=None):
     cfg = parse_config(argv)  # argparse exits 2 on bad flags
+    if wants_dry_run(argv):
+        return dry_run(cfg)
     try:
         runtime = Runtime.from_env(cfg.device)
         data = prepare_data(cfg, runtime)
@@ -79,6 +82,15 @@ def main(argv=None):
         stop.restore()
     runtime.close()
     return status
+
+
+def dry_run(cfg):
+    """The resolved config and the memory plan per rank, for the world size torchrun gives (or
+    WORLD_SIZE); the model is built on the meta device: no data, no GPU, no allocation."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    print(json.dumps(cfg.to_dict(), indent=1))
+    print("\n".join(describe_plan(memory_plan(cfg, world_size), cfg, world_size)))
+    return 0
 
 
 def prepare_data(cfg, runtime):
@@ -154,10 +166,16 @@ def train(cfg, runtime, data, stop):
     metrics = MetricsLogger(out_dir, cfg.to_dict(), runtime.rank, wandb_enabled=cfg.wandb,
                             wandb_project=cfg.wandb_project, wandb_run_name=cfg.wandb_run_name or None,
                             wandb_run_id=wandb_run_id)
+    state_bytes = parallel.state_bytes(optimizer)
+    plan = memory_plan(cfg, runtime.world_size, model.num_params())
+    if master:
+        print("\n".join(describe_plan({**plan, **state_bytes}, cfg, runtime.world_size)))
     metrics.log_setup({"world_size": runtime.world_size, "parallelism": "fsdp" if cfg.fsdp else "ddp",
                        "fsdp": cfg.fsdp, "parameters": model.num_params(), "device": str(device),
                        "precision": precision, "start_step": start_step,
-                       "state_bytes_per_rank": parallel.state_bytes(optimizer)})
+                       "grad_accum": grad_accum, "micro_batch_size": cfg.micro_batch_size,
+                       "state_bytes_per_rank": state_bytes,
+                       "activation_bytes_estimate": plan["activations"]})
     evaluator = Evaluator(cfg, parallel, data["val_loader"], data["tokenizer"], metrics, amp_dtype)
     peak_flops = cfg.peak_flops or (peak_flops_of(torch.cuda.get_device_name(device))
                                     if device.type == "cuda" else None)

@@ -84,6 +84,23 @@ class TrainConfig:
 # name -> overrides of the defaults. "gpt2-124m" is the defaults themselves.
 PRESETS = {
     "gpt2-124m": {},
+    # The bigger GPT-2s with llm.c's recipes (karpathy/llm.c scripts/run_gpt2_{350M,774M,1558M}.sh).
+    # Their token budgets exceed FineWeb-Edu sample-10BT: make data/edu_fineweb100B from
+    # sample-100BT (README). llm.c trained 350M and 774M on FineWeb 100B, 1558M on FineWeb-Edu.
+    # 350M: 60,000 steps x 524,288 tokens = 31.5B tokens, lr 3e-4 -> 0, warmup 700.
+    "gpt2-350m": dict(
+        data="data/edu_fineweb100B", out_dir="runs/gpt2-350m", n_layer=24, n_head=16, n_embd=1024,
+        micro_batch_size=32, max_steps=60_000, lr=3e-4, min_lr=0.0, warmup_steps=700),
+    # 774M: 286,102 steps x 524,288 tokens = 150B tokens (1.5 epochs of sample-100BT), lr 2.5e-4 -> 0
+    "gpt2-774m": dict(
+        data="data/edu_fineweb100B", out_dir="runs/gpt2-774m", n_layer=36, n_head=20, n_embd=1280,
+        micro_batch_size=16, max_steps=286_102, lr=2.5e-4, min_lr=0.0, warmup_steps=700),
+    # 1558M: 32,000 steps x 1,048,576 tokens = 33.6B tokens, lr 6e-4 -> 6e-5 (10%), warmup 700
+    # (~24 h on 8 x H100 in llm.c)
+    "gpt2-1558m": dict(
+        data="data/edu_fineweb100B", out_dir="runs/gpt2-1558m", n_layer=48, n_head=25, n_embd=1600,
+        total_batch_size=1_048_576, micro_batch_size=8, max_steps=32_000, lr=6e-4, min_lr=6e-5,
+        warmup_steps=700),
     # a tiny GPT-2-vocabulary model that trains on CPU in seconds (any GPT-2 shard folder)
     "cpu-smoke": dict(
         out_dir="runs/cpu-smoke", total_batch_size=1024, micro_batch_size=8, seq_len=64,
@@ -141,6 +158,9 @@ def build_parser():
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="named starting values (default gpt2-124m)")
     parser.add_argument("--config", metavar="FILE", help="json object of field -> value")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config, parameter count and memory plan per rank "
+                             "(model built on the meta device), then exit 0: touches no data or GPU")
     for f in fields(TrainConfig):
         if f.name == "preset":
             continue
@@ -154,6 +174,13 @@ def build_parser():
     return parser
 
 
+ACTIONS = ("preset", "config", "dry_run")  # flags that are not TrainConfig fields
+
+
+def wants_dry_run(argv=None):
+    return build_parser().parse_args(argv).dry_run
+
+
 def parse_config(argv=None):
     """TrainConfig from defaults, --preset, --config FILE, then flags. Bad input: exit 2."""
     parser = build_parser()
@@ -165,7 +192,7 @@ def parse_config(argv=None):
     if args.config:
         values.update(_read_config_file(parser, args.config))
     values.update({k: v for k, v in vars(args).items()
-                   if v is not None and k not in ("preset", "config")})
+                   if v is not None and k not in ACTIONS})
     config = TrainConfig(**values)
     _check(parser, config)
     return config

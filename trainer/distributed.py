@@ -155,7 +155,8 @@ class ParallelModel:
             wrapped = torch.compile(model) if compile else model
             if runtime.distributed:
                 device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-                wrapped = DDP(wrapped, device_ids=device_ids)
+                # gradients live in DDP's reduction buckets: no second copy of them
+                wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
         self.train_module = wrapped
 
     @property
@@ -180,16 +181,18 @@ class ParallelModel:
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def state_bytes(self, optimizer):
-        """Bytes of weights, gradients and optimizer state this rank holds (its shards under
-        FSDP). Gradients are counted as one per parameter (allocated by the first backward)."""
+        """Bytes of weights, gradients and AdamW state this rank holds: its shards under FSDP,
+        full copies under DDP. Gradients match the weights; AdamW's two moments are twice the
+        weights (fp32), allocated at the first step."""
         def local_bytes(t):
             t = t.to_local() if hasattr(t, "to_local") else t
             return t.numel() * t.element_size()
 
         params = {id(p): p for p in self.module.parameters()}.values()  # tied: counted once
         weights = sum(local_bytes(p) for p in params)
-        optim = sum(local_bytes(v) for state in optimizer.state.values()
-                    for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+        moments = sum(local_bytes(v) for state in optimizer.state.values()
+                      for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+        optim = moments or 2 * weights
         return {"weights": weights, "gradients": weights, "optimizer": optim,
                 "total": 2 * weights + optim}
 

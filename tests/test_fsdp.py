@@ -1,0 +1,122 @@
+"""FSDP (--fsdp) against DDP and one process, checkpoints across parallelisms and world sizes,
+activation checkpointing, the memory plan and --dry-run. CPU, gloo, the tiny config of
+test_train.py."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from test_train import REPO, STEPS, data, launch, read_log, reference, run, worker_pids  # noqa: F401
+from trainer.checkpoint import load_model
+
+FSDP = ["--fsdp"]
+
+
+def assert_close_losses(a, b, rel):
+    assert a.keys() == b.keys()
+    worst = max(abs(a[k] - b[k]) / abs(b[k]) for k in a)
+    assert worst <= rel, f"losses differ by up to {worst:.2e} (relative)"
+
+
+def setup_records(out_dir):
+    rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    return [r["setup"] for r in rows if "setup" in r]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(data, tmp_path_factory):
+    """The uninterrupted FSDP run: 2 ranks x accumulation 2, checkpoints every 10 steps."""
+    out = tmp_path_factory.mktemp("fsdp")
+    run(out, data, nproc=2, extra=FSDP)
+    return out
+
+
+def test_fsdp_equals_ddp_and_one_rank(fsdp_run, reference):
+    """The same global batches through FSDP on 2 ranks give the losses of one process with 4
+    accumulation steps (and so of DDP, tested equal to it in test_train.py): 1e-5 relative."""
+    train, val = read_log(fsdp_run)
+    ref_train, ref_val = read_log(reference)
+    assert len(train) == STEPS
+    assert_close_losses(train, ref_train, 1e-5)
+    assert_close_losses(val, ref_val, 1e-5)
+    assert train[0] > train[STEPS - 1] + 0.3  # it learns
+
+
+def test_fsdp_holds_half_the_state_per_rank(fsdp_run, reference):
+    (fsdp,), (single,) = setup_records(fsdp_run), setup_records(reference)
+    assert fsdp["fsdp"] is True and fsdp["world_size"] == 2 and single["fsdp"] is False
+    assert fsdp["parameters"] == single["parameters"]
+    # DDP's replica on each rank is the whole state, as in one process
+    ratio = fsdp["state_bytes_per_rank"]["total"] / single["state_bytes_per_rank"]["total"]
+    assert ratio <= 0.55, ratio
+
+
+def kill_after_checkpoint(out_dir, data, step):
+    """Start a 2-rank FSDP run, kill -9 every process of it once ckpt_{step} exists."""
+    proc = launch(out_dir, data, nproc=2, extra=FSDP)
+    target = out_dir / f"ckpt_{step:07d}.pt"
+    deadline = time.time() + 120
+    while not target.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert target.exists(), proc.communicate()[0]
+    for pid in worker_pids(proc.pid) + [proc.pid]:
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert not (out_dir / "DONE").exists()
+
+
+@pytest.mark.parametrize("nproc, extra", [(1, []), (2, FSDP)], ids=["1-rank-ddp", "2-rank-fsdp"])
+def test_fsdp_checkpoint_resumes_on_other_world_size_and_parallelism(
+        data, fsdp_run, tmp_path, nproc, extra):
+    kill_after_checkpoint(tmp_path, data, 10)
+    output = run(tmp_path, data, nproc=nproc, extra=extra)
+    assert "resuming from" in output
+    train, val = read_log(tmp_path)
+    ref_train, ref_val = read_log(fsdp_run)
+    assert_close_losses(train, ref_train, 1e-5)
+    assert_close_losses(val, ref_val, 1e-5)
+    assert (tmp_path / "DONE").exists()
+
+
+def test_activation_checkpointing_gives_the_same_losses(data, reference, tmp_path):
+    run(tmp_path, data, extra=["--activation-checkpointing", "--dropout", "0.0"])
+    train, val = read_log(tmp_path)
+    ref_train, ref_val = read_log(reference)
+    assert train == ref_train and val == ref_val  # recomputation is exact
+
+
+def test_export_of_fsdp_checkpoint_matches_the_model(fsdp_run, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    out = subprocess.run([sys.executable, "hf_gpt2.py", "export", str(fsdp_run), str(tmp_path / "hf"),
+                          "--vocab-size", "64"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    model, _ = load_model(fsdp_run)
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model.eval()(idx)[0]
+        theirs = hf(idx).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_dry_run_plans_gpt2_xl_without_allocating():
+    """1.56B parameters are 6.2 GB in fp32: the dry run must stay far below that."""
+    dry_run = ("import resource, runpy, sys\n"
+               "sys.argv = ['train_gpt2.py', '--preset', 'gpt2-1558m', '--fsdp', '--dry-run']\n"
+               "try:\n    runpy.run_path('train_gpt2.py', run_name='__main__')\n"
+               "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+               "print('peak RSS kB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", dry_run], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "WORLD_SIZE": "8"})
+    assert out.returncode == 0, out.stderr
+    assert "1,557,686,400 parameters (1.56B)" in out.stdout
+    assert "per rank (8 rank(s), FSDP)" in out.stdout
+    peak_kb = int(out.stdout.split("peak RSS kB")[1])
+    assert peak_kb < 1_500_000, peak_kb
