@@ -236,9 +236,10 @@ def test_batch_is_padded_to_longest_row(enc):
     hellaswag.score_batch(spy, batch, "cpu", enc.n_vocab)
     rows = [row for r in batch for row in r.tokens]
     (idx,) = seen
-    assert idx.shape == (8, max(map(len, rows)))  # 2 examples x 4 endings in one forward
+    # 2 examples x 4 endings in one forward; the last token of a row is only a target
+    assert idx.shape == (8, max(map(len, rows)) - 1)
     for i, row in enumerate(rows):
-        assert idx[i, : len(row)].tolist() == row and not idx[i, len(row):].any()
+        assert idx[i, : len(row) - 1].tolist() == row[:-1] and not idx[i, len(row) - 1:].any()
 
 
 def direct_loglikelihoods(hf, rendered):
@@ -258,7 +259,9 @@ def test_hf_folder_and_our_gpt_agree_with_direct_computation(style, hf_dir, exam
     from model import GPT
 
     hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
-    via_hf = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu"), examples, enc, style, batch_size=3)
+    model_fn, max_length = hellaswag.load_hf_model_fn(str(hf_dir), "cpu")
+    via_hf = evaluate(model_fn, examples, enc, style, batch_size=3, max_length=max_length)
+    assert (max_length, via_hf["truncated"]) == (128, 0)
     gpt = GPT.from_pretrained(hf_dir).train()
     via_gpt = hellaswag.evaluate_gpt(gpt, examples, style=style, batch_size=2)
     assert gpt.training  # evaluate_gpt scores in eval mode, then gives the model back as it was
@@ -284,7 +287,7 @@ def test_hf_folder_and_our_gpt_agree_with_direct_computation(style, hf_dir, exam
 
 
 def test_two_ranks_under_torchrun_equal_one_process(hf_dir, examples, data_file, enc):
-    single = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu"), examples, enc, batch_size=2)
+    single = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu")[0], examples, enc, batch_size=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "hellaswag.py"), "--model", str(hf_dir), "--data", str(data_file),
@@ -308,8 +311,8 @@ def test_exported_checkpoint_matches_checkpoint(tmp_path, examples, data_file, e
     torch.save({"model": model.state_dict(), "config": {"model": model.config.to_dict()}, "step": 10}, ckpt)
     model.export_hf(tmp_path / "hf")
 
-    from_ckpt = evaluate(hellaswag.load_checkpoint_fn(str(ckpt), "cpu"), examples, enc, batch_size=4)
-    from_hf = evaluate(hellaswag.load_hf_model_fn(str(tmp_path / "hf"), "cpu"), examples, enc, batch_size=4)
+    from_ckpt = evaluate(hellaswag.load_checkpoint_fn(str(ckpt), "cpu")[0], examples, enc, batch_size=4)
+    from_hf = evaluate(hellaswag.load_hf_model_fn(str(tmp_path / "hf"), "cpu")[0], examples, enc, batch_size=4)
     for i in range(len(examples)):
         assert from_ckpt["predictions"][i][:2] == from_hf["predictions"][i][:2]
         assert from_ckpt["predictions"][i][2] == pytest.approx(from_hf["predictions"][i][2], abs=1e-4)
