@@ -306,7 +306,7 @@ def fit_to_context(rendered, max_length, style, n_examples, rank, world_size, de
     if too_long:
         raise ValueError(f"{too_long} HellaSwag examples have an ending longer than the model's "
                          f"context of {max_length} tokens and cannot be scored; use a model with a "
-                         f"longer context (--block-size) or turn HellaSwag off")
+                         f"longer context (--block-size) or turn HellaSwag off (--hellaswag-every 0)")
     key = (style, n_examples, max_length, truncated)
     if truncated and rank == 0 and key not in _truncation_reported:
         _truncation_reported.add(key)
