@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# On a machine without CUDA, take the CPU build of torch first so the project's `torch>=2.4`
-# is already satisfied (otherwise pip pulls a multi-GB CUDA build).
-TORCH_CPU ?= torch==2.13.0
+# Every package's exact version, as the suite last passed with them (see `make lock`).
+LOCK := requirements/lock.txt
+UV_VERSION := 0.13.9
 
-.PHONY: setup test demo clean slurm-deps
+.PHONY: setup test demo lock clean slurm-deps
 
 setup: $(VENV)/.installed slurm-deps
 
@@ -15,16 +15,23 @@ setup: $(VENV)/.installed slurm-deps
 slurm-deps:
 	@bash slurm/cluster.sh install
 
-$(VENV)/.installed: pyproject.toml
+# The lock is a constraints file: it fixes versions, not builds, so pip still picks the torch build
+# the machine offers for the locked version: a local CPU wheel where one is offered (find-links, or
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu), else PyPI's (CUDA on Linux).
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@if command -v nvidia-smi >/dev/null 2>&1; then \
-		echo "CUDA found: installing torch from PyPI"; $(PY) -m pip install --quiet torch; \
-	else \
-		echo "no CUDA: installing the CPU build $(TORCH_CPU)"; $(PY) -m pip install --quiet "$(TORCH_CPU)"; \
-	fi
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --constraint $(LOCK) -e ".[dev]"
 	touch $@
+
+# Refresh the lock: the newest releases allowed by pyproject.toml and requirements/lock.in,
+# resolved by uv once for every platform (Linux, macOS, CUDA or not) from Python 3.11 on, one
+# version per package. Then `make test` installs and tests exactly those; commit both together.
+lock: $(VENV)/.installed
+	$(PY) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/lock.in --extra dev --universal \
+		--fork-strategy fewest --python-version 3.11 --upgrade --quiet \
+		--custom-compile-command "make lock" --output-file $(LOCK)
 
 test: setup
 	$(PY) -m pytest -q

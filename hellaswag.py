@@ -12,7 +12,8 @@ it assigns the highest likelihood. Two scoring styles, to compare with published
   ending.
 
 Both styles are scored by the same code from a `model_fn(idx) -> logits`, so our GPT and
-Hugging Face's GPT2LMHeadModel give the same answers for the same weights.
+Hugging Face's GPT2LMHeadModel give the same answers for the same weights. Examples longer than
+the model's context are left-truncated exactly as the harness does (and said so once).
 
     python hellaswag.py --model gpt2                       # OpenAI's 124M through transformers
     python hellaswag.py --checkpoint runs/x/ckpt_0019000.pt --style harness
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -31,10 +33,10 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from trainer.checkpoint import load_model
 from hf_gpt2 import load_hf_gpt2
 from model import unwrap
 from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding
+from trainer.checkpoint import load_model
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 VAL_FILE = "hellaswag_val.jsonl"
@@ -111,7 +113,7 @@ def download(cache_dir=DEFAULT_CACHE_DIR, url=URL):
         except HellaSwagUnavailable:
             pass  # a damaged copy: fetch it again below
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_download_path(path)
     try:
         response = requests.get(url, timeout=60)
         response.raise_for_status()
@@ -130,18 +132,45 @@ def download(cache_dir=DEFAULT_CACHE_DIR, url=URL):
     return path
 
 
+def temporary_download_path(path):
+    """Where a download is written before its rename: named after this host and process, so
+    processes on several nodes sharing one disk never write into the same file."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def download_on_rank0(cache_dir=DEFAULT_CACHE_DIR, url=URL):
+    """download() in a distributed job: rank 0 downloads while the other ranks wait for its
+    outcome (a broadcast, which is the barrier), then every rank reads the file. Rank 0's
+    failure is every rank's, so all ranks stop at the same point with the same line. A rank
+    whose cache folder is not on rank 0's disk (node-local storage) fetches its own copy."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return download(cache_dir, url)
+    failure = [None]
+    if dist.get_rank() == 0:
+        try:
+            download(cache_dir, url)
+        except (HellaSwagUnavailable, OSError) as e:
+            failure = [str(e)]
+    dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        raise HellaSwagUnavailable(failure[0])
+    return download(cache_dir, url)
+
+
 def load_examples(path=None, cache_dir=DEFAULT_CACHE_DIR, limit=None, url=URL):
     """The validation examples as dicts (the jsonl's fields), the first `limit` of them.
 
     `path`: a local HellaSwag-format jsonl (any number of examples); otherwise the cached
-    download in `cache_dir` (fetched when missing). Raises HellaSwagUnavailable.
+    download in `cache_dir` (fetched when missing, by rank 0 only when torch.distributed is
+    running: every rank must call this then). Raises HellaSwagUnavailable.
     """
     if path is not None:
         if not Path(path).is_file():
             raise HellaSwagUnavailable(f"{path}: no such file (expected HellaSwag jsonl, e.g. {VAL_FILE})")
         examples = _read_examples(path, expect_full=False)
     else:
-        examples = _read_examples(download(cache_dir, url), expect_full=True)
+        examples = _read_examples(download_on_rank0(cache_dir, url), expect_full=True)
     return examples[:limit] if limit is not None else examples
 
 
@@ -198,6 +227,16 @@ def render_example(example, enc, style="default"):
     return Rendered(tokens, mask, int(example["label"]), norm)
 
 
+def truncate_left(rendered, max_length):
+    """Rows cut to their last max_length + 1 tokens, as lm-evaluation-harness's
+    HFLM._loglikelihood_tokens does for a causal model: the model reads all but the last token
+    (at most max_length), and every ending token is still predicted from the window before it.
+    The acc_norm divisors stay those of the whole ending."""
+    keep = max_length + 1
+    return rendered._replace(tokens=[row[-keep:] for row in rendered.tokens],
+                             mask=[m[-keep:] for m in rendered.mask])
+
+
 # -----------------------------------------------------------------------------------------
 # Scoring
 
@@ -208,26 +247,29 @@ def score_batch(model_fn, batch, device, n_vocab, autocast_dtype=None):
 
     All 4 * len(batch) rows go through one forward, right-padded to the longest; causal
     attention keeps the padding from touching real positions, and the mask leaves it unscored.
+    The model reads each row but its last token (which is only ever a target), so a row of
+    max_length + 1 tokens fits a context of max_length.
     """
     rows = [row for r in batch for row in r.tokens]
     masks = [m for r in batch for m in r.mask]
-    T = max(len(row) for row in rows)
-    idx = torch.zeros(len(rows), T, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.bool)
+    T = max(len(row) for row in rows) - 1
+    inputs = torch.zeros(len(rows), T, dtype=torch.long)
+    targets = torch.zeros(len(rows), T, dtype=torch.long)
+    scored = torch.zeros(len(rows), T, dtype=torch.bool)  # position t predicts an ending token
     for i, (row, m) in enumerate(zip(rows, masks)):
-        idx[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
-    idx = idx.to(device)
+        inputs[i, : len(row) - 1] = torch.tensor(row[:-1])
+        targets[i, : len(row) - 1] = torch.tensor(row[1:])
+        scored[i, : len(row) - 1] = torch.tensor(m[1:], dtype=torch.bool)
+    inputs, targets, scored = inputs.to(device), targets.to(device), scored.to(device)
     device_type = torch.device(device).type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        logits = model_fn(idx)
-    # position t predicts token t+1; keep only the positions that predict an ending token, so
-    # the vocabulary-wide softmax runs on a fraction of the rows. Cropping to the tokenizer's
-    # vocabulary drops a padded vocabulary's never-seen ids (exported HF models lack them).
-    target_mask = mask[:, 1:].to(device)
-    selected = logits[:, :-1][target_mask][:, :n_vocab].float()
-    token_ll = -F.cross_entropy(selected, idx[:, 1:][target_mask], reduction="none")
-    row_of = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(target_mask)[target_mask]
+        logits = model_fn(inputs)
+    # keep only the positions that predict an ending token, so the vocabulary-wide softmax runs
+    # on a fraction of the rows. Cropping to the tokenizer's vocabulary drops a padded
+    # vocabulary's never-seen ids (exported HF models lack them).
+    selected = logits[scored][:, :n_vocab].float()
+    token_ll = -F.cross_entropy(selected, targets[scored], reduction="none")
+    row_of = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(scored)[scored]
     ll = torch.zeros(len(rows), dtype=torch.float64, device=device)
     ll.index_add_(0, row_of, token_ll.double())
     return ll.view(len(batch), 4).cpu()
@@ -245,17 +287,53 @@ def _dist_rank_world(rank, world_size):
     return rank, world_size
 
 
+# (style, examples, context, truncated) already reported: training scores the same examples
+# every N steps, and one line about their truncation is enough.
+_truncation_reported = set()
+
+
+def fit_to_context(rendered, max_length, style, n_examples, rank, world_size, device):
+    """`rendered` ({index: Rendered}) left-truncated to a context of `max_length` tokens, and
+    how many examples were truncated (summed over ranks; rank 0 says so once, on stderr).
+    An ending longer than the context cannot be scored at all: ValueError on every rank, before
+    any forward pass (lm-evaluation-harness stops on a bare assertion there)."""
+    too_long = sum(any(sum(m) > max_length for m in r.mask) for r in rendered.values())
+    truncated = sum(any(len(row) > max_length + 1 for row in r.tokens) for r in rendered.values())
+    counts = torch.tensor([too_long, truncated])
+    if world_size > 1:  # every rank must decide alike, or one would wait for the others forever
+        counts = counts.to(device)
+        dist.all_reduce(counts)
+    too_long, truncated = counts.tolist()
+    if too_long:
+        raise ValueError(f"{too_long} HellaSwag examples have an ending longer than the model's "
+                         f"context of {max_length} tokens and cannot be scored; use a model with a "
+                         f"longer context (--block-size) or turn HellaSwag off (--hellaswag-every 0)")
+    key = (style, n_examples, max_length, truncated)
+    if truncated and rank == 0 and key not in _truncation_reported:
+        _truncation_reported.add(key)
+        print(f"HellaSwag ({style} style): {truncated} of {n_examples} examples are longer than the "
+              f"model's context of {max_length} tokens: left-truncated as lm-evaluation-harness does",
+              file=sys.stderr)
+    return {i: truncate_left(r, max_length) for i, r in rendered.items()}, truncated
+
+
 def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu",
-             rank=None, world_size=None, autocast_dtype=None, progress=False):
+             rank=None, world_size=None, autocast_dtype=None, progress=False, max_length=None):
     """Score `examples` with `model_fn(idx (B, T) LongTensor) -> logits (B, T, V)`.
 
     Rank r scores examples r, r + world_size, ...; with world_size > 1 the counts are summed
     over ranks (all_reduce), so every rank returns the totals, equal to a single-process run.
-    Returns dict(acc, acc_norm, n, correct, correct_norm, style, predictions), where
+    `max_length`: the model's context; longer examples are left-truncated (see fit_to_context).
+    Returns dict(acc, acc_norm, n, correct, correct_norm, truncated, style, predictions), where
     predictions maps this rank's example indices to (pred, pred_norm, [4 log-likelihoods]).
     """
     rank, world_size = _dist_rank_world(rank, world_size)
     mine = list(range(rank, len(examples), world_size))
+    rendered = {i: render_example(examples[i], enc, style) for i in mine}
+    truncated = 0
+    if max_length is not None:
+        rendered, truncated = fit_to_context(rendered, max_length, style, len(examples), rank,
+                                             world_size, device)
     predictions = {}
     steps = range(0, len(mine), batch_size)
     if progress:
@@ -264,7 +342,7 @@ def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu
         steps = tqdm(steps, desc=f"hellaswag ({style})", unit="batch", file=sys.stderr)
     for start in steps:
         indices = mine[start : start + batch_size]
-        batch = [render_example(examples[i], enc, style) for i in indices]
+        batch = [rendered[i] for i in indices]
         ll = score_batch(model_fn, batch, device, enc.n_vocab, autocast_dtype)
         norm = torch.tensor([r.norm for r in batch], dtype=torch.float64)
         # argmax takes the first of equal scores, as numpy's argmax in the harness
@@ -287,6 +365,7 @@ def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu
         "n": n,
         "correct": correct,
         "correct_norm": correct_norm,
+        "truncated": truncated,
         "style": style,
         "predictions": predictions,
     }
@@ -303,7 +382,8 @@ def evaluate_gpt(model, examples, *, enc=None, style="default", batch_size=8, ra
     raw.eval()
     try:
         return evaluate(lambda idx: raw(idx)[0], examples, enc or get_gpt2_encoding(), style,
-                        batch_size, device, rank, world_size, autocast_dtype)
+                        batch_size, device, rank, world_size, autocast_dtype,
+                        max_length=raw.config.block_size)
     finally:
         raw.train(was_training)
 
@@ -313,21 +393,23 @@ def evaluate_gpt(model, examples, *, enc=None, style="default", batch_size=8, ra
 
 
 def load_hf_model_fn(name_or_dir, device):
-    """model_fn of a transformers GPT2LMHeadModel: OpenAI's sizes, a hub id or a local folder."""
+    """(model_fn, context length) of a transformers GPT2LMHeadModel: OpenAI's sizes, a hub id
+    or a local folder. The context is config.n_positions, where the harness reads it."""
     try:
         hf = load_hf_gpt2(name_or_dir)
     except ValueError as e:
         raise ValueError(f"--model {name_or_dir}: {e}") from None
     hf.to(device).eval()
-    return lambda idx: hf(idx).logits
+    return (lambda idx: hf(idx).logits), hf.config.n_positions
 
 
 def load_checkpoint_fn(path, device):
-    """model_fn of our GPT from a training checkpoint (or a run folder: its newest one)."""
+    """(model_fn, context length) of our GPT from a training checkpoint (or a run folder: its
+    newest one)."""
     model, _ = load_model(path, device)
     check_gpt2_vocab(model, f"--checkpoint {path}")
     model.eval()
-    return lambda idx: model(idx)[0]
+    return (lambda idx: model(idx)[0]), model.config.block_size
 
 
 def check_gpt2_vocab(model, what):
@@ -338,7 +420,8 @@ def check_gpt2_vocab(model, what):
 
 
 def load_inputs(args, device):
-    """(encoding, examples, model_fn) for the command line; data first, as it fails fastest."""
+    """(encoding, examples, (model_fn, context length)) for the command line; data first, as it
+    fails fastest."""
     examples = load_examples(args.data, args.cache_dir, args.limit, args.url)
     enc = get_gpt2_encoding()
     if args.model:
@@ -392,15 +475,19 @@ def main(argv=None):
     if torch.device(device).type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32, as build-nanogpt's reference run
 
+    result = None
     try:
-        enc, examples, model_fn = load_inputs(args, device)
+        enc, examples, (model_fn, max_length) = load_inputs(args, device)
     except (HellaSwagUnavailable, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
-        result = None
     else:
         autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
-        result = evaluate(model_fn, examples, enc, args.style, args.batch_size, device,
-                          autocast_dtype=autocast_dtype, progress=master and not args.json)
+        try:
+            result = evaluate(model_fn, examples, enc, args.style, args.batch_size, device,
+                              autocast_dtype=autocast_dtype, progress=master and not args.json,
+                              max_length=max_length)
+        except ValueError as e:  # an ending longer than the model's context: refused before work
+            print(f"error: {e}", file=sys.stderr)
     finally:
         if distributed:
             dist.barrier()  # gloo may abort at exit if one rank tears down while another works

