@@ -56,6 +56,24 @@ REFERENCE = {
     "harness": {"gpt2": (0.2892, 0.3114)},
 }
 MODEL_LABELS = {"gpt2": "124M", "gpt2-medium": "350M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
+# The GPT-3 paper's zero-shot HellaSwag accuracy (Brown et al. 2020, Table 3.2) for the GPT-3
+# model nearest each GPT-2 size; build-nanogpt compares GPT-3 Small's with acc_norm.
+GPT3_REFERENCE = {"gpt2": ("GPT-3 Small 125M", 0.337), "gpt2-medium": ("GPT-3 Medium 350M", 0.436),
+                  "gpt2-large": ("GPT-3 Large 760M", 0.510), "gpt2-xl": ("GPT-3 XL 1.3B", 0.547)}
+
+
+def references_for(n_layer, n_embd, style="default"):
+    """[(label, acc_norm)] to show beside a model of this shape: OpenAI's GPT-2 of the same size
+    (scored in `style`) and the GPT-3 paper's model nearest it; [] for other shapes."""
+    from model import MODEL_CONFIGS
+
+    for name, shape in MODEL_CONFIGS.items():
+        if name in MODEL_LABELS and (shape.n_layer, shape.n_embd) == (n_layer, n_embd):
+            found = []
+            if name in REFERENCE[style]:
+                found.append((f"OpenAI GPT-2 {MODEL_LABELS[name]}", REFERENCE[style][name][1]))
+            return found + [GPT3_REFERENCE[name]]
+    return []
 
 
 class HellaSwagUnavailable(RuntimeError):

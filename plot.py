@@ -7,9 +7,11 @@ Reads RUN/log.jsonl written by train_gpt2.py (train lines: step, loss, ...; val 
 val_loss; HellaSwag lines: step, hellaswag_acc_norm) and RUN/config.json (total_batch_size for
 the tokens axis; the shard folder, to decide whether OpenAI GPT-2 124M's reference lines apply).
 
-Reference lines (OpenAI GPT-2 124M, as measured by build-nanogpt): validation loss 3.2924 on the
-FineWeb-Edu val shard, drawn only for runs on FineWeb-Edu with the GPT-2 tokenizer (a loss on
-other text is not comparable); HellaSwag acc_norm 0.2955, drawn whenever a run has HellaSwag.
+Reference lines: OpenAI GPT-2 124M's validation loss 3.2924 on the FineWeb-Edu val shard (as
+measured by build-nanogpt), drawn only for runs on FineWeb-Edu with the GPT-2 tokenizer (a loss
+on other text is not comparable); HellaSwag acc_norm of OpenAI's GPT-2 and the GPT-3 paper's
+model of the run's size (124M's for other sizes), drawn whenever a run has HellaSwag. Validation
+bits per byte get their own panel: they compare across tokenizers.
 """
 
 import argparse
@@ -31,13 +33,14 @@ GPT2_124M_HELLASWAG = GPT2_124M_REFERENCE["hellaswag_acc_norm"]
 
 
 def read_log(path):
-    """{"train": [(step, loss)], "val": [(step, val_loss)], "hellaswag": [(step, acc_norm)]}.
+    """{"train": [(step, loss)], "val": [(step, val_loss)], "bpb": [(step, val_bpb)],
+    "hellaswag": [(step, acc_norm)]}.
 
     Later lines win for a repeated step (a resumed run logs the steps after its checkpoint
     again); lines of other kinds (samples, ...) and a torn last line are ignored.
     """
-    series = {"train": {}, "val": {}, "hellaswag": {}}
-    keys = {"train": "loss", "val": "val_loss", "hellaswag": "hellaswag_acc_norm"}
+    series = {"train": {}, "val": {}, "bpb": {}, "hellaswag": {}}
+    keys = {"train": "loss", "val": "val_loss", "bpb": "val_bpb", "hellaswag": "hellaswag_acc_norm"}
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -93,6 +96,15 @@ def load_run(run_dir):
             "fineweb_edu": is_fineweb_edu_gpt2(config, run_dir), **series}
 
 
+def hellaswag_references(config):
+    """{label: acc_norm} for the run's model size (OpenAI GPT-2, GPT-3 paper), or OpenAI GPT-2
+    124M's for a model of no GPT-2 size."""
+    import hellaswag
+
+    refs = hellaswag.references_for(config.get("n_layer", 12), config.get("n_embd", 768))
+    return dict(refs or [("OpenAI GPT-2 124M", GPT2_124M_HELLASWAG)])
+
+
 def human(x, _pos=None):
     """Tick label for a token count: 500M, 1.5B."""
     for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
@@ -136,8 +148,9 @@ def make_figure(runs, smoothing=None):
     """The figure, plus what was drawn: {axis title: {label: (xs, ys)}} (for tests and scripts)."""
     has_hellaswag = any(run["hellaswag"] for run in runs)
     has_tokens = any(run["tokens_per_step"] for run in runs)
+    has_bpb = any(run["bpb"] for run in runs)
     panels = ["loss vs steps"] + (["loss vs tokens"] if has_tokens else []) + \
-             (["HellaSwag"] if has_hellaswag else [])
+             (["bits per byte"] if has_bpb else []) + (["HellaSwag"] if has_hellaswag else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     axes = dict(zip(panels, axes[0]))
     drawn = {title: {} for title in panels}
@@ -166,6 +179,10 @@ def make_figure(runs, smoothing=None):
                 steps, losses = zip(*run["val"])
                 line(title, f"{prefix}val", [s * per for s in steps], losses, color=color,
                      linestyle="--", marker="o", markersize=3)
+        if run["bpb"]:
+            steps, bpb = zip(*run["bpb"])
+            line("bits per byte", f"{prefix}val bpb", steps, bpb, color=color, marker="o",
+                 markersize=3)
         if run["hellaswag"]:
             steps, accs = zip(*run["hellaswag"])
             line("HellaSwag", f"{prefix}acc_norm", steps, accs, color=color, marker="o",
@@ -190,11 +207,22 @@ def make_figure(runs, smoothing=None):
                      if title == "loss vs steps" else "loss vs tokens seen")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if "bits per byte" in axes:
+        ax = axes["bits per byte"]
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation bits per byte")
+        ax.set_title("validation bits per byte (tokenizer-independent)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     if "HellaSwag" in axes:
         ax = axes["HellaSwag"]
-        ax.axhline(GPT2_124M_HELLASWAG, color="red", linestyle=":", linewidth=1.2,
-                   label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})")
-        drawn["HellaSwag"]["OpenAI GPT-2 124M"] = ([], [GPT2_124M_HELLASWAG])
+        refs = {}  # the references of each run's model size, once each
+        for run in runs:
+            if run["hellaswag"]:
+                refs.update(hellaswag_references(run["config"]))
+        for (label, acc), style in zip(refs.items(), ("dotted", "dashdot", (0, (5, 2)), (0, (1, 3)))):
+            ax.axhline(acc, color="red", linestyle=style, linewidth=1.2, label=f"{label} ({acc})")
+            drawn["HellaSwag"][label] = ([], [acc])
         ax.axhline(0.25, color="gray", linestyle=":", linewidth=1, label="chance (0.25)")
         ax.set_xlabel("step")
         ax.set_ylabel("acc_norm")

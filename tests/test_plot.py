@@ -19,7 +19,7 @@ def write_run(run, data_dir, steps=60, hellaswag=True, tokens_per_step=1024, sca
         lines.append({"step": s, "loss": loss, "lr": 6e-4, "norm": 0.5, "ms": 10.0,
                       "tokens_per_s": 1e5})
         if s % 20 == 0:
-            lines.append({"step": s, "val_loss": loss + 0.1})
+            lines.append({"step": s, "val_loss": loss + 0.1, "val_bpb": (loss + 0.1) / 3})
             lines.append({"step": s, "samples": ["Hello"]})
             if hellaswag:
                 lines.append({"step": s, "hellaswag_acc_norm": 0.25 + s / 1e4, "hellaswag_acc": 0.25})
@@ -43,7 +43,9 @@ def test_fineweb_run_plot(tmp_path):
     out, drawn = plot.plot([run])
     assert out == run / "plot.png"
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 10_000
-    assert set(drawn) == {"loss vs steps", "loss vs tokens", "HellaSwag"}
+    assert set(drawn) == {"loss vs steps", "loss vs tokens", "bits per byte", "HellaSwag"}
+    assert drawn["bits per byte"]["val bpb"] == ([0, 20, 40], [pytest.approx(11.1 / 3),
+        pytest.approx((3.0 + 8 * math.exp(-2) + 0.1) / 3), pytest.approx((3.0 + 8 * math.exp(-4) + 0.1) / 3)])
     steps = drawn["loss vs steps"]
     assert steps["val"] == ([0, 20, 40], [pytest.approx(11.1), pytest.approx(3.0 + 8 * math.exp(-2) + 0.1),
                                           pytest.approx(3.0 + 8 * math.exp(-4) + 0.1)])
@@ -52,6 +54,17 @@ def test_fineweb_run_plot(tmp_path):
     assert steps["OpenAI GPT-2 124M val"][1] == [3.2924]
     assert drawn["HellaSwag"]["acc_norm"][0] == [0, 20, 40]
     assert drawn["HellaSwag"]["OpenAI GPT-2 124M"][1] == [0.2955]
+    assert drawn["HellaSwag"]["GPT-3 Small 125M"][1] == [0.337]
+
+
+def test_hellaswag_references_follow_the_model_size(tmp_path):
+    data = shard_dir(tmp_path / "edu", "hf:HuggingFaceFW/fineweb-edu:sample-100BT", "gpt2")
+    run = write_run(tmp_path / "xl", data)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "n_layer": 48, "n_embd": 1600}))
+    _, drawn = plot.plot([run])
+    assert {k: v[1] for k, v in drawn["HellaSwag"].items() if k != "acc_norm"} == {
+        "OpenAI GPT-2 1558M": [0.4889], "GPT-3 XL 1.3B": [0.547]}
 
 
 def test_char_run_has_no_gpt2_reference_and_runs_overlay(tmp_path, capsys):
@@ -62,7 +75,7 @@ def test_char_run_has_no_gpt2_reference_and_runs_overlay(tmp_path, capsys):
     assert plot.main([str(a), str(b), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC and "wrote" in capsys.readouterr().out
     _, drawn = plot.plot([a, b], tmp_path / "again.png")
-    assert set(drawn) == {"loss vs steps", "loss vs tokens"}  # no HellaSwag lines: no panel
+    assert set(drawn) == {"loss vs steps", "loss vs tokens", "bits per byte"}  # no HellaSwag: no panel
     labels = set(drawn["loss vs steps"])
     assert labels == {"a: train", "a: val", "b: train", "b: val"}  # no 3.2924 on char data
 
@@ -72,7 +85,7 @@ def test_read_log_later_lines_win(tmp_path):
     log.write_text('{"step": 5, "loss": 4.0}\n{"step": 6, "loss": 3.9}\n\n'
                    '{"step": 5, "loss": 3.5}\n{"step": 6, "val_loss": 3.7}\n')
     series = plot.read_log(log)
-    assert series == {"train": [(5, 3.5), (6, 3.9)], "val": [(6, 3.7)], "hellaswag": []}
+    assert series == {"train": [(5, 3.5), (6, 3.9)], "val": [(6, 3.7)], "bpb": [], "hellaswag": []}
 
 
 def test_errors(tmp_path, capsys):

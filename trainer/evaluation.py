@@ -1,4 +1,5 @@
-"""What the training loop measures every N steps: validation loss, text samples, HellaSwag.
+"""What the training loop measures every N steps: validation loss and bits per byte, text
+samples, HellaSwag.
 
     evaluator = Evaluator(cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype)
     evaluator.run(step, last_step)   # on every rank; evaluations due at `step` run, results logged
@@ -8,13 +9,13 @@ generators of their own, so the training RNG stream (and so an exact resume) is 
 Under FSDP each forward gathers weights from every rank: all ranks then run the same forwards.
 """
 
+import math
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.tokenizer import GPT2_VOCAB_SIZE
-from trainer.metrics import GPT2_124M_REFERENCE
 
 
 class Evaluator:
@@ -23,6 +24,11 @@ class Evaluator:
         self.tokenizer, self.metrics = tokenizer, metrics
         self.runtime = parallel.runtime
         self.autocast_dtype = autocast_dtype
+        # raw bytes each token stands for: bits per byte compare across tokenizers, nats per
+        # GPT-2 token do not
+        self.token_bytes = None
+        if tokenizer is not None:
+            self.token_bytes = torch.as_tensor(tokenizer.token_byte_lengths(), device=self.runtime.device)
         self.hellaswag_examples = load_hellaswag(cfg, tokenizer, self.runtime)
 
     def autocast(self):
@@ -32,10 +38,12 @@ class Evaluator:
     def run(self, step, last_step):
         cfg, master = self.cfg, self.runtime.master
         if self.val_loader is not None and (step % cfg.eval_every == 0 or last_step):
-            val_loss = self.validation_loss()
-            self.metrics.log({"step": step, "val_loss": val_loss})
+            val_loss, val_bpb = self.validation_loss()
+            self.metrics.log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb})
             if master:
-                print(f"step {step:5d} | val loss {val_loss:.4f} ({self.val_loader.num_tokens:,} tokens)")
+                bpb_text = f" | {val_bpb:.4f} bits/byte" if val_bpb is not None else ""
+                print(f"step {step:5d} | val loss {val_loss:.4f}{bpb_text} "
+                      f"({self.val_loader.num_tokens:,} tokens)")
             if self.tokenizer is not None and cfg.num_samples and (master or self.parallel.lockstep):
                 samples = self.samples(step)
                 if master:
@@ -47,18 +55,24 @@ class Evaluator:
             self.metrics.log({"step": step, "hellaswag_acc_norm": result["acc_norm"],
                               "hellaswag_acc": result["acc"], "hellaswag_n": result["n"]})
             if master:
-                print(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} "
-                      f"(OpenAI GPT-2 124M: {GPT2_124M_REFERENCE['hellaswag_acc_norm']}) "
-                      f"on {result['n']} examples")
+                import hellaswag
+
+                shape = self.parallel.module.config
+                refs = "; ".join(f"{label}: {acc}" for label, acc in
+                                 hellaswag.references_for(shape.n_layer, shape.n_embd))
+                print(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} on "
+                      f"{result['n']} examples" + (f" ({refs})" if refs else ""))
 
     @torch.no_grad()
     def validation_loss(self):
-        """Mean cross-entropy over the val loader's tokens, summed over ranks: the same for any
-        world size (per-token losses summed in float64, whatever the batching)."""
+        """(mean cross-entropy in nats per token, bits per byte or None) over the val loader's
+        tokens, summed over ranks: the same for any world size (per-token losses summed in
+        float64, whatever the batching). Bits per byte = summed nats / (ln 2 x the raw bytes of
+        the target tokens)."""
         model, device = self.parallel.module, self.runtime.device
         was_training = model.training
         model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
+        total = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, bytes
         batches = iter(self.val_loader)
         # in lockstep a rank whose share is one batch shorter scores its first batch again, unused
         rounds = self.val_loader.max_batches if self.parallel.lockstep else self.val_loader.num_batches
@@ -73,11 +87,15 @@ class Evaluator:
                 logits, _ = model(x)
             if counted:
                 losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
-                total += torch.stack([losses.double().sum(),
-                                      torch.tensor(float(y.numel()), device=device, dtype=torch.float64)])
+                total[0] += losses.double().sum()
+                total[1] += y.numel()
+                if self.token_bytes is not None:
+                    total[2] += self.token_bytes[y].sum()
         self.runtime.all_reduce(total)
         model.train(was_training)
-        return (total[0] / total[1]).item()
+        loss_sum, tokens, num_bytes = total.tolist()
+        bpb = loss_sum / (math.log(2) * num_bytes) if num_bytes else None
+        return loss_sum / tokens, bpb
 
     def samples(self, step):
         """cfg.num_samples continuations of cfg.sample_prompt; a generator seeded by the step
