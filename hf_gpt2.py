@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import torch
 
 from model import MODEL_ALIASES, GPT, GPTConfig
+from pipeline.tokenizer import GPT2_VOCAB_SIZE, save_hf_tokenizer
 
 # HF's GPT-2 keeps these as Conv1D layers, whose weight is (in, out): transposed vs nn.Linear
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -50,7 +51,9 @@ def gpt_from_hf(name_or_dir):
 
 
 def export_hf(model, out_dir, vocab_size=50257):
-    """Write a transformers GPT2LMHeadModel folder (config.json + weights).
+    """Write a transformers GPT2LMHeadModel folder: config.json, the weights and, for a GPT-2
+    vocabulary, GPT-2's tokenizer files, so that transformers and lm-evaluation-harness load it
+    offline with no extra arguments.
 
     A padded vocabulary is cropped to `vocab_size` rows (50257, GPT-2's, by default; a model with
     fewer rows keeps its own).
@@ -80,6 +83,8 @@ def export_hf(model, out_dir, vocab_size=50257):
                 v = v.t()
             sd_hf[k].copy_(v)
     hf.save_pretrained(out_dir)
+    if vocab_size == GPT2_VOCAB_SIZE:
+        save_hf_tokenizer(out_dir, model_max_length=cfg.block_size)
     return out_dir
 
 
@@ -157,8 +162,10 @@ def main(argv=None):
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"hf_gpt2.py: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out_dir} (GPT2LMHeadModel, vocab {min(vocab_size, model.config.vocab_size)}); "
-          f"load it with transformers, or: python sample.py --model {args.out_dir}")
+    vocab_size = min(vocab_size, model.config.vocab_size)
+    tokenizer = "with GPT-2's tokenizer" if vocab_size == GPT2_VOCAB_SIZE else "no tokenizer files"
+    print(f"wrote {args.out_dir} (GPT2LMHeadModel, vocab {vocab_size}, {tokenizer}); load it with "
+          f"transformers or lm-eval, or: python sample.py --model {args.out_dir}")
     return 0
 
 

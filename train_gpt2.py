@@ -35,6 +35,7 @@ from trainer.checkpoint import (CheckpointError, choose_resume, restore_training
                                 save_training_state)
 from trainer.config import parse_config, save_config, wants_dry_run
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype
+from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
 from trainer.preflight import describe_plan, memory_plan
@@ -171,8 +172,9 @@ def train(cfg, runtime, data, stop):
     if master:
         print("\n".join(describe_plan({**plan, **state_bytes}, cfg, runtime.world_size)))
     metrics.log_setup({"world_size": runtime.world_size, "parallelism": "fsdp" if cfg.fsdp else "ddp",
-                       "fsdp": cfg.fsdp, "parameters": model.num_params(), "device": str(device),
-                       "precision": precision, "start_step": start_step,
+                       "fsdp": cfg.fsdp, "parameters": model.num_params(),
+                       "devices": runtime.device_names(), "precision": precision,
+                       "start_step": start_step, "command": sys.argv, "versions": software_versions(),
                        "grad_accum": grad_accum, "micro_batch_size": cfg.micro_batch_size,
                        "state_bytes_per_rank": state_bytes,
                        "activation_bytes_estimate": plan["activations"]})

@@ -95,6 +95,29 @@ def test_export_crops_padded_vocab(tmp_path):
     assert torch.equal(back.lm_head.weight, model.lm_head.weight[:96])
 
 
+def test_export_with_gpt2_vocab_is_a_complete_offline_folder(tmp_path, monkeypatch):
+    """What lm-evaluation-harness needs: AutoTokenizer and AutoModelForCausalLM from the folder
+    alone, tokens equal to tiktoken's, logits equal to ours."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.tokenizer import get_gpt2_encoding
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _randomize(GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=2, n_embd=16))).eval()
+    export_hf(model, tmp_path / "hf")
+    text = "Hello, I'm a language model, naïve café 日本 <|endoftext|> end"
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = tokenizer(text)["input_ids"]
+    assert ids == get_gpt2_encoding().encode(text, allowed_special="all")
+    assert tokenizer.eos_token_id == 50256 and tokenizer.model_max_length == 64
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.tensor([ids])
+    with torch.no_grad():
+        ours, _ = model(idx)
+        theirs = hf(idx).logits
+    torch.testing.assert_close(theirs, ours[..., :50257], atol=1e-5, rtol=1e-5)
+
+
 def test_gpt2_124m_param_counts():
     with torch.device("meta"):  # shapes only: no memory, no init cost
         padded = GPT(get_config("gpt2"))

@@ -96,6 +96,11 @@ def test_reference_run_writes_its_run_folder(reference):
     rows = [json.loads(line) for line in (reference / "log.jsonl").read_text().splitlines()]
     row = next(r for r in rows if "loss" in r)
     assert {"step", "loss", "lr", "norm", "ms", "tokens_per_s", "mfu", "eta"} <= row.keys()
+    (setup,) = [r["setup"] for r in rows if "setup" in r]  # one per start
+    assert setup["world_size"] == 1 and setup["parameters"] > 0 and setup["precision"] == "float32"
+    assert setup["versions"]["torch"] == torch.__version__.split("+")[0] or \
+        setup["versions"]["torch"] == torch.__version__
+    assert len(setup["versions"]["git_commit"]) == 40 and len(setup["devices"]) == 1
     ckpt = torch.load(reference / "ckpt_0000040.pt", weights_only=True)
     assert ckpt["step"] == STEPS and ckpt["config"]["model"]["n_embd"] == 32
     assert ckpt["loader"]["epoch"] == 1 and len(ckpt["rng"]) == 1

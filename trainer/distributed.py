@@ -21,6 +21,8 @@ plain GPT.
 """
 
 import os
+import platform
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -122,6 +124,14 @@ class Runtime:
         everyone = [None] * self.world_size
         dist.all_gather_object(everyone, obj)
         return everyone
+
+    def device_names(self):
+        """["host: device name", ...] of every rank, in rank order (a collective)."""
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+        else:
+            name = f"{self.device.type} ({platform.processor() or platform.machine()})"
+        return self.all_gather_object(f"{socket.gethostname()}: {name}")
 
     def close(self):
         if self.distributed and dist.is_initialized():

@@ -1,0 +1,80 @@
+"""Checkpoints: a file whose pickle would run code is refused by every command that reads
+checkpoints, before its payload runs; rank 0 alone chooses the checkpoint to resume from."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from trainer.checkpoint import CheckpointError, choose_resume, load_checkpoint
+from trainer.distributed import Runtime
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Payload:
+    """Unpickling this calls os.system: what a malicious shared checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def crafted(tmp_path):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "ckpt_0000010.pt"
+    torch.save({"model": {}, "step": 10, "config": {"model": {}}, "extra": Payload(marker)}, path)
+    return path, marker
+
+
+def test_crafted_checkpoint_is_refused_everywhere(crafted, tmp_path, char_shards):
+    path, marker = crafted
+    example = {"ctx": "A man is", "ctx_a": "A man is", "ctx_b": "", "activity_label": "Walking",
+               "endings": ["walking.", "running.", "eating.", "sleeping."], "label": 0}
+    hellaswag_data = tmp_path / "hellaswag_val.jsonl"
+    hellaswag_data.write_text(json.dumps(example) + "\n")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    commands = {
+        "train": ["train_gpt2.py", "--preset", "cpu-smoke", "--vocab-size", "64", "--data",
+                  str(char_shards), "--out-dir", str(tmp_path / "run"), "--resume", str(path)],
+        "sample": ["sample.py", "--checkpoint", str(path), "--tokenizer", str(char_shards)],
+        "hellaswag": ["hellaswag.py", "--checkpoint", str(path), "--data", str(hellaswag_data)],
+        "export": ["hf_gpt2.py", "export", str(path), str(tmp_path / "hf")],
+    }
+    for name, argv in commands.items():
+        out = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 2, (name, out.stdout, out.stderr)
+        errors = [line for line in out.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1 and "refused" in errors[0], (name, out.stderr)
+        assert not marker.exists(), f"{name} ran the checkpoint's payload"
+
+
+def _choose(rank, run_dirs, init_file, results):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    runtime = Runtime.from_env("cpu")
+    results[rank] = str(choose_resume("auto", run_dirs[rank], runtime))
+    dist.destroy_process_group()
+
+
+def test_rank_0_chooses_the_resume_checkpoint(tmp_path):
+    """Rank 1 sees a newer checkpoint (a stale listing of a shared folder, say): both ranks
+    still resume from the one rank 0 sees."""
+    seen_by = [tmp_path / "rank0", tmp_path / "rank1"]
+    for folder, step in zip(seen_by, (10, 20)):
+        folder.mkdir()
+        torch.save({"model": {}, "step": step, "config": {"model": {}}}, folder / f"ckpt_{step:07d}.pt")
+    results = mp.Manager().dict()
+    mp.start_processes(_choose, args=(seen_by, tmp_path / "pg", results), nprocs=2, start_method="fork")
+    assert results[0] == results[1] == str(seen_by[0] / "ckpt_0000010.pt")
