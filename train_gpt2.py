@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ import torch
 from model import GPT, GPTConfig
 from pipeline.tokenizer import load_tokenizer
 from shards.loader import LoaderError, ShardLoader, ValLoader
+from trainer import batch_size
 from trainer.checkpoint import (CheckpointError, choose_resume, restore_training_state,
                                 save_training_state)
 from trainer.config import parse_config, save_config, wants_dry_run
@@ -66,6 +68,11 @@ def main(argv=None):
         return dry_run(cfg)
     try:
         runtime = Runtime.from_env(cfg.device)
+        # on CUDA "auto" is decided by trying steps (train()); here, and for the data checks,
+        # by arithmetic
+        probe = cfg.micro_batch_size == "auto" and runtime.device.type == "cuda"
+        micro_batch, why = batch_size.choose(cfg, runtime)
+        cfg = replace(cfg, micro_batch_size=micro_batch)
         data = prepare_data(cfg, runtime)
     except (BadInput, LoaderError, ValueError) as e:
         if int(os.environ.get("RANK", 0)) == 0:  # every rank fails alike; one says so
@@ -74,7 +81,7 @@ def main(argv=None):
     runtime.init_process_group(cfg.dist_timeout_min)
     stop = StopRequest(Path(cfg.out_dir) / "STOP")  # from here on: checkpoint and exit 3
     try:
-        status = train(cfg, runtime, data, stop)
+        status = train(cfg, runtime, data, stop, probe, why)
     except (BadInput, CheckpointError, LoaderError, WandbUnavailable) as e:  # raised alike on every rank
         if runtime.master:
             print(f"error: {e}", file=sys.stderr)
@@ -87,8 +94,15 @@ def main(argv=None):
 
 def dry_run(cfg):
     """The resolved config and the memory plan per rank, for the world size torchrun gives (or
-    WORLD_SIZE); the model is built on the meta device: no data, no GPU, no allocation."""
+    WORLD_SIZE); the model is built on the meta device: no data, no GPU, no allocation. An auto
+    micro-batch is planned at its upper bound (on CUDA the run may pick a smaller one)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        micro_batch, _ = batch_size.choose(cfg, Runtime(0, 0, world_size, torch.device("cpu")))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    cfg = replace(cfg, micro_batch_size=micro_batch)
     print(json.dumps(cfg.to_dict(), indent=1))
     print("\n".join(describe_plan(memory_plan(cfg, world_size), cfg, world_size)))
     return 0
@@ -102,7 +116,7 @@ def prepare_data(cfg, runtime):
         raise BadInput(
             f"--total-batch-size {cfg.total_batch_size} is not divisible by --micro-batch-size "
             f"{cfg.micro_batch_size} x --seq-len {cfg.seq_len} x {runtime.world_size} ranks = "
-            f"{tokens_per_micro_step}; change --micro-batch-size or the number of ranks")
+            f"{tokens_per_micro_step}; change --micro-batch-size (or use auto) or the number of ranks")
     grad_accum = cfg.total_batch_size // tokens_per_micro_step
     train_loader = ShardLoader(cfg.data, "train", cfg.micro_batch_size, cfg.seq_len, grad_accum,
                                runtime.rank, runtime.world_size, shuffle=cfg.shuffle, seed=cfg.seed)
@@ -126,9 +140,8 @@ def prepare_data(cfg, runtime):
                 tokenizer=tokenizer)
 
 
-def train(cfg, runtime, data, stop):
+def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why=""):
     master, device = runtime.master, runtime.device
-    grad_accum, train_loader = data["grad_accum"], data["train_loader"]
     out_dir = Path(cfg.out_dir)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -145,6 +158,16 @@ def train(cfg, runtime, data, stop):
     # after wrapping: under FSDP the optimizer holds this rank's shards only
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
                                           cfg.eps, device.type, verbose=master)
+    if probe_micro_batch:  # the largest micro-batch whose training step fits on every GPU
+        def fits(b):
+            batch_size.try_training_step(parallel, optimizer, b, cfg.seq_len, cfg.vocab_size, amp_dtype)
+
+        micro_batch, micro_batch_why = batch_size.choose(replace(cfg, micro_batch_size="auto"),
+                                                               runtime, fits)
+        if micro_batch != cfg.micro_batch_size:
+            cfg = replace(cfg, micro_batch_size=micro_batch)
+            data = prepare_data(cfg, runtime)
+    grad_accum, train_loader = data["grad_accum"], data["train_loader"]
     torch.manual_seed(cfg.seed + runtime.rank)  # then per-rank randomness (dropout)
 
     start_step, wandb_run_id = 0, None
@@ -162,6 +185,7 @@ def train(cfg, runtime, data, stop):
               f"{'FSDP' if cfg.fsdp else 'DDP' if runtime.distributed else ''} x {grad_accum} "
               f"accumulation step(s) x {cfg.micro_batch_size} x {cfg.seq_len} tokens = "
               f"{cfg.total_batch_size:,} tokens/step; {len(train_loader)} steps/epoch; {precision}")
+        print(f"micro-batch {cfg.micro_batch_size}: {micro_batch_why}")
         (out_dir / "DONE").unlink(missing_ok=True)
         trim_log(out_dir / "log.jsonl", start_step)
     metrics = MetricsLogger(out_dir, cfg.to_dict(), runtime.rank, wandb_enabled=cfg.wandb,

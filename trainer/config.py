@@ -24,7 +24,9 @@ class TrainConfig:
     seed: int = 1337
     # batch: total_batch_size tokens per step = micro_batch_size * seq_len * grad_accum * world_size
     total_batch_size: int = 524_288  # 2**19, ~0.5M tokens as GPT-3 125M
-    micro_batch_size: int = 64
+    # sequences per forward pass on each rank; auto: the largest power of two that divides the
+    # per-rank share and fits (trainer/micro_batch.py)
+    micro_batch_size: int | str = "auto"
     seq_len: int = 1024
     # optimisation (GPT-3 paper's 125M settings, as build-nanogpt)
     max_steps: int = 19_073  # 10B tokens / 524,288
@@ -90,16 +92,16 @@ PRESETS = {
     # 350M: 60,000 steps x 524,288 tokens = 31.5B tokens, lr 3e-4 -> 0, warmup 700.
     "gpt2-350m": dict(
         data="data/edu_fineweb100B", out_dir="runs/gpt2-350m", n_layer=24, n_head=16, n_embd=1024,
-        micro_batch_size=32, max_steps=60_000, lr=3e-4, min_lr=0.0, warmup_steps=700),
+        max_steps=60_000, lr=3e-4, min_lr=0.0, warmup_steps=700),
     # 774M: 286,102 steps x 524,288 tokens = 150B tokens (1.5 epochs of sample-100BT), lr 2.5e-4 -> 0
     "gpt2-774m": dict(
         data="data/edu_fineweb100B", out_dir="runs/gpt2-774m", n_layer=36, n_head=20, n_embd=1280,
-        micro_batch_size=16, max_steps=286_102, lr=2.5e-4, min_lr=0.0, warmup_steps=700),
+        max_steps=286_102, lr=2.5e-4, min_lr=0.0, warmup_steps=700),
     # 1558M: 32,000 steps x 1,048,576 tokens = 33.6B tokens, lr 6e-4 -> 6e-5 (10%), warmup 700
     # (~24 h on 8 x H100 in llm.c)
     "gpt2-1558m": dict(
         data="data/edu_fineweb100B", out_dir="runs/gpt2-1558m", n_layer=48, n_head=25, n_embd=1600,
-        total_batch_size=1_048_576, micro_batch_size=8, max_steps=32_000, lr=6e-4, min_lr=6e-5,
+        total_batch_size=1_048_576, max_steps=32_000, lr=6e-4, min_lr=6e-5,
         warmup_steps=700),
     # a tiny GPT-2-vocabulary model that trains on CPU in seconds (any GPT-2 shard folder)
     "cpu-smoke": dict(
@@ -149,6 +151,15 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _auto_or_int(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="train_gpt2.py", description="Train GPT-2 on token shards (torchrun or plain python).",
@@ -169,6 +180,9 @@ def build_parser():
         if f.type is bool:  # --compile, --compile true, --compile false
             parser.add_argument(flag, nargs="?", const=True, type=_bool, default=None,
                                 metavar="BOOL", help=f"(default {f.default})")
+        elif f.name == "micro_batch_size":
+            parser.add_argument(flag, type=_auto_or_int, default=None, metavar="N|auto",
+                                help=f"(default {f.default})")
         else:
             parser.add_argument(flag, type=f.type, default=None, help=f"(default {f.default})")
     return parser
@@ -211,6 +225,10 @@ def _read_config_file(parser, path):
             parser.error(f"--config {path}: unknown field {key!r} (fields are the flag names "
                          f"with _ for -)")
         kind = types[key]
+        if key == "micro_batch_size" and value == "auto":
+            kind = str
+        elif key == "micro_batch_size":
+            kind = int
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -221,7 +239,9 @@ def _read_config_file(parser, path):
 
 def _check(parser, c):
     """Value checks that need no data or hardware; argparse prints one line and exits 2."""
-    positive = ("total_batch_size", "micro_batch_size", "seq_len", "max_steps", "n_layer",
+    if c.micro_batch_size != "auto" and c.micro_batch_size <= 0:
+        parser.error(f"--micro-batch-size must be positive or auto, got {c.micro_batch_size}")
+    positive = ("total_batch_size", "seq_len", "max_steps", "n_layer",
                 "n_head", "n_embd", "block_size", "vocab_size", "val_tokens")
     for name in positive:
         if getattr(c, name) <= 0:
