@@ -62,22 +62,35 @@ def get_lr(step, cfg):
 
 
 class StopRequest:
-    """Records SIGUSR1 (Slurm's pre-emption warning), SIGTERM and SIGINT instead of dying:
-    the loop finishes its step, checkpoints and exits with EXIT_STOPPED."""
+    """Records SIGUSR1 (Slurm's pre-emption warning), SIGTERM and SIGINT instead of dying, and
+    notices `stop_file` (RUN/STOP) appearing: the loop finishes its step, checkpoints and exits
+    with EXIT_STOPPED. The file is the way in when no signal can be: a site whose process
+    tracking cannot reach torchrun's workers (they run in sessions of their own), or a person
+    (`touch RUN/STOP`). Every rank looks every step (a stat: microseconds) and the loop's vote
+    makes them agree; the rank that `owns_stop_file` (rank 0) removes it on the way out, so the
+    resumed run does not stop again."""
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, stop_file, owns_stop_file):
         self.signum = 0
+        self.stop_file = Path(stop_file)
+        self.owns_stop_file = owns_stop_file
         self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame):
         self.signum = self.signum or signum
 
+    def requested(self):
+        return self.signum > 0 or self.stop_file.exists()
+
     def restore(self):
-        """Give the signals back to their former handlers (train_gpt2.main may run in-process)."""
+        """Give the signals back to their former handlers (train_gpt2.main may run in-process),
+        and remove the stop file: training has ended, so it has been acted on."""
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        if self.owns_stop_file:
+            self.stop_file.unlink(missing_ok=True)
 
 
 def params_sha256(model):
@@ -135,7 +148,8 @@ def main(argv=None):
         torch.cuda.set_device(device)
     if ddp:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    stop = StopRequest()  # from here on a signal means "checkpoint and exit 3"
+    # from here on a signal or RUN/STOP means "checkpoint and exit 3"
+    stop = StopRequest(Path(cfg.out_dir) / "STOP", owns_stop_file=master)
     try:
         status = train(cfg, setup, ddp, rank, world_size, device, stop)
     except (BadInput, CheckpointError, LoaderError, WandbUnavailable) as e:  # raised alike on every rank
@@ -313,7 +327,7 @@ def train(cfg, setup, ddp, rank, world_size, device, stop):
             group["lr"] = lr
         optimizer.step()
         # one collective for the mean loss and the stop flag: every rank agrees on stopping
-        stats = torch.stack([loss_accum.float(), torch.tensor(float(stop.signum > 0), device=device)])
+        stats = torch.stack([loss_accum.float(), torch.tensor(float(stop.requested()), device=device)])
         if ddp:
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
         loss_sum, stop_votes = stats.tolist()
