@@ -301,6 +301,8 @@ def test_two_node_job_equals_plain_torchrun(two_nodes, reference, tmp_path):
 
 @pytest.mark.slow
 def test_two_node_preemption_checkpoints_requeues_resumes_on_both_nodes(two_nodes, reference, tmp_path):
+    """USR1 to the batch shell mid-run: both nodes checkpoint after the same step, the job
+    requeues, both resume, and the losses are the uninterrupted run's."""
     out = tmp_path / "run"
     job = submit_training(two_nodes, tmp_path, out, nodes=2)
     warn_mid_training(two_nodes, job, out)
@@ -315,7 +317,7 @@ def trainer_worker(job, node_id):
     for proc in Path("/proc").iterdir():
         try:
             env = set((proc / "environ").read_bytes().split(b"\0"))
-        except (OSError, ValueError):  # gone, or not a process folder
+        except OSError:  # gone, another user's, or not a process folder
             continue
         if {f"SLURM_JOB_ID={job}".encode(), f"SLURM_NODEID={node_id}".encode()} <= env and any(
                 var.startswith(b"RANK=") for var in env):
@@ -324,9 +326,9 @@ def trainer_worker(job, node_id):
 
 
 def test_rank_killed_on_one_node_ends_the_job_promptly_without_requeue(two_nodes, tmp_path):
-    """SIGKILL to the rank on n2, as the OOM killer would: srun's --kill-on-bad-exit ends n1's
-    torchrun too (rank 0 would otherwise wait in a collective), the job fails within seconds
-    (KillWait is 30 s here: well under it) and a crash is not requeued."""
+    """SIGKILL to the rank on n2, as the OOM killer would: n2's torchrun exits 1, srun's
+    --kill-on-bad-exit ends n1's step (rank 0 also sees its peer's socket close), the job fails
+    within seconds (KillWait is 30 s here: well under it) and a crash is not requeued."""
     out = tmp_path / "run"
     job = submit_training(two_nodes, tmp_path, out, "--max-steps", "100000", nodes=2)
     wait_for(lambda: max(trained_steps(out), default=-1) >= 5, 180,
