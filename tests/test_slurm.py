@@ -1,7 +1,9 @@
-"""slurm/train.sbatch and slurm/fineweb.sbatch on a real one-node Slurm cluster (slurm/cluster.sh):
-a 2-process CPU training job equals a plain torchrun run; a job warned with SIGUSR1 checkpoints,
-requeues itself, resumes and ends with the same per-step losses (and one wandb run); a 2-task
-fineweb array writes the bytes of a single pipeline run.
+"""slurm/train.sbatch and slurm/fineweb.sbatch on a real Slurm cluster on this machine
+(slurm/cluster.sh). One node: a 2-process CPU training job equals a plain torchrun run; a job
+warned with SIGUSR1 checkpoints, requeues itself, resumes and ends with the same per-step losses
+(and one wandb run); a 2-task fineweb array writes the bytes of a single pipeline run. Two nodes
+(n1, n2: two slurmd, one rank each): the same losses, the same preemption cycle on both nodes,
+and a rank killed on one node ends the whole job within seconds, failed and not requeued.
 
 Needs root and Debian's slurm-wlm + munge (`make setup` installs them when run as root);
 otherwise these tests skip with the reason, except under CI (CI=true), where they must run and
@@ -12,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,29 +33,58 @@ FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
                 "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A running one-node cluster for this module; its environment (SLURM_CONF) for sbatch."""
-    if shutil.which("bash") is None:
-        pytest.skip("no bash")
-    # short path: slurmd puts unix sockets in its spool folder (108-byte limit)
-    state = Path(tempfile.mkdtemp(prefix="slurm-test-"))
-    start = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True,
-                           timeout=120)
-    if start.returncode == 4:  # not installed / not root: say why
-        shutil.rmtree(state, ignore_errors=True)
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Slurm tests: {start.stderr.strip()}")
-        pytest.skip(start.stderr.strip())
-    try:
+class LocalCluster:
+    """At most one running slurm/cluster.sh cluster (they share the machine's cores): `of(nodes)`
+    gives the environment (SLURM_CONF) of a cluster with that many nodes, restarting only when
+    the count changes; the one-node tests come first in this file, then the two-node ones."""
+
+    def __init__(self):
+        self.nodes, self.state, self.env = None, None, None
+
+    def of(self, nodes):
+        if nodes != self.nodes:
+            self.stop()
+            self.start(nodes)
+        return self.env
+
+    def start(self, nodes):
+        if shutil.which("bash") is None:
+            pytest.skip("no bash")
+        # short path: slurmd puts unix sockets in its spool folder (108-byte limit)
+        state = Path(tempfile.mkdtemp(prefix="slurm-test-"))
+        start = subprocess.run(["bash", str(CLUSTER), "start", str(state), "--nodes", str(nodes)],
+                               capture_output=True, text=True, timeout=120)
+        if start.returncode == 4:  # not installed / not root: say why
+            shutil.rmtree(state, ignore_errors=True)
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must run the Slurm tests: {start.stderr.strip()}")
+            pytest.skip(start.stderr.strip())
+        self.nodes, self.state = nodes, state  # from here on `stop` cleans up, whatever happens
         assert start.returncode == 0, f"{start.stderr}\n" + "\n".join(
             f"--- {p.name}\n{p.read_text()[-3000:]}" for p in state.glob("*.log"))
         env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"), PYTHON=sys.executable)
-        env = {k: v for k, v in env.items() if not k.startswith("WANDB_")}
-        yield env
+        self.env = {k: v for k, v in env.items() if not k.startswith("WANDB_")}
+
+    def stop(self):
+        if self.state is not None:
+            subprocess.run(["bash", str(CLUSTER), "stop", str(self.state)], timeout=120)
+            shutil.rmtree(self.state, ignore_errors=True)
+        self.nodes, self.state, self.env = None, None, None
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    local = LocalCluster()
+    try:
+        yield local
     finally:
-        subprocess.run(["bash", str(CLUSTER), "stop", str(state)], timeout=120)
-        shutil.rmtree(state, ignore_errors=True)
+        local.stop()
+
+
+@pytest.fixture
+def cluster(clusters):
+    """A running one-node cluster: its environment (SLURM_CONF) for sbatch."""
+    return clusters.of(1)
 
 
 def sbatch(env, *args, **extra_env):
@@ -96,16 +128,83 @@ def assert_same_losses(got, want):
     assert worst <= 1e-6, f"losses differ by up to {worst}"
 
 
-def submit_training(env, tmp_path, out_dir, *extra, **extra_env):
-    """train.sbatch on the CPU node: 1 node x torchrun --nproc-per-node 2 (gloo)."""
-    return sbatch(env, "--gpus-per-node=0", "--cpus-per-task=2", f"--output={tmp_path}/slurm-%j.out",
-                  "slurm/train.sbatch", *TINY, "--data", env["TEST_DATA"], "--out-dir", out_dir, *extra,
-                  NPROC_PER_NODE="2", **extra_env)
+def submit_training(env, tmp_path, out_dir, *extra, nodes=1, **extra_env):
+    """train.sbatch on CPU nodes, 2 ranks in all (gloo): 1 node x torchrun --nproc-per-node 2,
+    or 2 nodes x 1."""
+    return sbatch(env, f"--nodes={nodes}", "--gpus-per-node=0", f"--cpus-per-task={2 // nodes}",
+                  f"--output={tmp_path}/slurm-%j.out", "slurm/train.sbatch", *TINY,
+                  "--data", env["TEST_DATA"], "--out-dir", out_dir, *extra,
+                  NPROC_PER_NODE=str(2 // nodes), **extra_env)
 
 
-@pytest.fixture(scope="module")
+def wait_for(condition, timeout, what):
+    """Poll `condition` until true (returns that moment); fail after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"{what}: not after {timeout} s"
+        time.sleep(0.1)
+    return time.time()
+
+
+def trained_steps(out_dir):
+    """The train steps log.jsonl holds so far (it is being written: a torn last line is skipped)."""
+    steps = []
+    path = Path(out_dir) / "log.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in row:
+            steps.append(row["step"])
+    return steps
+
+
+def warn_mid_training(env, job, out_dir):
+    """`scancel --signal=USR1 --batch` (what --signal=B:USR1@N does before a time limit) once
+    training is under way."""
+    wait_for(lambda: max(trained_steps(out_dir), default=-1) >= 10, 180,
+             f"job {job} training ({job_info(env, job)})")
+    signalled = subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env,
+                               capture_output=True, text=True, timeout=30)
+    assert signalled.returncode == 0, signalled.stderr
+
+
+def assert_requeued_and_resumed(env, job, out_dir, reference):
+    """The warned job checkpointed, requeued itself once, resumed from that checkpoint and
+    finished with the uninterrupted run's losses. Returns its log and the seconds from the
+    requeue to the resumed job's first step."""
+    wait_job(env, job, until=("PENDING", "REQUEUED", "REQUEUE_HOLD", *FINAL_STATES))
+    t_requeued = time.time()
+
+    def resumed_or_ended():  # the resumed attempt logs the stop checkpoint's step first
+        stop_checkpoint = min(out_dir.glob("ckpt_*.pt"), default=None)
+        return (stop_checkpoint is not None and int(stop_checkpoint.stem[5:]) in trained_steps(out_dir)
+                or job_info(env, job).get("JobState") in FINAL_STATES)
+
+    t_resumed = wait_for(resumed_or_ended, 240, f"job {job} resuming")
+    info = wait_job(env, job)
+    log = (out_dir / "slurm" / f"{job}.out").read_text()  # the logs live in the run folder
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), log
+    stopped = re.search(r"checkpoint at step (\d+) saved, exiting with status 3", log)
+    assert stopped, f"the first attempt must checkpoint on the warning:\n{log}"
+    assert int(stopped.group(1)) < STEPS, "the signal came after training ended: too late to test"
+    assert f"created {out_dir}/STOP" in log, "the warning also leaves the stop file"
+    assert "restart 1" in log and f"resuming from {out_dir}/ckpt_{int(stopped.group(1)):07d}.pt" in log, log
+    assert (out_dir / "DONE").exists() and not (out_dir / "STOP").exists()
+    assert_same_losses(losses(out_dir), reference)
+    return log, t_resumed - t_requeued
+
+
+@pytest.fixture
 def slurm_env(cluster, char_shards):
     return {**cluster, "TEST_DATA": str(char_shards)}
+
+
+@pytest.fixture
+def two_nodes(clusters, char_shards):
+    """A running two-node cluster (n1, n2 on this machine, a core each) and the test data."""
+    return {**clusters.of(2), "TEST_DATA": str(char_shards)}
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +229,7 @@ def test_train_sbatch_two_processes_equals_plain_torchrun(slurm_env, reference, 
     assert_same_losses(losses(out), reference)
 
 
+@pytest.mark.slow
 def test_preempted_job_checkpoints_requeues_resumes_with_same_losses(slurm_env, reference, tmp_path,
                                                                      read_wandb_runs):
     """`scancel --signal=USR1 --batch` (what --signal=B:USR1@N does before a time limit) during
@@ -138,36 +238,13 @@ def test_preempted_job_checkpoints_requeues_resumes_with_same_losses(slurm_env, 
     out = tmp_path / "run"
     job = submit_training(slurm_env, tmp_path, out, "--wandb", WANDB_MODE="offline",
                           WANDB_SILENT="true")
-    deadline = time.time() + 180
-    while True:  # wait for training to be under way, then warn the batch shell
-        if (out / "log.jsonl").exists() and any(k[0] == "train" and k[1] >= 10 for k in losses(out)):
-            break
-        assert time.time() < deadline, job_info(slurm_env, job)
-        time.sleep(0.05)
-    signalled = subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env,
-                               capture_output=True, text=True, timeout=30)
-    assert signalled.returncode == 0, signalled.stderr
-    t_signal = time.time()
-    wait_job(slurm_env, job, until=("PENDING", "REQUEUED", "REQUEUE_HOLD", *FINAL_STATES))
-    t_requeued = time.time()
-    info = wait_job(slurm_env, job)
-    log = (out / "slurm" / f"{job}.out").read_text()
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), log
-    stopped = re.search(r"checkpoint at step (\d+) saved, exiting with status 3", log)
-    assert stopped, f"the first attempt must checkpoint on the warning:\n{log}"
-    assert int(stopped.group(1)) < STEPS, "the signal came after training ended: too late to test"
-    assert "restart 1" in log and f"resuming from {out}/ckpt_{int(stopped.group(1)):07d}.pt" in log, log
-    assert (out / "DONE").exists()
-    assert_same_losses(losses(out), reference)
-
+    warn_mid_training(slurm_env, job, out)
+    _, requeue_to_training = assert_requeued_and_resumed(slurm_env, job, out, reference)
     runs = read_wandb_runs(out)
     assert len(runs) == 2 and runs[0]["id"] == runs[1]["id"], "a requeued job continues the same run"
     steps = [h["_step"] for run in runs for h in run["history"] if "loss" in h]
     assert steps == list(range(STEPS)), "one continuous curve across the requeue"
-    stamps = re.findall(r"=== (\S+ \S+) (training step ended|job \d+ restart 1)", log)
-    ended, restarted = (time.mktime(time.strptime(t, "%Y-%m-%d %H:%M:%S")) for t, _ in stamps[:2])
-    print(f"\nsignal -> requeued {t_requeued - t_signal:.1f} s; requeue -> restarted "
-          f"{restarted - ended:.0f} s (Slurm); requeued -> done {time.time() - t_requeued:.1f} s")
+    print(f"\none node: requeue -> training again {requeue_to_training:.1f} s")
 
 
 def test_fineweb_array_equals_single_run(cluster, tmp_path):
@@ -202,3 +279,69 @@ def test_fineweb_array_equals_single_run(cluster, tmp_path):
         assert (tmp_path / "array" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
     assert sorted(p.name for p in (tmp_path / "array" / "parts").glob("part_*.bin")) == [
         f"part_{i:06d}.bin" for i in range(3)]
+
+
+# Two nodes from here on (LocalCluster restarts once): keep these tests last.
+
+def test_two_node_job_equals_plain_torchrun(two_nodes, reference, tmp_path):
+    """2 nodes x 1 rank (c10d rendezvous on n1) trains exactly like 1 node x 2 ranks. A stale
+    RUN/STOP (left by an attempt killed before acting on it) is removed first, or this job would
+    stop after one step."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "STOP").touch()
+    job = submit_training(two_nodes, tmp_path, out, nodes=2)
+    info = wait_job(two_nodes, job)
+    log = (out / "slurm" / f"{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0"), log
+    assert "2 node(s) [n1 n2], 1 process(es) per node (1 thread(s) each), rendezvous n1:" in log
+    assert (out / "DONE").exists()
+    assert_same_losses(losses(out), reference)
+
+
+@pytest.mark.slow
+def test_two_node_preemption_checkpoints_requeues_resumes_on_both_nodes(two_nodes, reference, tmp_path):
+    """USR1 to the batch shell mid-run: both nodes checkpoint after the same step, the job
+    requeues, both resume, and the losses are the uninterrupted run's."""
+    out = tmp_path / "run"
+    job = submit_training(two_nodes, tmp_path, out, nodes=2)
+    warn_mid_training(two_nodes, job, out)
+    log, requeue_to_training = assert_requeued_and_resumed(two_nodes, job, out, reference)
+    assert log.count("2 node(s) [n1 n2]") == 2, "both attempts ran on both nodes"
+    print(f"\ntwo nodes: requeue -> training again {requeue_to_training:.1f} s")
+
+
+def trainer_worker(job, node_id):
+    """The pid of job `job`'s trainer process on node `node_id` (torchrun's worker: it alone has
+    RANK in its environment), or None."""
+    for proc in Path("/proc").iterdir():
+        try:
+            env = set((proc / "environ").read_bytes().split(b"\0"))
+        except OSError:  # gone, another user's, or not a process folder
+            continue
+        if {f"SLURM_JOB_ID={job}".encode(), f"SLURM_NODEID={node_id}".encode()} <= env and any(
+                var.startswith(b"RANK=") for var in env):
+            return int(proc.name)
+    return None
+
+
+def test_rank_killed_on_one_node_ends_the_job_promptly_without_requeue(two_nodes, tmp_path):
+    """SIGKILL to the rank on n2, as the OOM killer would: n2's torchrun exits 1, srun's
+    --kill-on-bad-exit ends n1's step (rank 0 also sees its peer's socket close), the job fails
+    within seconds (KillWait is 30 s here: well under it) and a crash is not requeued."""
+    out = tmp_path / "run"
+    job = submit_training(two_nodes, tmp_path, out, "--max-steps", "100000", nodes=2)
+    wait_for(lambda: max(trained_steps(out), default=-1) >= 5, 180,
+             f"job {job} training ({job_info(two_nodes, job)})")
+    victim = trainer_worker(job, node_id=1)
+    assert victim is not None, "no trainer process with SLURM_NODEID=1"
+    os.kill(victim, signal.SIGKILL)
+    killed = time.time()
+    info = wait_job(two_nodes, job, timeout=120)
+    crash_to_end = time.time() - killed
+    log = (out / "slurm" / f"{job}.out").read_text()
+    assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0", log
+    assert info["Restarts"] == "0" and "requeueing" not in log, "a crash must not requeue"
+    assert crash_to_end < 25, f"the job took {crash_to_end:.0f} s to end after a rank died:\n{log}"
+    assert not (out / "DONE").exists()
+    print(f"\ntwo nodes: rank killed -> job ended {crash_to_end:.1f} s")

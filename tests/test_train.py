@@ -185,6 +185,31 @@ def test_signal_checkpoints_exits_3_and_resumes(data, reference, tmp_path):
     assert_same_losses(train, read_log(reference)[0], 1e-5)
 
 
+def test_stop_file_checkpoints_exits_3_and_resumes(data, reference, tmp_path):
+    """`touch RUN/STOP` during a 2-rank run (the fallback where no signal reaches the workers):
+    both ranks stop after the same step, checkpoint, exit 3; rank 0 removes STOP, so resuming
+    (here on 1 rank) runs to the end with the uninterrupted run's losses."""
+    proc = launch(tmp_path, data, nproc=2)
+    log = tmp_path / "log.jsonl"
+    deadline = time.time() + 60
+    while not (log.exists() and '"loss"' in log.read_text()):  # training under way
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.005)
+    (tmp_path / "STOP").touch()
+    output, _ = proc.communicate(timeout=120)
+    assert "exiting with status 3" in output and "exitcode" in output and ": 3" in output, output
+    stop_step = max(int(p.stem[5:]) for p in tmp_path.glob("ckpt_*.pt"))
+    assert 0 < stop_step < STEPS and f"checkpoint at step {stop_step} saved" in output, output
+    assert not (tmp_path / "STOP").exists(), "rank 0 removes the stop file it acted on"
+    assert not (tmp_path / "DONE").exists()
+    output = run(tmp_path, data, nproc=1)
+    assert f"at step {stop_step}" in output and (tmp_path / "DONE").exists()
+    train, val = read_log(tmp_path)
+    ref_train, ref_val = read_log(reference)
+    assert_same_losses(train, ref_train, 1e-5)
+    assert_same_losses(val, ref_val, 1e-5)
+
+
 def test_sigterm_exit_status_3_single_process(data, tmp_path):
     proc = launch(tmp_path, data, extra=["--max-steps", "100000", "--eval-every", "0"])
     deadline = time.time() + 60
