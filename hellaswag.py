@@ -336,12 +336,15 @@ def fit_to_context(rendered, max_length, style, n_examples, rank, world_size, de
 
 
 def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu",
-             rank=None, world_size=None, autocast_dtype=None, progress=False, max_length=None):
+             rank=None, world_size=None, autocast_dtype=None, progress=False, max_length=None,
+             lockstep=False):
     """Score `examples` with `model_fn(idx (B, T) LongTensor) -> logits (B, T, V)`.
 
     Rank r scores examples r, r + world_size, ...; with world_size > 1 the counts are summed
     over ranks (all_reduce), so every rank returns the totals, equal to a single-process run.
     `max_length`: the model's context; longer examples are left-truncated (see fit_to_context).
+    `lockstep`: every rank makes the same number of model calls (an FSDP model gathers its weights
+    from all ranks in every forward); a rank with a shorter share scores a batch again, unused.
     Returns dict(acc, acc_norm, n, correct, correct_norm, truncated, style, predictions), where
     predictions maps this rank's example indices to (pred, pred_norm, [4 log-likelihoods]).
     """
@@ -353,13 +356,22 @@ def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu
         rendered, truncated = fit_to_context(rendered, max_length, style, len(examples), rank,
                                              world_size, device)
     predictions = {}
-    steps = range(0, len(mine), batch_size)
+    batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+    if lockstep:
+        if not mine:
+            raise ValueError(f"lockstep scoring needs at least one example per rank: {len(examples)} "
+                             f"examples for {world_size} ranks")
+        most = -(-len(range(0, len(examples), world_size)) // batch_size)  # rank 0's share
+        filler = [rendered[mine[0]]]
+        batches += [None] * (most - len(batches))
     if progress:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc=f"hellaswag ({style})", unit="batch", file=sys.stderr)
-    for start in steps:
-        indices = mine[start : start + batch_size]
+        batches = tqdm(batches, desc=f"hellaswag ({style})", unit="batch", file=sys.stderr)
+    for indices in batches:
+        if indices is None:
+            score_batch(model_fn, filler, device, enc.n_vocab, autocast_dtype)
+            continue
         batch = [rendered[i] for i in indices]
         ll = score_batch(model_fn, batch, device, enc.n_vocab, autocast_dtype)
         norm = torch.tensor([r.norm for r in batch], dtype=torch.float64)
@@ -390,7 +402,7 @@ def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu
 
 
 def evaluate_gpt(model, examples, *, enc=None, style="default", batch_size=8, rank=None,
-                 world_size=None, device="cpu", autocast_dtype=None):
+                 world_size=None, device="cpu", autocast_dtype=None, lockstep=False):
     """HellaSwag for our GPT during training: every rank must call it (the counts are summed
     across ranks). `model` may be wrapped in DDP and/or torch.compile: the plain module is
     used, in eval mode, and its training mode is restored afterwards. `enc` defaults to GPT-2's."""
@@ -401,7 +413,7 @@ def evaluate_gpt(model, examples, *, enc=None, style="default", batch_size=8, ra
     try:
         return evaluate(lambda idx: raw(idx)[0], examples, enc or get_gpt2_encoding(), style,
                         batch_size, device, rank, world_size, autocast_dtype,
-                        max_length=raw.config.block_size)
+                        max_length=raw.config.block_size, lockstep=lockstep)
     finally:
         raw.train(was_training)
 

@@ -120,3 +120,55 @@ def test_dry_run_plans_gpt2_xl_without_allocating():
     assert "per rank (8 rank(s), FSDP)" in out.stdout
     peak_kb = int(out.stdout.split("peak RSS kB")[1])
     assert peak_kb < 1_500_000, peak_kb
+
+
+def test_fsdp_hellaswag_and_samples_equal_ddp(tmp_path):
+    """Evaluations see the full model under FSDP: HellaSwag (3 examples on 2 ranks: unequal
+    shares, the forwards kept in lockstep) and samples equal DDP's."""
+    import numpy as np
+
+    from shards.format import write_shard
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "shards"
+    data.mkdir()
+    for i, n in enumerate([1024, 4096]):
+        write_shard(data / f"g_{'val' if i == 0 else 'train'}_{i:06d}.bin", rng.integers(0, 50257, n))
+    example = {"ctx": "A man sits down.", "ctx_a": "A man sits down.", "ctx_b": "", "label": 1,
+               "activity_label": "Sitting", "endings": ["He flies.", "He rests.", "He sings.", "He runs."]}
+    (tmp_path / "hs.jsonl").write_text("\n".join(json.dumps(example) for _ in range(3)) + "\n")
+    flags = ["--preset", "cpu-smoke", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+             "--max-steps", "2", "--micro-batch-size", "2", "--seq-len", "16", "--block-size", "64",
+             "--total-batch-size", "64", "--eval-every", "1", "--val-tokens", "256",
+             "--checkpoint-every", "0", "--hellaswag-every", "1", "--hellaswag-data",
+             str(tmp_path / "hs.jsonl"), "--num-samples", "1", "--sample-tokens", "6"]
+    logs = {}
+    for name, extra in (("ddp", []), ("fsdp", FSDP)):
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              "--nproc_per_node=2", "train_gpt2.py", *flags, *extra, "--data", str(data),
+                              "--out-dir", str(tmp_path / name)], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        logs[name] = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+    for kind in ("hellaswag_acc_norm", "val_loss", "samples"):
+        ddp = [r[kind] for r in logs["ddp"] if kind in r]
+        fsdp = [r[kind] for r in logs["fsdp"] if kind in r]
+        assert len(ddp) == 3, kind
+        if kind == "val_loss":
+            assert fsdp == pytest.approx(ddp, rel=1e-5)
+        else:
+            assert fsdp == ddp, kind
+    assert all(r["hellaswag_n"] == 3 for r in logs["fsdp"] if "hellaswag_n" in r)
+
+
+@pytest.mark.slow
+def test_fsdp_with_compile_and_bf16_trains(data, fsdp_run, tmp_path):
+    """--fsdp --compile --dtype bfloat16 on 2 ranks (the GPU configuration, on CPU): losses within
+    bf16's precision of the fp32 FSDP run's. (~1 min: inductor compiles on both ranks.)"""
+    run(tmp_path, data, nproc=2, extra=FSDP + ["--compile", "--dtype", "bfloat16", "--max-steps", "6",
+                                                "--eval-every", "3"])
+    train, _ = read_log(tmp_path)
+    ref_train, _ = read_log(fsdp_run)
+    assert sorted(train) == list(range(6))
+    for step, loss in train.items():
+        assert loss == pytest.approx(ref_train[step], rel=2e-2)

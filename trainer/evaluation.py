@@ -30,6 +30,11 @@ class Evaluator:
         if tokenizer is not None:
             self.token_bytes = torch.as_tensor(tokenizer.token_byte_lengths(), device=self.runtime.device)
         self.hellaswag_examples = load_hellaswag(cfg, tokenizer, self.runtime)
+        if self.hellaswag_examples and len(self.hellaswag_examples) < self.runtime.world_size:
+            if self.runtime.master:
+                print(f"warning: HellaSwag evaluation skipped: {len(self.hellaswag_examples)} "
+                      f"examples for {self.runtime.world_size} ranks; raise --hellaswag-limit")
+            self.hellaswag_examples = None
 
     def autocast(self):
         device_type = self.runtime.device.type
@@ -118,12 +123,10 @@ class Evaluator:
     def hellaswag(self):
         import hellaswag
 
-        # under FSDP every rank scores every example (all forwards in lockstep); otherwise each
-        # rank scores its share and the counts are summed
-        share = dict(rank=0, world_size=1) if self.parallel.lockstep else {}
+        # each rank scores its share, the counts are summed
         return hellaswag.evaluate_gpt(self.parallel.module, self.hellaswag_examples,
                                       device=self.runtime.device, autocast_dtype=self.autocast_dtype,
-                                      **share)
+                                      lockstep=self.parallel.lockstep)
 
 
 def load_hellaswag(cfg, tokenizer, runtime):
