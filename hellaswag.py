@@ -37,6 +37,7 @@ from hf_gpt2 import load_hf_gpt2
 from model import unwrap
 from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding
 from trainer.checkpoint import load_model
+from trainer.distributed import pick_device_type
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 VAL_FILE = "hellaswag_val.jsonl"
@@ -484,7 +485,8 @@ def main(argv=None):
     parser.add_argument("--url", default=URL, help="where to download hellaswag_val.jsonl from")
     parser.add_argument("--limit", type=int, help="score only the first N examples")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (4 rows each)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:1, mps (auto: cuda, else Apple's mps, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16 runs the forward under autocast")
     parser.add_argument("--json", action="store_true", help="print only one JSON object: acc, acc_norm, n, ...")
@@ -494,7 +496,7 @@ def main(argv=None):
 
     # under torchrun: one process per device, each scoring its share of the examples
     distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device if args.device != "auto" else pick_device_type("auto")
     if distributed:
         use_cuda = torch.device(device).type == "cuda"
         if use_cuda:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from trainer.checkpoint import load_model
+from trainer.distributed import pick_device_type
 from hf_gpt2 import gpt_from_hf
 
 
@@ -100,9 +101,12 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=50, help="0 = no top-k filtering")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:1, mps (auto: cuda, else Apple's mps, else cpu)")
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the prefix every token")
     args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = pick_device_type("auto")
     for flag in ("num_samples", "max_new_tokens"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")

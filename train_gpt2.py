@@ -68,6 +68,8 @@ def main(argv=None):
         return dry_run(cfg)
     try:
         runtime = Runtime.from_env(cfg.device)
+        if cfg.compile == "auto":  # compiling pays off on GPUs; on CPU it costs minutes
+            cfg = replace(cfg, compile=runtime.device.type == "cuda")
         # on CUDA "auto" is decided by trying steps (train()); here, and for the data checks,
         # by arithmetic
         probe = cfg.micro_batch_size == "auto" and runtime.device.type == "cuda"

@@ -321,3 +321,69 @@ def test_compile_keeps_eval_and_samples_working(data, tmp_path):
     assert output.count("val loss") == 3 and output.count("sample:") == 3
     ckpt = torch.load(tmp_path / "ckpt_0000003.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
+
+
+def test_help_groups_every_flag_with_a_line_of_its_own(capsys):
+    from dataclasses import fields
+
+    from trainer.config import GROUPS
+
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "torchrun --standalone --nproc_per_node=8 train_gpt2.py" in out
+    for name in GROUPS:
+        assert f"\n{name}:\n" in out
+    for f in fields(TrainConfig):
+        assert f.metadata["group"] in GROUPS and len(f.metadata["help"]) > 10, f.name
+        if f.name != "preset":
+            assert "--" + f.name.replace("_", "-") in out
+
+
+def test_float16_with_loss_scaling_trains_and_resumes_exactly(data, tmp_path):
+    """--dtype float16 (V100/T4's precision): autocast plus a GradScaler, whose scale is saved in
+    the checkpoint so a resume is exact. Runs on CPU, where torch implements both."""
+    extra = ["--dtype", "float16", "--max-steps", "12", "--checkpoint-every", "6", "--eval-every", "6"]
+    output = run(tmp_path / "a", data, extra=extra)
+    assert "float16 autocast with loss scaling" in output
+    train, _ = read_log(tmp_path / "a")
+    assert all(math.isfinite(v) for v in train.values()) and train[11] < train[0] - 0.3
+    ckpt = torch.load(tmp_path / "a" / "ckpt_0000006.pt", weights_only=True)
+    assert ckpt["scaler"]["scale"] > 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "ckpt_0000012.pt").unlink()
+    (tmp_path / "b" / "DONE").unlink()
+    run(tmp_path / "b", data, extra=extra)
+    assert read_log(tmp_path / "b")[0] == train
+
+
+def test_peak_flops_by_exact_gpu_name():
+    from trainer.metrics import peak_flops_of
+
+    assert peak_flops_of("NVIDIA L40") == 181e12 and peak_flops_of("NVIDIA L4") == 121e12
+    assert peak_flops_of("NVIDIA L40S") == 362e12
+    assert peak_flops_of("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops_of("NVIDIA H100 PCIe") == 756e12 and peak_flops_of("NVIDIA H100 NVL") == 835e12
+    assert peak_flops_of("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops_of("Tesla V100-SXM2-32GB") == 125e12 and peak_flops_of("Tesla T4") == 65e12
+    assert peak_flops_of("NVIDIA GeForce RTX 4090") == 165e12
+    assert peak_flops_of("NVIDIA A10G") == 70e12 and peak_flops_of("NVIDIA A10") == 125e12
+    assert peak_flops_of("NVIDIA RTX A6000") is None  # unknown: no MFU rather than a wrong one
+
+
+def test_second_sigterm_ends_a_stuck_process_at_once(tmp_path):
+    """The first SIGTERM asks for a checkpoint; a second one (a rank stuck in a collective whose
+    peer died) must end the process instead of waiting for the collective's timeout."""
+    code = ("import time, sys; sys.path.insert(0, '.')\n"
+            "from trainer.signals import StopRequest\n"
+            f"stop = StopRequest({str(tmp_path / 'STOP')!r})\n"
+            "print('ready', flush=True)\n"
+            "while True: time.sleep(0.01)  # a collective that never returns\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None  # the first one only records the request
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == -signal.SIGTERM

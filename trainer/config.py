@@ -10,69 +10,83 @@ Resolution order: the dataclass defaults (= the GPT-2 124M reference recipe), th
 import argparse
 import json
 import sys
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+
+
+def flag(default, group, help):
+    """A TrainConfig field: its default, its --help group and its one-line help."""
+    return field(default=default, metadata={"group": group, "help": help})
+
+
+# the --help sections, in the order a user thinks of a run
+GROUPS = ("data", "model", "optimization", "evaluation", "checkpoints", "distributed and hardware",
+          "logging")
 
 
 @dataclass
 class TrainConfig:
-    # data and run folder
-    data: str = "data/edu_fineweb10B"  # shard folder written by `python -m pipeline.fineweb`
-    out_dir: str = "runs/gpt2-124m"  # checkpoints, log.jsonl, config.json, DONE
-    resume: str = "auto"  # auto (newest checkpoint in out_dir, if any) | never | PATH
-    shuffle: bool = False  # seeded shuffle of shard and sequence order per epoch
-    seed: int = 1337
-    # batch: total_batch_size tokens per step = micro_batch_size * seq_len * grad_accum * world_size
-    total_batch_size: int = 524_288  # 2**19, ~0.5M tokens as GPT-3 125M
-    # sequences per forward pass on each rank; auto: the largest power of two that divides the
-    # per-rank share and fits (trainer/micro_batch.py)
-    micro_batch_size: int | str = "auto"
-    seq_len: int = 1024
-    # optimisation (GPT-3 paper's 125M settings, as build-nanogpt)
-    max_steps: int = 19_073  # 10B tokens / 524,288
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 715  # 375M tokens / 524,288
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
-    # model (model.GPTConfig)
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 1024
-    vocab_size: int = 50_304  # GPT-2's 50,257 padded to a multiple of 64
-    dropout: float = 0.0
-    bias: bool = True
-    # hardware and parallelism
-    device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | mps
-    # auto: bfloat16 autocast where the GPU has native bf16, float16 autocast with loss scaling on
-    # older GPUs (V100, T4), float32 on CPU | bfloat16 | float16 | float32
-    dtype: str = "auto"
-    compile: bool = False  # torch.compile the model for training
-    fsdp: bool = False  # shard weights, gradients and AdamW state over the ranks (FSDP2)
-    activation_checkpointing: bool = False  # recompute each block's activations in backward
-    dist_timeout_min: int = 30  # how long a collective waits for a slow rank (e.g. checkpointing)
-    peak_flops: float = 0.0  # per device, for MFU; 0 = detect known GPUs
-    # evaluation, samples, checkpoints
-    eval_every: int = 250  # validation loss + samples every N steps (and at the end); 0 = never
-    val_tokens: int = 10_485_760
-    num_samples: int = 4
-    sample_tokens: int = 32
-    sample_prompt: str = "Hello, I'm a language model,"
-    hellaswag_every: int = 250  # 0 = never
-    hellaswag_limit: int = 0  # 0 = all 10,042 examples
-    hellaswag_data: str = ""  # a local HellaSwag jsonl; default: hellaswag.py's cache/download
-    checkpoint_every: int = 5000  # 0 = only at the end (and on a stop signal)
-    keep_checkpoints: int = 3  # the newest K are kept; 0 = keep all
-    # wandb (metrics.MetricsLogger)
-    wandb: bool = False
-    wandb_project: str = ""  # default: $WANDB_PROJECT, else "gpt2-fineweb"
-    wandb_run_name: str = ""
-    # which preset the values started from (informational)
-    preset: str = "gpt2-124m"
+    data: str = flag("data/edu_fineweb10B", "data", "shard folder written by python -m pipeline.fineweb")
+    shuffle: bool = flag(False, "data", "seeded shuffle of shard and sequence order, per epoch")
+    seed: int = flag(1337, "data", "seed of the initial weights, the shuffle and dropout")
+    # total_batch_size tokens per step = micro_batch_size * seq_len * grad_accum * world_size
+    total_batch_size: int = flag(524_288, "optimization",
+                                 "tokens per optimizer step, over all ranks (2**19 ~ 0.5M, as GPT-3 125M)")
+    micro_batch_size: int | str = flag(
+        "auto", "distributed and hardware",
+        "sequences per forward pass on each rank; auto: the largest power of two that divides each "
+        "rank's share and fits (probed on CUDA; at most 64 on CPU/MPS)")
+    seq_len: int = flag(1024, "data", "tokens per training sequence")
+    max_steps: int = flag(19_073, "optimization", "optimizer steps (19,073 x 524,288 = 10B tokens)")
+    lr: float = flag(6e-4, "optimization", "peak learning rate, reached after the warmup")
+    min_lr: float = flag(6e-5, "optimization", "learning rate at the end of the cosine decay")
+    warmup_steps: int = flag(715, "optimization", "steps of linear warmup (715 = 375M tokens)")
+    weight_decay: float = flag(0.1, "optimization", "AdamW weight decay, on matrices and embeddings only")
+    beta1: float = flag(0.9, "optimization", "AdamW beta1")
+    beta2: float = flag(0.95, "optimization", "AdamW beta2")
+    eps: float = flag(1e-8, "optimization", "AdamW epsilon")
+    grad_clip: float = flag(1.0, "optimization", "clip the global gradient norm to this; 0 = no clipping")
+    n_layer: int = flag(12, "model", "transformer blocks")
+    n_head: int = flag(12, "model", "attention heads per block")
+    n_embd: int = flag(768, "model", "width of the residual stream")
+    block_size: int = flag(1024, "model", "the model's context, in tokens")
+    vocab_size: int = flag(50_304, "model", "output rows (GPT-2's 50,257 padded to a multiple of 64)")
+    dropout: float = flag(0.0, "model", "dropout probability (0 for pretraining)")
+    bias: bool = flag(True, "model", "biases in Linear and LayerNorm layers, as GPT-2")
+    device: str = flag("auto", "distributed and hardware", "auto (cuda, else mps, else cpu) | cpu | cuda | mps")
+    dtype: str = flag("auto", "distributed and hardware",
+                      "auto (bfloat16 autocast on GPUs with native bf16, float16 with loss scaling on "
+                      "older GPUs such as V100/T4, float32 on CPU/MPS) | bfloat16 | float16 | float32")
+    compile: bool | str = flag("auto", "distributed and hardware",
+                               "torch.compile the model for training; auto: on for CUDA, off for CPU/MPS")
+    fsdp: bool = flag(False, "distributed and hardware",
+                      "shard weights, gradients and AdamW state over the ranks (FSDP2) instead of DDP")
+    activation_checkpointing: bool = flag(False, "distributed and hardware",
+                                          "recompute each block's activations in backward: less "
+                                          "memory, ~1/3 more compute")
+    dist_timeout_min: int = flag(30, "distributed and hardware",
+                                 "minutes a collective waits for a slow rank (e.g. one checkpointing)")
+    peak_flops: float = flag(0.0, "logging", "peak FLOP/s of one device, for MFU; 0 = known GPUs")
+    eval_every: int = flag(250, "evaluation", "validation loss, bits per byte and samples every N "
+                                              "steps and at the end; 0 = never")
+    val_tokens: int = flag(10_485_760, "evaluation", "validation tokens (the same for any world size)")
+    num_samples: int = flag(4, "evaluation", "text samples at each evaluation")
+    sample_tokens: int = flag(32, "evaluation", "tokens generated per sample")
+    sample_prompt: str = flag("Hello, I'm a language model,", "evaluation", "prompt of the samples")
+    hellaswag_every: int = flag(250, "evaluation", "HellaSwag accuracy every N steps; 0 = never")
+    hellaswag_limit: int = flag(0, "evaluation", "score the first N examples; 0 = all 10,042")
+    hellaswag_data: str = flag("", "evaluation", "a local HellaSwag jsonl; default: hellaswag.py's cache")
+    out_dir: str = flag("runs/gpt2-124m", "checkpoints",
+                        "run folder: config.json, log.jsonl, checkpoints, report, DONE")
+    resume: str = flag("auto", "checkpoints", "auto (newest checkpoint in --out-dir, if any) | never | PATH")
+    checkpoint_every: int = flag(5000, "checkpoints", "steps between checkpoints; 0 = only at the "
+                                                      "end and on a stop request")
+    keep_checkpoints: int = flag(3, "checkpoints", "keep the newest K checkpoints; 0 = all")
+    wandb: bool = flag(False, "logging", "log to Weights & Biases too (WANDB_MODE=offline works "
+                                         "without an account)")
+    wandb_project: str = flag("", "logging", "default: $WANDB_PROJECT, else gpt2-fineweb")
+    wandb_run_name: str = flag("", "logging", "default: wandb's own")
+    preset: str = flag("gpt2-124m", "data", "the preset the values started from (informational)")
 
     def model_config(self):
         """The GPTConfig fields of this config, as a dict."""
@@ -151,40 +165,63 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _auto_or_int(text):
+HELP_HEADER = """Train GPT-2 on token shards, on one process or under torchrun (DDP or FSDP).
+
+most runs are one of:
+  torchrun --standalone --nproc_per_node=8 train_gpt2.py      # GPT-2 124M on FineWeb-Edu 10B
+  python train_gpt2.py --preset cpu-smoke --data data/demo     # a tiny model on CPU, seconds
+  sbatch slurm/train.sbatch --preset gpt2-350m --fsdp          # a bigger GPT-2 on a Slurm cluster
+
+values: defaults (the GPT-2 124M recipe), then --preset, then --config FILE, then flags"""
+
+
+def _typed(text, kinds):
+    """--micro-batch-size N|auto and --compile BOOL|auto."""
     if text == "auto":
         return text
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+        return _bool(text) if bool in kinds else int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(k.__name__ for k in kinds)} or "
+                                         f"auto, got {text!r}") from None
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="train_gpt2.py", description="Train GPT-2 on token shards (torchrun or plain python).",
+        prog="train_gpt2.py", usage="%(prog)s [--preset NAME] [--config FILE] [flags]",
+        description=HELP_HEADER,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit status: 0 finished all steps (RUN/DONE written); 2 bad input; "
-               "3 stopped by SIGUSR1/SIGTERM/SIGINT after saving a checkpoint (resume with the same "
-               "command)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="named starting values (default gpt2-124m)")
-    parser.add_argument("--config", metavar="FILE", help="json object of field -> value")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved config, parameter count and memory plan per rank "
-                             "(model built on the meta device), then exit 0: touches no data or GPU")
+               "3 stopped by SIGUSR1/SIGTERM/SIGINT or RUN/STOP after saving a checkpoint (resume "
+               "with the same command)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                     help="named starting values (default gpt2-124m)")
+    run.add_argument("--config", metavar="FILE", help="json object of field -> value")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the resolved config, parameter count and memory plan per rank "
+                          "(model built on the meta device), then exit 0: touches no data or GPU")
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in fields(TrainConfig):
         if f.name == "preset":
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag_name = "--" + f.name.replace("_", "-")
+        group = groups[f.metadata["group"]]
+        help_text = f"{f.metadata['help']} (default {f.default})"
         # default=None marks "not given": only given flags override preset and file
         if f.type is bool:  # --compile, --compile true, --compile false
-            parser.add_argument(flag, nargs="?", const=True, type=_bool, default=None,
-                                metavar="BOOL", help=f"(default {f.default})")
-        elif f.name == "micro_batch_size":
-            parser.add_argument(flag, type=_auto_or_int, default=None, metavar="N|auto",
-                                help=f"(default {f.default})")
+            group.add_argument(flag_name, nargs="?", const=True, type=_bool, default=None,
+                               metavar="BOOL", help=help_text)
+        elif f.type in (int | str, bool | str):
+            kinds = (int,) if f.type == int | str else (bool,)
+            metavar = "N|auto" if kinds == (int,) else "BOOL|auto"
+            group.add_argument(flag_name, nargs="?" if kinds == (bool,) else None,
+                               const=True if kinds == (bool,) else None,
+                               type=lambda text, kinds=kinds: _typed(text, kinds), default=None,
+                               metavar=metavar, help=help_text)
         else:
-            parser.add_argument(flag, type=f.type, default=None, help=f"(default {f.default})")
+            metavar = {int: "N", float: "X", str: "TEXT"}[f.type]
+            group.add_argument(flag_name, type=f.type, default=None, metavar=metavar, help=help_text)
     return parser
 
 
@@ -225,10 +262,8 @@ def _read_config_file(parser, path):
             parser.error(f"--config {path}: unknown field {key!r} (fields are the flag names "
                          f"with _ for -)")
         kind = types[key]
-        if key == "micro_batch_size" and value == "auto":
-            kind = str
-        elif key == "micro_batch_size":
-            kind = int
+        if kind in (int | str, bool | str):  # a number or flag, or "auto"
+            kind = str if value == "auto" else (int if kind == int | str else bool)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
