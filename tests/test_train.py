@@ -387,3 +387,46 @@ def test_second_sigterm_ends_a_stuck_process_at_once(tmp_path):
     assert proc.poll() is None  # the first one only records the request
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == -signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_gpt2_124m_preset_two_ranks_end_to_end(tmp_path):
+    """The full gpt2-124m shape (12 x 12 x 768, T=1024, vocab 50304) under 2-rank torchrun:
+    micro-batch 1, 2 accumulation steps, fused AdamW, validation, samples, HellaSwag, a checkpoint.
+    fp32 and eager: on a CPU without native bf16 one 124M step in bf16 takes minutes, and
+    compiling the 124M model takes longer than the suite (ENVIRONMENT.md); bf16 and compile run
+    on 2 ranks with a small model in test_fsdp.py. (~2-3 min)"""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "shards"
+    data.mkdir()
+    pattern = rng.integers(0, 50257, 97)  # a repeating stream: the loss falls within 3 steps
+    write_shard(data / "g_val_000000.bin", np.tile(pattern, 40))
+    write_shard(data / "g_train_000001.bin", np.tile(pattern, 200))
+    example = {"ctx": "A woman is outside with a bucket and a dog. The dog is running around trying to "
+                      "avoid a bath. She", "ctx_a": "", "ctx_b": "", "activity_label": "Bathing dog",
+               "endings": ["rinses the bucket off with soap and blow dry the dog's head.",
+                           "uses a hose to keep it from getting soapy.",
+                           "gets the dog wet, then it runs away again.",
+                           "gets into a bath tub with the dog."], "label": 2}
+    (tmp_path / "hs.jsonl").write_text(json.dumps(example) + "\n" + json.dumps({**example, "label": 0}) + "\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "train_gpt2.py", "--preset", "gpt2-124m", "--data", str(data), "--out-dir", str(out),
+           "--micro-batch-size", "1", "--total-batch-size", "4096", "--max-steps", "3",
+           "--lr", "1e-4", "--min-lr", "1e-4", "--warmup-steps", "1", "--eval-every", "3",
+           "--val-tokens", "2048", "--num-samples", "1",
+           "--sample-tokens", "4", "--hellaswag-every", "3", "--hellaswag-data", str(tmp_path / "hs.jsonl"),
+           "--checkpoint-every", "0"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "124,475,904 parameters" in proc.stdout and "AdamW fused" in proc.stdout
+    assert "2 accumulation step(s) x 1 x 1024 tokens" in proc.stdout
+    train, val = read_log(out)
+    assert sorted(train) == [0, 1, 2] and all(math.isfinite(v) for v in train.values())
+    assert train[2] < train[1] < train[0] and sorted(val) == [0, 3] and val[3] < val[0]
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["hellaswag_n"] for r in rows if "hellaswag_n" in r] == [2, 2]
+    assert sum(1 for r in rows if "samples" in r) == 2
+    ckpt = torch.load(out / "ckpt_0000003.pt", weights_only=True, mmap=True)
+    assert ckpt["step"] == 3 and ckpt["model"]["lm_head.weight"].shape == (50304, 768)
