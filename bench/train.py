@@ -4,16 +4,24 @@ step on the same config and the same batches, in the same process. Target: ratio
 
     python bench/train.py                                  # small GPT-2-vocab model on CPU
     python bench/train.py --steps 50 -- --n-layer 12 --n-embd 768 --n-head 12 --device cuda
+    python bench/train.py --fsdp                           # FSDP vs DDP, 2 ranks under torchrun
 
 Flags after `--` go to train_gpt2.py (on top of DEFAULTS below). The two alternate step by step
 (a bare step runs inside the trainer's logging call, and is subtracted from the trainer's time),
 so a busy machine slows both alike; the median of the per-step ratios is the figure to quote.
+
+--fsdp runs the same training as 2-rank torchrun jobs, DDP and FSDP in turn (twice each, so a
+change in the machine's load falls on both), and reports the ratio of their median step times
+and the state bytes each rank holds (from log.jsonl's setup record).
 """
 
 import argparse
 import contextlib
 import io
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,20 +74,51 @@ def bare_stepper(cfg, steps):
     return step
 
 
+def random_shards(folder, cfg, steps):
+    """Random GPT-2 tokens, enough for every step."""
+    rng = np.random.default_rng(0)
+    write_shard(Path(folder) / "bench_val_000000.bin", rng.integers(0, 50257, 4096))
+    write_shard(Path(folder) / "bench_train_000001.bin",
+                rng.integers(0, 50257, steps * cfg.total_batch_size + cfg.seq_len + 1))
+
+
+def compare_fsdp(args):
+    argv = DEFAULTS + args.train_flags + ["--max-steps", str(args.steps)]
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as folder:
+        random_shards(folder, parse_config(argv), args.steps)
+        times, state = {"ddp": [], "fsdp": []}, {}
+        for round_ in range(2):
+            for mode in ("ddp", "fsdp"):
+                out = Path(folder) / f"{mode}{round_}"
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       str(repo / "train_gpt2.py"), *argv, "--data", folder, "--out-dir", str(out),
+                       *(["--fsdp"] if mode == "fsdp" else [])]
+                subprocess.run(cmd, check=True, capture_output=True, cwd=repo,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+                times[mode] += [r["ms"] for r in rows if "ms" in r][WARMUP:]
+                state[mode] = next(r["setup"] for r in rows if "setup" in r)["state_bytes_per_rank"]
+    ddp, fsdp = statistics.median(times["ddp"]), statistics.median(times["fsdp"])
+    print(f"config: {' '.join(argv)}; 2 ranks; {len(times['ddp'])} steps timed each")
+    print(f"median step: DDP {ddp:.1f} ms | FSDP {fsdp:.1f} ms | ratio FSDP/DDP {fsdp / ddp:.2f}")
+    print(f"state per rank (weights + gradients + AdamW): DDP {state['ddp']['total'] / 1e6:.1f} MB | "
+          f"FSDP {state['fsdp']['total'] / 1e6:.1f} MB | ratio {state['fsdp']['total'] / state['ddp']['total']:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--fsdp", action="store_true", help="compare FSDP with DDP on 2 ranks")
     parser.add_argument("train_flags", nargs="*", help="after --: flags for train_gpt2.py")
     args = parser.parse_args()
+    if args.fsdp:
+        return compare_fsdp(args)
     argv = DEFAULTS + args.train_flags + ["--max-steps", str(args.steps)]
     with tempfile.TemporaryDirectory() as folder:
         shown = " ".join(argv)
         if "--data" not in argv:  # random GPT-2 tokens, enough for every step
-            cfg = parse_config(argv)
-            rng = np.random.default_rng(0)
-            write_shard(Path(folder) / "bench_val_000000.bin", rng.integers(0, 50257, 4096))
-            write_shard(Path(folder) / "bench_train_000001.bin",
-                        rng.integers(0, 50257, args.steps * cfg.total_batch_size + cfg.seq_len + 1))
+            random_shards(folder, parse_config(argv), args.steps)
             argv += ["--data", folder]
         argv += ["--out-dir", str(Path(folder) / "run")]
         cfg = parse_config(argv)
