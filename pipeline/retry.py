@@ -93,9 +93,12 @@ def log(message):
 def quiet_library_retries():
     """huggingface_hub's http_backoff tries 5 more times (~23 s, two warnings each) before we see a
     failure; our loop does the retrying, within --retry-for and with one line each."""
+    import logging
+
     from huggingface_hub.utils import _http
 
     _http.http_backoff.__kwdefaults__["max_retries"] = 0
+    logging.getLogger(_http.__name__).setLevel(logging.ERROR)
 
 
 class Retry:

@@ -175,7 +175,7 @@ class FileSource:
     def _count_documents(self, path):
         kind = file_kind(path)
         if kind == ".parquet":
-            with fsspec.open(path, "rb", cache_type="none") as f:
+            with _open_binary(path) as f:
                 return self._open_parquet(path, f).metadata.num_rows
         if kind == ".json" and self._is_json_array(path):
             return sum(1 for _ in self._read_json_array(path, 0))
@@ -249,12 +249,11 @@ class FileSource:
     def _open_parquet(self, path, f):
         import pyarrow.parquet as pq
         with self._parquet_errors(path):
-            return pq.ParquetFile(f, buffer_size=PARQUET_BUFFER_BYTES)
+            # pre_buffer=False: pyarrow's default would fetch every selected row group at once
+            return pq.ParquetFile(f, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
 
     def _read_parquet(self, path, skip):
-        # cache_type="none": pyarrow's own buffer decides what is fetched, so a hub read asks
-        # for the text column's bytes only, not fsspec's read-ahead blocks of every column
-        with fsspec.open(path, "rb", cache_type="none") as f:
+        with _open_binary(path) as f:
             pf = self._open_parquet(path, f)
             names = pf.schema_arrow.names
             if self.text_field not in names:
@@ -308,6 +307,13 @@ class FileSource:
 
 def _open_text(path):
     return fsspec.open(path, "rt", compression="infer", encoding="utf-8")
+
+
+def _open_binary(path):
+    """For parquet. No fsspec read-ahead (cache_type "none"): pyarrow's buffer decides what is
+    fetched, so a hub read asks for the text column's bytes only, not 5 MB blocks of every column."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    return fs.open(fs_path, "rb", cache_type="none")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ class _QuietServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     hub: HubServer
+    reset = False
     protocol_version = "HTTP/1.0"  # one request per connection: a stopped server stops at once
 
     def log_message(self, *args):  # keep pytest's output clean; hub.requests has the record
@@ -135,16 +136,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_json({"error": "injected"}, status=status,
                            headers={"Retry-After": "1"} if status == 429 else {})
             return
-        self.route(path, head, reset=bool(fault and fault.kind == "reset"))
+        self.reset = bool(fault and fault.kind == "reset")
+        self.route(path, head)
 
-    def route(self, path, head, reset):
+    def route(self, path, head):
         if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
             return self.dataset_info(m.group(1))
         if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)/?(.*)", path):
             recursive = parse_qs(urlparse(self.path).query).get("recursive", [""])[0].lower()
             return self.tree(m.group(1), m.group(3), recursive == "true")
         if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
-            return self.resolve(m.group(1), m.group(3), head, reset)
+            return self.resolve(m.group(1), m.group(3), head)
         self.send_json({"error": f"unknown route {path}"}, status=404)
 
     def repo(self, name):
@@ -188,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
                                   headers={"X-Error-Code": "EntryNotFound"})
         self.send_json(list(entries.values()))
 
-    def resolve(self, name, path, head, reset):
+    def resolve(self, name, path, head):
         files = self.repo(name)
         if files is None:
             return
@@ -209,14 +211,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if head:
-            return
-        if reset:
-            self.wfile.write(body[:len(body) // 2])
-            self.wfile.flush()
-            self.drop()
-            return
-        self.wfile.write(body)
+        if not head:
+            self.write_body(body)
 
     def send_json(self, obj, status=200, headers=None):
         body = json.dumps(obj).encode()
@@ -227,6 +223,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
+            self.write_body(body)
+
+    def write_body(self, body):
+        if self.reset:  # half of it, then the connection breaks
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.drop()
+        else:
             self.wfile.write(body)
 
     def drop(self):
