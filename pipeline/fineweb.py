@@ -199,8 +199,8 @@ def resume_manifest(out, old, identity, limit):
         if problem:
             # Each shard starts where the one before it ended: the stream is redone from here.
             later = len(old["shards"]) - index - 1
-            print(f"{problem}: rebuilding it{f' and the {later} shards after it' if later else ''}",
-                  file=sys.stderr)
+            after = {0: "", 1: " and the shard after it"}.get(later, f" and the {later} shards after it")
+            print(f"{problem}: rebuilding it{after}", file=sys.stderr)
             old["shards"] = old["shards"][:index]
             old["exhausted"] = False
             break
