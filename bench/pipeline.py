@@ -53,7 +53,7 @@ sys.path.insert(0, sys.argv[3])
 from bench.pipeline import make_corpus
 make_corpus(sys.argv[1] + ".jsonl", float(sys.argv[2]))
 texts = [json.loads(line)["text"] for line in open(sys.argv[1] + ".jsonl")]
-pq.write_table(pa.table({"text": texts}), sys.argv[1], row_group_size=len(texts))
+pq.write_table(pa.table({"text": texts}), sys.argv[1], row_group_size=len(texts), compression="none")
 """
 PIPELINE_PEAK = """
 import resource, sys

@@ -6,8 +6,8 @@ The CLI runs in a child process: HF_ENDPOINT is read when the hub libraries are 
 """
 
 import io
-import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tqdm import tqdm
 
 from hub_server import Fault, HubServer
 from test_pipeline import expected_stream, make_docs, stream
@@ -127,8 +128,14 @@ def test_hub_source_reads_the_config_files_and_pins_the_revision(hub, faults, cl
     first = ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out", out, *FLAGS,
                        "--max-tokens", 9000))
     assert first.stderr.count("HF_TOKEN is not set") == 1
-    ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out", out, *FLAGS))
+    resumed = ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out", out, *FLAGS))
     assert stream(out)[1] == stream(clean_run)[1]
+    # the bar: bytes read of the known total (hence an ETA), documents, tokens, shards
+    total = tqdm.format_sizeof(sum(len(d) for p, d in edu_repo().items() if p.startswith("sample/")),
+                               divisor=1024)
+    tokens = sum(s["tokens"] for s in manifest["shards"])
+    assert re.search(rf"100%\|.*\| {re.escape(total)}/{re.escape(total)} \[.*B/s, docs=1,200, "
+                     rf"shards=\d+, tokens={tokens:,}\]", resumed.stderr), resumed.stderr
     asked_for_the_latest = [r for r in hub.requests if r[:2] == ("GET", "/api/datasets/me/edu")]
     assert len(asked_for_the_latest) == 1, "the resume must read the commit the output started at"
 
