@@ -12,11 +12,15 @@ across interruptions.
 
 Resuming: manifest.json is rewritten atomically after every finished shard and records where in
 the document stream the next shard starts, so the same command run again after any crash
-(kill -9 included) skips the finished shards and ends with the bytes of an uninterrupted run.
+(kill -9 included) skips the finished shards (rebuilding any that was damaged since) and ends
+with the bytes of an uninterrupted run. No error deletes a finished shard. Hub requests are
+retried through outages for --retry-for; after that the run stops with exit status 75
+(EXIT_RETRIES_EXHAUSTED; bad input exits 1) and the same command resumes.
 
 Slurm job arrays (slurm/fineweb.sbatch): task I of N tokenizes every Nth source file into
 OUT/parts/part_{file:06d}.bin, then one --pack run cuts the parts, in source order, into the same
-shards and manifest a single streaming run writes (making any part still missing itself):
+shards and manifest a single streaming run writes (making any part still missing itself), and
+deletes the parts:
 
     python -m pipeline.fineweb --source SRC --out OUT --num-tasks N --task-index I   # each task
     python -m pipeline.fineweb --source SRC --out OUT --pack                        # afterwards

@@ -112,6 +112,17 @@ def is_hub_path(path):
     return str(path).startswith("hf://")
 
 
+@contextmanager
+def hub_file_errors(path):
+    """A hub failure that retrying cannot cure (a 404, say): one line naming the file."""
+    try:
+        yield
+    except (SourceError, RetriesExhausted):
+        raise
+    except Exception as e:
+        raise SourceError(f"{path}: cannot read it from the hub ({describe(e)})") from None
+
+
 class FileSource:
     """Documents from an ordered list of files (local paths or hf:// URLs)."""
 
@@ -155,12 +166,18 @@ class FileSource:
         mid-way is reopened at the first document not yet read."""
         if self.retry is None or not is_hub_path(path):
             return self._read_file(path, skip)
-        return self.retry.stream(f"reading {path}", lambda done: self._read_file(path, done), skip)
+        return self._read_hub_file(path, skip)
+
+    def _read_hub_file(self, path, skip):
+        with hub_file_errors(path):
+            yield from self.retry.stream(f"reading {path}", lambda done: self._read_file(path, done),
+                                         skip)
 
     def count_documents(self, path):
         if self.retry is None or not is_hub_path(path):
             return self._count_documents(path)
-        return self.retry.call(f"reading {path}", self._count_documents, path)
+        with hub_file_errors(path):
+            return self.retry.call(f"reading {path}", self._count_documents, path)
 
     def _read_file(self, path, skip):
         kind = file_kind(path)
@@ -273,14 +290,13 @@ class FileSource:
                 if batch is None:
                     return
                 texts = batch.column(0).to_pylist()
-                for text in texts[skip:]:
-                    if not isinstance(text, str):
-                        raise SourceError(f"{path}: row {row + skip}: column {self.text_field!r} "
-                                          f"is {type(text).__name__}, not a string")
-                    yield text
-                    skip += 1
+                for i in range(min(skip, len(texts)), len(texts)):
+                    if not isinstance(texts[i], str):
+                        raise SourceError(f"{path}: row {row + i}: column {self.text_field!r} "
+                                          f"is {type(texts[i]).__name__}, not a string")
+                    yield texts[i]
+                skip = max(0, skip - len(texts))
                 row += len(texts)
-                skip = 0
                 self._position = (self._position[0], row / max(1, pf.metadata.num_rows))
 
     def _read_txt(self, path, skip):
@@ -363,6 +379,10 @@ def open_hub_source(spec, text_field, split, revision, retry):
                                           lambda: HfApi().dataset_info(name, timeout=20).sha)
         builder = retry.call(f"config of {name}", datasets.load_dataset_builder, name, subset,
                              revision=revision)
+        data_files = builder.config.data_files or {}
+        files = [str(f) for f in data_files.get(split, [])]
+        readable = bool(files) and all(file_kind(f) for f in files)
+        sizes = hub_file_sizes(files, retry) if readable else None
     except RetriesExhausted:
         raise
     except Exception as e:  # unknown name or subset, gated: all end the same way
@@ -371,15 +391,12 @@ def open_hub_source(spec, text_field, split, revision, retry):
     fingerprint = f"hf:{name}:{subset or ''}:{split}@{revision}#{text_field}"
     splits = builder.info.splits
     num_documents = splits[split].num_examples if splits and split in splits else None
-    data_files = builder.config.data_files or {}
     if split not in data_files:
         raise SourceError(f"--source {spec}: no split {split!r} (splits: "
                           f"{', '.join(data_files) or 'none listed'}); pass --split NAME")
-    # The config's order, as `datasets` reads them: its patterns in turn, each one's matches sorted.
-    files = [str(f) for f in data_files[split]]
-    if files and all(file_kind(f) for f in files):
+    if readable:  # in the config's order, as `datasets` reads them: pattern by pattern
         return FileSource(spec, files, text_field, fingerprint, revision, num_documents,
-                          sizes=hub_file_sizes(files, retry), retry=retry)
+                          sizes=sizes, retry=retry)
     return HubStreamSource(spec, name, subset, split, text_field, fingerprint, revision,
                            num_documents, retry)
 

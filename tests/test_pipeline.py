@@ -82,15 +82,19 @@ def test_jsonl_stream_equals_direct_encoding(tmp_path):
         assert read_shard(tmp_path / "out" / shard["name"])[0] == doc_tokens[shard["doc_offset"]]
 
 
-def test_parquet_folder_stream_and_text_field(tmp_path):
+def test_parquet_folder_stream_and_text_field(tmp_path, monkeypatch):
+    import pipeline.sources
+    monkeypatch.setattr(pipeline.sources, "PARQUET_BATCH_ROWS", 7)  # several batches a row group
     docs = make_docs(200, seed=1)
     folder = tmp_path / "pq"
     folder.mkdir()
     for i, part in enumerate([docs[:120], docs[120:]]):  # files are read in sorted name order
         table = pa.table({"content": part, "n": list(range(len(part)))})
         pq.write_table(table, folder / f"part-{i}.parquet", row_group_size=50)
-    run_ok("--source", folder, "--out", tmp_path / "out", "--shard-tokens", 5000,
-           "--text-field", "content", "--workers", 1)
+    args = ["--source", folder, "--out", tmp_path / "out", "--shard-tokens", 5000,
+            "--text-field", "content", "--workers", 1]
+    run_ok(*args, "--max-tokens", 25000)  # the resume starts batches into a row group
+    run_ok(*args)
     assert stream(tmp_path / "out")[0] == expected_stream(docs)
 
 
