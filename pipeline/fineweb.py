@@ -244,12 +244,13 @@ def make_tokenizer(args, source, out, resuming):
     return CharTokenizer.from_corpus(source.documents())
 
 
-def progress(limit, source, by_bytes):
+def progress(limit, source, written, by_bytes):
     """A bar and the function that measures how far we are: tokens against the limit when there
     is one, else bytes of the source read (a hub download's ETA), else documents."""
     common = dict(file=sys.stderr, dynamic_ncols=True, smoothing=0.05, unit_scale=True)
     if limit is not None:
-        return tqdm(total=limit, unit="tok", **common), lambda writer: writer.written + writer.fill
+        return (tqdm(total=limit, initial=written, unit="tok", **common),
+                lambda writer: writer.written + writer.fill)
     if by_bytes and source.num_bytes:
         return (tqdm(total=source.num_bytes, unit="B", unit_divisor=1024, **common),
                 lambda writer: source.bytes_read)
@@ -286,7 +287,7 @@ def fill_shards(writer, chunks, bar, measure):
 
 def write_shards(args, source, tokenizer, out, manifest, limit):
     writer = ShardWriter(out, manifest, limit)
-    bar, measure = progress(limit, source, by_bytes=not args.pack)
+    bar, measure = progress(limit, source, writer.written, by_bytes=not args.pack)
     with worker_pool(args, tokenizer) as pool, bar:
         chunks = (pack_chunks(args, pool, source, out, writer.start) if args.pack else
                   stream_chunks(pool, args.workers, source, writer.start))

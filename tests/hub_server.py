@@ -11,10 +11,12 @@ through the body of the second request whose path contains "00001.parquet". Kind
 - "429": Too Many Requests with `Retry-After: 1`;
 - "500": Internal Server Error;
 - "stall": nothing is sent for `stall_s` seconds (clients time out), then the request is dropped;
-- "stop": the server shuts down for good (new connections are refused) and drops this request.
+- "stop": the server shuts down (new connections are refused until `start()` is called again,
+  on the same port) and drops this request.
 
     with HubServer({"me/corpus": {"README.md": b"...", "data/a.parquet": b"..."}}) as hub:
-        env = {**os.environ, **hub.client_env(tmp_path)}   # for a child process
+        hub.inject(Fault("a.parquet", "429"))
+        env = {**os.environ, **hub.client_env(tmp_path)}   # for a child process, without HF_*
 """
 
 import hashlib
@@ -47,27 +49,38 @@ class HubServer:
             (path, git_blob_sha1(data)) for path, data in files.items())).encode()).hexdigest()
             for name, files in repos.items()}
         self.faults = list(faults)
-        self.requests = []  # (method, path, range header) of every request, in arrival order
+        self.requests = []  # (method, path, Range, Authorization) of every request, in order
         self._lock = threading.Lock()
         self._counts = {}
         self._port = port
         self._server = None
+        self._lifetime = threading.Lock()  # a start waits for a stop a fault began
+
+    def inject(self, *faults):
+        """Replace the faults; counting (`nth`) and the request log start again."""
+        with self._lock:
+            self.faults = list(faults)
+            self._counts.clear()
+            self.requests.clear()
 
     # ------------------------------------------------------------------------------------------
     # lifetime
 
     def start(self):
-        handler = type("Handler", (_Handler,), {"hub": self})
-        self._server = _QuietServer(("127.0.0.1", self._port), handler)
-        self._port = self._server.server_address[1]  # a restart reuses the port
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        with self._lifetime:
+            if self._server is None:
+                handler = type("Handler", (_Handler,), {"hub": self})
+                self._server = _QuietServer(("127.0.0.1", self._port), handler)
+                self._port = self._server.server_address[1]  # a restart reuses the port
+                threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def stop(self):
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        with self._lifetime:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+                self._server = None
 
     def __enter__(self):
         return self.start()
@@ -80,12 +93,12 @@ class HubServer:
         return f"http://127.0.0.1:{self._port}"
 
     def client_env(self, home):
-        """Environment for a child process whose hub clients must use this server, with caches
-        in `home` and short timeouts so a stalled response fails in a second."""
+        """Environment for a child process whose hub clients must use this server (read when
+        they are imported), with caches in `home` and short timeouts so a stalled response fails
+        in a second. HF_HUB_OFFLINE / HF_DATASETS_OFFLINE must not be set beside it."""
         return {"HF_ENDPOINT": self.url, "HF_HOME": str(home / "hf_home"),
                 "HF_DATASETS_CACHE": str(home / "hf_datasets"), "HF_HUB_DOWNLOAD_TIMEOUT": "1",
-                "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-                "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
+                "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
     def fault_for(self, path):
         with self._lock:
@@ -121,7 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def answer(self, head):
         path = unquote(urlparse(self.path).path)
-        self.hub.requests.append((self.command, path, self.headers.get("Range")))
+        self.hub.requests.append((self.command, path, self.headers.get("Range"),
+                                  self.headers.get("Authorization")))
         fault = self.hub.fault_for(path)
         if fault and fault.kind == "stop":
             threading.Thread(target=self.hub.stop).start()

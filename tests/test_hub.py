@@ -86,20 +86,16 @@ def hub():
 
 @pytest.fixture
 def faults(hub):
-    """Set this test's faults (and start the server again if a test stopped it)."""
-    def inject(*new_faults):
-        hub.faults[:] = new_faults
-        hub._counts.clear()
-        hub.requests.clear()
-    yield inject
-    inject()
-    if hub._server is None:
-        hub.start()
+    """Set this test's faults; afterwards none, and the hub running again if a test stopped it."""
+    yield hub.inject
+    hub.inject()
+    hub.start()
 
 
-def fineweb(hub, home, *args, retry_for="20s"):
+def fineweb(hub, home, *args, retry_for="20s", **extra_env):
+    """The CLI against `hub`, with no HF_* setting of ours (no HF_TOKEN: the note must show)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    env.update(hub.client_env(home))
+    env.update(hub.client_env(home), **extra_env)
     return subprocess.run([sys.executable, "-m", "pipeline.fineweb", *map(str, args),
                            "--retry-for", retry_for], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
@@ -150,14 +146,10 @@ def test_hub_source_reads_the_config_files_and_pins_the_revision(hub, faults, cl
 
 def test_hub_token_note_only_without_a_token(hub, faults, tmp_path):
     faults()
-    env_token = {"HF_TOKEN": "hf_test"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.fineweb", "--source", "hf:me/lines", "--out",
-         tmp_path / "out", *FLAGS], cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("HF_")},
-             **hub.client_env(tmp_path), **env_token})
-    assert result.returncode == 0, result.stderr
+    result = ok(fineweb(hub, tmp_path, "--source", "hf:me/lines", "--out", tmp_path / "out", *FLAGS,
+                        HF_TOKEN="hf_test"))
     assert "HF_TOKEN" not in result.stderr
+    assert any(r[3] == "Bearer hf_test" for r in hub.requests), "the token is sent"
 
 
 def test_hub_file_order_is_the_configs(hub, faults, tmp_path):
