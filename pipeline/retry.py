@@ -76,7 +76,8 @@ def is_transient(error):
             return status in TRANSIENT_STATUS
         if isinstance(error, (TransientError, httpx2.TransportError, ConnectionError, TimeoutError)):
             return True
-        error = error.__cause__ or error.__context__
+        # `raise X from None` hides the context on purpose: X is the whole story then
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return False
 
 
@@ -102,6 +103,9 @@ def quiet_library_retries():
 
 
 class Retry:
+    """One run's retrying: `call` for a request, `stream` for a file read item by item. The
+    clock of --retry-for is shared, so it measures the outage, not any one request."""
+
     def __init__(self, retry_for_s, log=log, sleep=time.sleep):
         self.retry_for_s = retry_for_s
         self.log, self.sleep = log, sleep

@@ -59,6 +59,8 @@ def open_source(spec, text_field="text", split="train", revision=None, doc_separ
                               "its dataset config says")
         return open_hub_source(spec, text_field, split, revision, retry or Retry(parse_duration(DEFAULT_RETRY_FOR)))
     files = find_local_files(spec)
+    if doc_separator is not None and not any(file_kind(f) == ".txt" for f in files):
+        raise SourceError(f"--doc-separator splits .txt files; --source {spec} has none")
     return FileSource(spec, files, text_field, doc_separator=doc_separator,
                       fingerprint=local_fingerprint(files, text_field, doc_separator),
                       sizes=[os.path.getsize(f) for f in files])

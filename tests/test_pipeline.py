@@ -275,6 +275,11 @@ def test_local_txt_with_a_document_separator(tmp_path):
     assert stream(tmp_path / "whole")[0] == expected_stream([src.read_text()])  # one document
     error = run("--source", src, "--out", out, "--shard-tokens", 7)
     assert error and "fingerprint" in error  # a different reading of the same file: refused
+    for source, message in [("hf:me/stories", "--doc-separator is for local .txt files"),
+                            (write_jsonl(tmp_path / "d.jsonl", ["x"]), "splits .txt files; "
+                                                                       "--source")]:
+        error = run("--source", source, "--out", tmp_path / "o2", "--doc-separator", "<|x|>")
+        assert error and message in error
 
 
 def test_txt_separator_split_across_read_blocks(tmp_path, monkeypatch):
