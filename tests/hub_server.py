@@ -8,6 +8,7 @@ has one commit, whose sha is derived from its files.
 Faults are deterministic: `Fault("00001.parquet", "reset", nth=2)` resets the connection halfway
 through the body of the second request whose path contains "00001.parquet". Kinds:
 - "reset": headers and half of the body, then the connection is closed;
+- "corrupt": the whole body, every byte zero (a transfer that went wrong silently);
 - "429": Too Many Requests with `Retry-After: 1`;
 - "500": Internal Server Error;
 - "stall": nothing is sent for `stall_s` seconds (clients time out), then the request is dropped;
@@ -33,7 +34,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 @dataclass
 class Fault:
     path_contains: str
-    kind: str          # reset | 429 | 500 | stall | stop
+    kind: str          # reset | corrupt | 429 | 500 | stall | stop
     nth: int = 1       # the nth matching request (counted from 1) gets the fault
     stall_s: float = 3.0
 
@@ -120,7 +121,7 @@ class _QuietServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     hub: HubServer
-    reset = False
+    fault = None
     protocol_version = "HTTP/1.0"  # one request per connection: a stopped server stops at once
 
     def log_message(self, *args):  # keep pytest's output clean; hub.requests has the record
@@ -150,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_json({"error": "injected"}, status=status,
                            headers={"Retry-After": "1"} if status == 429 else {})
             return
-        self.reset = bool(fault and fault.kind == "reset")
+        self.fault = fault
         self.route(path, head)
 
     def route(self, path, head):
@@ -240,12 +241,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.write_body(body)
 
     def write_body(self, body):
-        if self.reset:  # half of it, then the connection breaks
+        kind = self.fault.kind if self.fault else None
+        if kind == "reset":  # half of it, then the connection breaks
             self.wfile.write(body[:len(body) // 2])
             self.wfile.flush()
             self.drop()
         else:
-            self.wfile.write(body)
+            self.wfile.write(bytes(len(body)) if kind == "corrupt" else body)
 
     def drop(self):
         """Close the connection abruptly (RST, not a clean FIN): a network failure."""

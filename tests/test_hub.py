@@ -185,7 +185,8 @@ def test_faults_are_retried_and_the_bytes_are_a_clean_runs(hub, faults, clean_ru
     faults(Fault("/api/datasets/me/edu", "500"),                 # dataset info
            Fault("/tree/", "reset", nth=2),                      # a listing
            Fault("sample/10BT/000_00000.parquet", "500", nth=3),  # a row group
-           Fault("sample/10BT/001_00000.parquet", "reset", nth=3),
+           Fault("sample/10BT/001_00000.parquet", "corrupt"),     # its footer
+           Fault("sample/10BT/001_00000.parquet", "reset", nth=4),
            Fault("sample/10BT/002_00000.parquet", "429"),        # the footer
            Fault("sample/10BT/002_00000.parquet", "stall", nth=4, stall_s=2.5))
     result = ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out",
@@ -193,9 +194,10 @@ def test_faults_are_retried_and_the_bytes_are_a_clean_runs(hub, faults, clean_ru
     assert stream(tmp_path / "out")[1] == stream(clean_run)[1]
     assert read_manifest(tmp_path / "out")["shards"] == read_manifest(clean_run)["shards"]
     retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
-    assert len(retries) == 6, result.stderr
+    assert len(retries) == 7, result.stderr
     for what, why in [("dataset info of me/edu", "500"), ("config of me/edu", "reset"),
-                      ("000_00000.parquet", "500"), ("001_00000.parquet", "reset"),
+                      ("000_00000.parquet", "500"), ("001_00000.parquet", "unreadable parquet bytes"),
+                      ("001_00000.parquet", "reset"),
                       ("002_00000.parquet", "429"), ("002_00000.parquet", "timed out")]:
         assert any(what in line and why in line for line in retries), (what, why, retries)
     assert any("429" in line and "next attempt in 1.0 s" in line for line in retries), "Retry-After"
