@@ -4,13 +4,18 @@ Both run in this process on the same documents and cores. The pipeline figure is
 (read jsonl, tokenize in parallel, write shards with sha256 and manifest); the ceiling is the bare
 tokenizer on documents already in memory. Target: ratio >= 0.85.
 
-    .venv/bin/python bench/pipeline.py                 # ~40 MB of text, all cores
-    .venv/bin/python bench/pipeline.py --mb 10 --workers 2
+Memory: the pipeline's main process on one ~300 MB parquet file written as a SINGLE row group,
+against pyarrow reading that row group's text column whole (`read_row_group` + `to_pylist`, what
+the pipeline did before), each in a fresh process. Target: pipeline peak RSS < 300 MB.
+
+    .venv/bin/python bench/pipeline.py                 # ~40 MB of text, all cores; 300 MB parquet
+    .venv/bin/python bench/pipeline.py --mb 10 --workers 2 --parquet-mb 0
 """
 
 import argparse
 import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,11 +46,53 @@ def peak_rss_mb(who):
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
+# Each runs in a process of its own, so its peak RSS is its own (argv: parquet path, ...).
+WRITE_ONE_ROW_GROUP = """
+import sys, json, pyarrow as pa, pyarrow.parquet as pq
+sys.path.insert(0, sys.argv[3])
+from bench.pipeline import make_corpus
+make_corpus(sys.argv[1] + ".jsonl", float(sys.argv[2]))
+texts = [json.loads(line)["text"] for line in open(sys.argv[1] + ".jsonl")]
+pq.write_table(pa.table({"text": texts}), sys.argv[1], row_group_size=len(texts), compression="none")
+"""
+PIPELINE_PEAK = """
+import resource, sys
+sys.path.insert(0, sys.argv[3])
+from pipeline.fineweb import main
+main(["--source", sys.argv[1], "--out", sys.argv[2], "--workers", sys.argv[4],
+      "--shard-tokens", "10_000_000"])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+READ_WHOLE_PEAK = """
+import resource, sys, pyarrow.parquet as pq
+texts = pq.ParquetFile(sys.argv[1]).read_row_group(0, columns=["text"]).column(0).to_pylist()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def python_child(code, *args):
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                            text=True, check=True)
+    return result.stdout.strip()
+
+
+def parquet_memory(tmp, megabytes, workers):
+    """(pipeline main process, read-the-row-group-whole) peak RSS in MB, and the file's size."""
+    root = Path(__file__).resolve().parent.parent
+    path = Path(tmp) / "one_row_group.parquet"
+    python_child(WRITE_ONE_ROW_GROUP, path, megabytes, root)
+    pipeline_mb = float(python_child(PIPELINE_PEAK, path, Path(tmp) / "pq_shards", root, workers))
+    whole_mb = float(python_child(READ_WHOLE_PEAK, path))
+    return pipeline_mb, whole_mb, path.stat().st_size / 1e6
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=float, default=40, help="megabytes of text")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=fineweb.available_cores())
+    parser.add_argument("--parquet-mb", type=float, default=300,
+                        help="size of the single-row-group parquet file for the memory row (0: skip)")
     args = parser.parse_args()
 
     enc = get_gpt2_encoding()  # loaded before timing either side
@@ -75,6 +122,12 @@ def main():
     print(f"ceiling  (tiktoken encode_ordinary_batch): {tokens / ceiling_s / 1e6:.2f} M tok/s")
     print(f"ratio: {ceiling_s / pipeline_s:.2f} (target >= 0.85)")
     print(f"peak RSS: main process {main_rss:.0f} MB, largest worker {worker_rss:.0f} MB")
+    if args.parquet_mb:
+        with tempfile.TemporaryDirectory() as tmp:
+            pipeline_mb, whole_mb, size_mb = parquet_memory(tmp, args.parquet_mb, args.workers)
+        print(f"one {size_mb:.0f} MB single-row-group parquet file, peak RSS of the main process: "
+              f"pipeline {pipeline_mb:.0f} MB (target < 300), reading the row group whole "
+              f"{whole_mb:.0f} MB ({whole_mb / pipeline_mb:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,15 @@ across interruptions.
 
 Resuming: manifest.json is rewritten atomically after every finished shard and records where in
 the document stream the next shard starts, so the same command run again after any crash
-(kill -9 included) skips the finished shards and ends with the bytes of an uninterrupted run.
+(kill -9 included) skips the finished shards (rebuilding any that was damaged since) and ends
+with the bytes of an uninterrupted run. No error deletes a finished shard. Hub requests are
+retried through outages for --retry-for; after that the run stops with exit status 75
+(EXIT_RETRIES_EXHAUSTED; bad input exits 1) and the same command resumes.
 
 Slurm job arrays (slurm/fineweb.sbatch): task I of N tokenizes every Nth source file into
 OUT/parts/part_{file:06d}.bin, then one --pack run cuts the parts, in source order, into the same
-shards and manifest a single streaming run writes (making any part still missing itself):
+shards and manifest a single streaming run writes (making any part still missing itself), and
+deletes the parts:
 
     python -m pipeline.fineweb --source SRC --out OUT --num-tasks N --task-index I   # each task
     python -m pipeline.fineweb --source SRC --out OUT --pack                        # afterwards
@@ -30,13 +34,16 @@ import shutil
 import signal
 import sys
 from collections import deque
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesExhausted, Retry,
+                            parse_duration)
 from pipeline.sources import FINEWEB_EDU, SourceError, open_source
-from pipeline.tokenizer import CHAR_TOKENIZER_FILE, GPT2_EOT, CharTokenizer, GPT2Tokenizer
+from pipeline.tokenizer import CHAR_TOKENIZER_FILE, CharTokenizer, GPT2Tokenizer
 from shards.format import (FORMATS, ShardError, atomic_write, read_shard, write_bin_chunks,
                            write_shard)
 from shards.manifest import (MANIFEST, MANIFEST_VERSION, ManifestError, file_sha256, read_manifest,
@@ -191,12 +198,16 @@ def resume_manifest(out, old, identity, limit):
     if different:
         what = "; ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in different)
         die(f"{out} was made with different settings ({what}); use another --out or delete it")
-    for shard in old["shards"]:
-        path = out / shard["name"]
-        size = path.stat().st_size if path.exists() else None
-        if size is None or size < 2 * shard["tokens"]:
-            die(f"{path} is listed in {MANIFEST} but missing or truncated; run "
-                f"`python -m shards verify {out}`, or delete {out} to start over")
+    for index, shard in enumerate(old["shards"]):
+        problem = damaged(out / shard["name"], shard)
+        if problem:
+            # Each shard starts where the one before it ended: the stream is redone from here.
+            later = len(old["shards"]) - index - 1
+            after = {0: "", 1: " and the shard after it"}.get(later, f" and the {later} shards after it")
+            print(f"{problem}: rebuilding it{after}", file=sys.stderr)
+            old["shards"] = old["shards"][:index]
+            old["exhausted"] = False
+            break
     written = sum(s["tokens"] for s in old["shards"])
     if old.get("exhausted") or (limit is not None and written >= limit):
         return None
@@ -204,6 +215,18 @@ def resume_manifest(out, old, identity, limit):
     old["shards"] = [s for s in old["shards"] if s["tokens"] == old["shard_tokens"]]
     old["complete"] = False
     return old
+
+
+def damaged(path, entry):
+    """What is wrong with a finished shard (missing; header, size or token count not what the
+    manifest says), or None. Cheap: no sha256, which `python -m shards verify` checks."""
+    try:
+        tokens = len(read_shard(path))  # checks magic, version, and size = header + 2 x tokens
+    except ShardError as e:
+        return str(e)
+    if tokens != entry["tokens"]:
+        return f"{path}: {tokens:,} tokens, {MANIFEST} says {entry['tokens']:,}"
+    return None
 
 
 def remove_stale_temporaries(out):
@@ -221,12 +244,17 @@ def make_tokenizer(args, source, out, resuming):
     return CharTokenizer.from_corpus(source.documents())
 
 
-def progress_bar(limit, written, num_documents):
-    """Tokens against the limit when there is one, else documents against the source's count."""
+def progress(limit, source, written, by_bytes):
+    """A bar and the function that measures how far we are: tokens against the limit when there
+    is one, else bytes of the source read (a hub download's ETA), else documents."""
     common = dict(file=sys.stderr, dynamic_ncols=True, smoothing=0.05, unit_scale=True)
     if limit is not None:
-        return tqdm(total=limit, initial=written, unit="tok", **common)
-    return tqdm(total=num_documents, unit="doc", **common)
+        return (tqdm(total=limit, initial=written, unit="tok", **common),
+                lambda writer: writer.written + writer.fill)
+    if by_bytes and source.num_bytes:
+        return (tqdm(total=source.num_bytes, unit="B", unit_divisor=1024, **common),
+                lambda writer: source.bytes_read)
+    return tqdm(total=source.num_documents, unit="doc", **common), lambda writer: writer.end_doc
 
 
 def worker_pool(args, tokenizer):
@@ -244,15 +272,14 @@ def stream_chunks(pool, workers, source, start):
         pos = 0
 
 
-def fill_shards(writer, chunks, bar, counting_tokens):
+def fill_shards(writer, chunks, bar, measure):
     """Feed chunks to the writer until they run out (False) or the limit is reached (True)."""
     for doc, tokens, lengths, pos in chunks:
-        before = writer.written + writer.fill
         reached = writer.add(doc, tokens, lengths, pos)
-        bar.update(writer.written + writer.fill - before if counting_tokens else len(lengths))
-        bar.set_postfix(refresh=False, shards=len(writer.manifest["shards"]),
-                        **({"docs": writer.end_doc} if counting_tokens else
-                           {"tokens": f"{writer.written + writer.fill:,}"}))
+        bar.update(measure(writer) - bar.n)
+        bar.set_postfix(refresh=False, docs=f"{writer.end_doc:,}",
+                        tokens=f"{writer.written + writer.fill:,}",
+                        shards=len(writer.manifest["shards"]))
         if reached:
             return True
     return False
@@ -260,13 +287,27 @@ def fill_shards(writer, chunks, bar, counting_tokens):
 
 def write_shards(args, source, tokenizer, out, manifest, limit):
     writer = ShardWriter(out, manifest, limit)
-    with worker_pool(args, tokenizer) as pool, \
-            progress_bar(limit, writer.written, source.num_documents) as bar:
+    bar, measure = progress(limit, source, writer.written, by_bytes=not args.pack)
+    with worker_pool(args, tokenizer) as pool, bar:
         chunks = (pack_chunks(args, pool, source, out, writer.start) if args.pack else
                   stream_chunks(pool, args.workers, source, writer.start))
-        reached = fill_shards(writer, chunks, bar, counting_tokens=limit is not None)
+        reached = fill_shards(writer, chunks, bar, measure)
     writer.finish(exhausted=not reached)
     return writer
+
+
+def open_args_source(args, revision):
+    return open_source(args.source, args.text_field, args.split, revision=revision,
+                       doc_separator=args.doc_separator, retry=Retry(args.retry_for))
+
+
+def forget_unfinished_output(out):
+    """An error before the first shard: remove the manifest (and char vocabulary) we started, and
+    the folder if it is then empty. Nothing finished is lost: parts, if any, stay."""
+    for path in (out / MANIFEST, out / CHAR_TOKENIZER_FILE):
+        path.unlink(missing_ok=True)
+    with suppress(OSError):
+        out.rmdir()
 
 
 def run(args):
@@ -278,7 +319,7 @@ def run(args):
         pinned = old.get("revision") if old.get("source") == args.source else None
     else:
         pinned = pinned_parts_revision(args) if args.pack else None
-    source = open_source(args.source, args.text_field, args.split, revision=pinned)
+    source = open_args_source(args, pinned)
     if args.pack:
         check_parts(args, source, out)
     limit = stream_limit(args)
@@ -290,7 +331,6 @@ def run(args):
               f"{sum(s['tokens'] for s in old['shards']):,} tokens); nothing to do", file=sys.stderr)
         return
     fresh = manifest is None
-    created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     try:
@@ -303,45 +343,56 @@ def run(args):
                         "vocab_size": tokenizer.vocab_size, "eot": tokenizer.eot,
                         "complete": False, "exhausted": False, "shards": []}
         writer = write_shards(args, source, tokenizer, out, manifest, limit)
-    except (SourceError, ValueError) as e:
-        # Bad input: a fresh output is removed entirely; a resumed one keeps its good prefix.
-        if fresh:
-            for path in [out / MANIFEST, out / CHAR_TOKENIZER_FILE, *out.glob("*_val_*"),
-                         *out.glob("*_train_*")]:
-                path.unlink(missing_ok=True)
-            if created_out:
-                shutil.rmtree(out, ignore_errors=True)
-        die(e)
+    except BaseException as e:
+        # Every finished shard stays, whatever the error: the same command continues from them.
+        if fresh and not (manifest and manifest["shards"]):
+            forget_unfinished_output(out)
+        if isinstance(e, ValueError):  # a character outside the char vocabulary, say
+            die(e)
+        raise
     shards = manifest["shards"]
     if len(shards) == 1:
         print(f"warning: only {shards[0]['tokens']:,} tokens: a validation shard and no training "
               "shard; lower --shard-tokens", file=sys.stderr)
     print(f"wrote {len(writer.new_files)} shards to {out} ({len(shards)} in all, "
           f"{sum(s['tokens'] for s in shards):,} tokens)", file=sys.stderr)
-    if args.pack:
-        print(f"the parts in {out / PARTS} are no longer needed once you are happy with the shards",
-              file=sys.stderr)
+    if args.pack and manifest["exhausted"]:
+        if args.keep_parts:
+            print(f"kept the parts in {out / PARTS} (--keep-parts)", file=sys.stderr)
+        else:  # every token of them is in the shards now
+            shutil.rmtree(out / PARTS)
+            print(f"deleted {out / PARTS}: packed into the shards (--keep-parts keeps them)",
+                  file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------
 # Slurm job arrays: task I of N tokenizes every Nth source file into its own part (a .bin token
-# stream); then one `--pack` cuts the parts, in source order, into exactly the shards a single
-# streaming run writes (it tokenizes any part still missing itself).
+# stream, and the token count of each of its documents); then one `--pack` cuts the parts, in
+# source order, into exactly the shards a single streaming run writes (it tokenizes any part still
+# missing itself) and deletes them.
 
 PARTS = "parts"
 PARTS_INFO = "parts.json"
-EOT_SCAN_BLOCK = 1 << 24  # tokens per step when locating documents in a part: bounded memory
 
 
 def part_path(out, index):
     return out / PARTS / f"part_{index:06d}.bin"
 
 
+def part_lengths_path(out, index):
+    """Tokens of each document of a part; written after the part, so it marks the part done."""
+    return out / PARTS / f"part_{index:06d}.lengths.npy"
+
+
+def part_done(out, index):
+    return part_lengths_path(out, index).exists() and part_path(out, index).exists()
+
+
 def check_parts(args, source, out):
     """Parts are only valid for one (source, tokenizer): record them once, check every later use."""
     if args.tokenizer != "gpt2":
-        die("Slurm array mode (--num-tasks/--pack) needs --tokenizer gpt2: documents are found in "
-            "the parts by their EOT token")
+        die("Slurm array mode (--num-tasks/--pack) needs --tokenizer gpt2: a char vocabulary is "
+            "the whole corpus's alphabet, which no single task sees")
     if source.files is None:
         die(f"--source {args.source}: Slurm array mode needs a source made of files "
             "(local, or a hub dataset stored as jsonl/json/parquet/txt)")
@@ -371,24 +422,31 @@ def pinned_parts_revision(args):
 
 
 def make_part(pool, workers, source, out, index):
-    """Tokenize source file `index` into its part; a crash leaves only a temporary name."""
+    """Tokenize source file `index` into its part and lengths; a crash leaves only temporaries."""
     path = part_path(out, index)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed earlier attempt
+    for stale in path.parent.glob(f".part_{index:06d}.*.tmp-*"):  # left by a killed attempt
         stale.unlink(missing_ok=True)
-    documents = source.file_documents(source.files[index])
-    chunks = (tokens for _, tokens, _ in tokenized_chunks(pool, workers, documents, 0))
-    return write_bin_chunks(path, chunks)
+    lengths = []
+
+    def chunks():
+        documents = source.file_documents(source.files[index])
+        for _, tokens, chunk_lengths in tokenized_chunks(pool, workers, documents, 0):
+            lengths.append(chunk_lengths)
+            yield tokens
+
+    write_bin_chunks(path, chunks())
+    with atomic_write(part_lengths_path(out, index)) as f:
+        np.save(f, np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
 
 
 def run_task(args):
     if not 0 <= args.task_index < args.num_tasks:
         die(f"--task-index {args.task_index} must be in [0, {args.num_tasks})")
     out = Path(args.out)
-    source = open_source(args.source, args.text_field, args.split,
-                         revision=pinned_parts_revision(args))
+    source = open_args_source(args, pinned_parts_revision(args))
     check_parts(args, source, out)
     mine = [i for i in range(len(source.files)) if i % args.num_tasks == args.task_index]
-    todo = [i for i in mine if not part_path(out, i).exists()]
+    todo = [i for i in mine if not part_done(out, i)]
     print(f"task {args.task_index}/{args.num_tasks}: {len(mine)} of {len(source.files)} files, "
           f"{len(mine) - len(todo)} already done", file=sys.stderr)
     with worker_pool(args, GPT2Tokenizer()) as pool:
@@ -396,29 +454,22 @@ def run_task(args):
             make_part(pool, args.workers, source, out, i)
 
 
-def part_documents(tokens):
-    """Start of every document in a part: each one begins with EOT."""
-    starts = [np.flatnonzero(tokens[s:s + EOT_SCAN_BLOCK] == GPT2_EOT) + s
-              for s in range(0, len(tokens), EOT_SCAN_BLOCK)]
-    starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
-    if len(tokens) and (len(starts) == 0 or starts[0] != 0):
-        raise ShardError("part does not start with EOT: delete it so it is made again")
-    return starts
-
-
 def pack_chunks(args, pool, source, out, start):
     """Each part as one chunk, in source order, from stream position `start`; missing parts are made."""
     first_doc = 0
     for index in range(len(source.files)):
-        path = part_path(out, index)
-        if not path.exists():
+        if not part_done(out, index):
             make_part(pool, args.workers, source, out, index)
-        tokens = read_shard(path)
-        starts = part_documents(tokens)
-        if first_doc + len(starts) > start[0]:  # the resume point is in this part or before it
+        tokens = read_shard(part_path(out, index))
+        lengths = np.load(part_lengths_path(out, index))
+        if lengths.sum() != len(tokens):
+            raise ShardError(f"{part_path(out, index)} has {len(tokens):,} tokens, its lengths "
+                             f"file {lengths.sum():,}: delete both so the part is made again")
+        if first_doc + len(lengths) > start[0]:  # the resume point is in this part or before it
+            starts = np.cumsum(lengths) - lengths
             pos = int(starts[start[0] - first_doc]) + start[1] if start[0] >= first_doc else 0
-            yield first_doc, tokens, np.diff(starts, append=len(tokens)), pos
-        first_doc += len(starts)
+            yield first_doc, tokens, lengths, pos
+        first_doc += len(lengths)
     if first_doc == 0:
         raise SourceError(f"--source {args.source}: no documents found (empty files?)")
 
@@ -433,6 +484,16 @@ def positive_int(text):
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def duration(text):
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return seconds
 
 
 def parse_args(argv=None):
@@ -456,12 +517,22 @@ def parse_args(argv=None):
                         help="tokenizer processes (all cores available to this process)")
     parser.add_argument("--text-field", default="text", help="field/column holding the text")
     parser.add_argument("--split", default="train", help="dataset split of hf: sources")
+    parser.add_argument("--doc-separator",
+                        help="split local .txt files into documents at this text, e.g. "
+                             "'<|endoftext|>' (TinyStories-train.txt); without it a local .txt "
+                             "file is one document")
+    parser.add_argument("--retry-for", type=duration, default=DEFAULT_RETRY_FOR,
+                        help="keep retrying a failing hub request this long (30m, 2h, 90s) "
+                             f"before stopping with exit status {EXIT_RETRIES_EXHAUSTED}; finished "
+                             "shards are kept and the same command resumes")
     array = parser.add_argument_group("Slurm job arrays (see slurm/fineweb.sbatch)")
     array.add_argument("--num-tasks", type=positive_int,
                        help="tokenize only this task's share of the source files into OUT/parts/")
     array.add_argument("--task-index", type=int, help="this task, 0 .. num-tasks-1")
     array.add_argument("--pack", action="store_true",
-                       help="cut OUT/parts/ into the final shards (tokenizing missing parts)")
+                       help="cut OUT/parts/ into the final shards (tokenizing missing parts), "
+                            "then delete the parts")
+    array.add_argument("--keep-parts", action="store_true", help="with --pack: keep OUT/parts/")
     return parser.parse_args(argv)
 
 
@@ -475,6 +546,9 @@ def main(argv=None):
         run_task(args) if args.num_tasks else run(args)
     except (SourceError, ManifestError, ShardError, RuntimeError) as e:
         die(e)
+    except RetriesExhausted as e:  # not bad input: the network; the same command resumes
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_RETRIES_EXHAUSTED)
     except KeyboardInterrupt:
         die("interrupted; run the same command again to resume")
 

@@ -2,13 +2,17 @@
 
 A source is one of
 - a local file, folder or glob of `.jsonl`, `.json`, `.parquet`, `.txt` (text formats may be
-  gzipped: `.jsonl.gz`). Files are read in sorted path order. A `.txt` file is ONE document (a
-  book, an article, Tiny Shakespeare); a `.jsonl`/`.json`/`.parquet` record is one document;
+  gzipped: `.jsonl.gz`). Files are read in sorted path order. A local `.txt` file is ONE document
+  (a book, an article, Tiny Shakespeare), or, with a document separator (`<|endoftext|>` in
+  TinyStories-train.txt), the texts between separators; a `.jsonl`/`.json`/`.parquet` record is
+  one document;
 - `hf:NAME[:SUBSET]`, a Hugging Face hub dataset, pinned to the commit it had when the output was
-  started so a resume reads the same documents. Its data files are read directly from the hub
-  (`hf://` paths through fsspec), streamed, never downloaded whole; parquet footers let a resume
-  or a Slurm array task start at any file or row group without reading what comes before. A hub
-  dataset whose files are in other formats is streamed through `datasets` instead.
+  started so a resume reads the same documents. Its data files, in the order the dataset's config
+  lists them, are read directly from the hub (`hf://` paths through fsspec), streamed, never
+  downloaded whole; parquet footers let a resume or a Slurm array task start at any file or row
+  group without reading what comes before. A hub `.txt` file means what it means to `datasets`:
+  one document per line. A hub dataset whose files are in other formats is streamed through
+  `datasets` instead. Every hub request is retried through outages (pipeline/retry.py).
 
 Files are read with plain readers rather than `datasets` builders: faster (measured here: jsonl
 285 vs 91 MB/s, parquet 209 vs 150 MB/s), no cache folder, and errors can name the file and line
@@ -17,26 +21,49 @@ of a bad record.
 
 import glob
 import hashlib
+import itertools
 import json
 import os
+import posixpath
+import sys
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import fsspec
 
+from pipeline.retry import (DEFAULT_RETRY_FOR, RetriesExhausted, Retry, TransientError, describe,
+                            http_status, is_transient, parse_duration, quiet_library_retries)
+
 FINEWEB_EDU = "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
 KINDS = (".jsonl", ".json", ".parquet", ".txt")
+# Parquet is read in batches of rows, through a buffer of a few MB: memory is bounded by the
+# batch, not by the row group (a file written as one 2 GB row group reads like any other), and on
+# the hub each buffer fill is one ranged request for the text column's bytes only.
+PARQUET_BATCH_ROWS = 1024
+PARQUET_BUFFER_BYTES = 8 << 20
+TXT_BLOCK_CHARS = 1 << 20  # a local .txt with a separator is split as it streams
 
 
 class SourceError(Exception):
     """Bad input: the message is one line that names the file/flag and says what to do."""
 
 
-def open_source(spec, text_field="text", split="train", revision=None):
-    """A FileSource (local files, or a hub dataset's files), else a HubStreamSource."""
+def open_source(spec, text_field="text", split="train", revision=None, doc_separator=None,
+                retry=None):
+    """A FileSource (local files, or a hub dataset's files), else a HubStreamSource.
+
+    `retry` (a pipeline.retry.Retry) carries every hub request through outages."""
     if spec.startswith("hf:"):
-        return open_hub_source(spec, text_field, split, revision)
+        if doc_separator is not None:
+            raise SourceError(f"--doc-separator is for local .txt files; {spec} is split the way "
+                              "its dataset config says")
+        return open_hub_source(spec, text_field, split, revision, retry or Retry(parse_duration(DEFAULT_RETRY_FOR)))
     files = find_local_files(spec)
-    return FileSource(spec, files, text_field, fingerprint=local_fingerprint(files, text_field))
+    if doc_separator is not None and not any(file_kind(f) == ".txt" for f in files):
+        raise SourceError(f"--doc-separator splits .txt files; --source {spec} has none")
+    return FileSource(spec, files, text_field, doc_separator=doc_separator,
+                      fingerprint=local_fingerprint(files, text_field, doc_separator),
+                      sizes=[os.path.getsize(f) for f in files])
 
 
 def file_kind(path):
@@ -71,26 +98,57 @@ def find_local_files(spec):
     return [str(p) for p in files]
 
 
-def local_fingerprint(files, text_field):
+def local_fingerprint(files, text_field, doc_separator=None):
     """Names (relative to their common folder), sizes and mtimes: cheap, and changes with any edit."""
     root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
     entries = [[os.path.relpath(os.path.abspath(f), root), os.stat(f).st_size,
                 os.stat(f).st_mtime_ns] for f in files]
-    blob = json.dumps({"files": entries, "text_field": text_field}).encode()
+    identity = {"files": entries, "text_field": text_field}
+    if doc_separator is not None:  # absent otherwise: folders made before the flag still match
+        identity["doc_separator"] = doc_separator
+    blob = json.dumps(identity).encode()
     return "local:" + hashlib.sha256(blob).hexdigest()
+
+
+def is_hub_path(path):
+    return str(path).startswith("hf://")
+
+
+@contextmanager
+def hub_file_errors(path):
+    """A hub failure that retrying cannot cure (a 404, say): one line naming the file."""
+    try:
+        yield
+    except (SourceError, RetriesExhausted):
+        raise
+    except Exception as e:
+        raise SourceError(f"{path}: cannot read it from the hub ({describe(e)})") from None
 
 
 class FileSource:
     """Documents from an ordered list of files (local paths or hf:// URLs)."""
 
-    def __init__(self, spec, files, text_field, fingerprint, revision=None, num_documents=None):
+    def __init__(self, spec, files, text_field, fingerprint, revision=None, num_documents=None,
+                 sizes=None, doc_separator=None, retry=None):
         self.spec, self.files, self.text_field = spec, files, text_field
         self.fingerprint, self.revision, self.num_documents = fingerprint, revision, num_documents
+        self.sizes, self.doc_separator, self.retry = sizes, doc_separator, retry
+        self.num_bytes = sum(sizes) if sizes else None
+        self._position = (0, 0.0)  # (file, fraction of it read): for bytes_read
+
+    @property
+    def bytes_read(self):
+        """How far documents() has got, in bytes of the source files (progress and ETA)."""
+        if not self.sizes:
+            return 0
+        index, fraction = self._position
+        return sum(self.sizes[:index]) + (self.sizes[index] * fraction if index < len(self.sizes) else 0)
 
     def documents(self, start=0):
         """All documents in order, from document number `start` (for resuming)."""
         seen = 0
-        for path in self.files:
+        for index, path in enumerate(self.files):
+            self._position = (index, 0.0)
             if start > 0:
                 n = self.count_documents(path)
                 if n <= start:
@@ -101,33 +159,51 @@ class FileSource:
                 seen += 1
                 yield text
             start = 0
+        self._position = (len(self.files), 0.0)
         if seen == 0:
             raise SourceError(f"--source {self.spec}: no documents found (empty files?)")
 
     def file_documents(self, path, skip=0):
-        """The documents of one file, after skipping its first `skip`."""
-        kind = file_kind(path)
-        if kind == ".txt":
-            yield from self._read_txt(path, skip)
-        elif kind == ".parquet":
-            yield from self._read_parquet(path, skip)
-        elif kind == ".json" and self._is_json_array(path):
-            yield from self._read_json_array(path, skip)
-        else:  # .jsonl, and .json holding one object per line (as `datasets` accepts too)
-            yield from self._read_jsonl(path, skip)
+        """The documents of one file, after skipping its first `skip`. A hub file that fails
+        mid-way is reopened at the first document not yet read."""
+        if self.retry is None or not is_hub_path(path):
+            return self._read_file(path, skip)
+        return self._read_hub_file(path, skip)
+
+    def _read_hub_file(self, path, skip):
+        with hub_file_errors(path):
+            yield from self.retry.stream(f"reading {path}", lambda done: self._read_file(path, done),
+                                         skip)
 
     def count_documents(self, path):
+        if self.retry is None or not is_hub_path(path):
+            return self._count_documents(path)
+        with hub_file_errors(path):
+            return self.retry.call(f"reading {path}", self._count_documents, path)
+
+    def _read_file(self, path, skip):
         kind = file_kind(path)
         if kind == ".txt":
-            return 1
+            return self._read_txt(path, skip)
         if kind == ".parquet":
-            import pyarrow.parquet as pq
-            with fsspec.open(path, "rb") as f:
-                return pq.ParquetFile(f).metadata.num_rows
+            return self._read_parquet(path, skip)
+        if kind == ".json" and self._is_json_array(path):
+            return self._read_json_array(path, skip)
+        return self._read_jsonl(path, skip)  # .jsonl, and .json with one object a line (as `datasets`)
+
+    def _count_documents(self, path):
+        kind = file_kind(path)
+        if kind == ".parquet":
+            with _open_binary(path) as f:
+                return self._open_parquet(path, f).metadata.num_rows
         if kind == ".json" and self._is_json_array(path):
             return sum(1 for _ in self._read_json_array(path, 0))
-        with _open_text(path) as f:
-            return sum(1 for line in f if line.strip())
+        if kind == ".jsonl" or kind == ".json":
+            with _open_text(path) as f:
+                return sum(1 for line in f if line.strip())
+        if not is_hub_path(path) and self.doc_separator is None:
+            return 1
+        return sum(1 for _ in self._read_txt(path, 0))
 
     def _text(self, record, where):
         if not isinstance(record, dict) or self.text_field not in record:
@@ -172,45 +248,90 @@ class FileSource:
         for i, record in enumerate(records[skip:], skip):
             yield self._text(record, f"{path}[{i}]")
 
-    def _read_parquet(self, path, skip):
+    @staticmethod
+    def _unreadable_parquet(path, error):
+        """Bytes pyarrow cannot parse: from the hub a bad transfer (retried), locally bad input."""
+        if is_hub_path(path):
+            return TransientError(f"{path}: unreadable parquet bytes ({describe(error)})")
+        return SourceError(f"{path}: not a readable parquet file ({describe(error)})")
+
+    @contextmanager
+    def _parquet_errors(self, path):
+        import pyarrow as pa
+        try:
+            yield
+        except (pa.ArrowException, OSError) as error:
+            if http_status(error) is not None or is_transient(error):
+                raise  # a network error that pyarrow passed through: retried as such
+            raise self._unreadable_parquet(path, error) from error
+
+    def _open_parquet(self, path, f):
         import pyarrow.parquet as pq
-        with fsspec.open(path, "rb") as f:
-            try:
-                pf = pq.ParquetFile(f)
-            except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet bytes
-                raise SourceError(f"{path}: not a readable parquet file ({e})") from None
+        with self._parquet_errors(path):
+            # pre_buffer=False: pyarrow's default would fetch every selected row group at once
+            return pq.ParquetFile(f, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
+
+    def _read_parquet(self, path, skip):
+        with _open_binary(path) as f:
+            pf = self._open_parquet(path, f)
             names = pf.schema_arrow.names
             if self.text_field not in names:
                 raise SourceError(f"{path}: no column {self.text_field!r} (columns: "
                                   f"{', '.join(names)}); pass --text-field NAME")
-            # Skip whole row groups from the footer, then read one row group at a time: bounded
-            # memory, and on the hub only the bytes of the groups we need are fetched.
-            for group in range(pf.num_row_groups):
-                rows = pf.metadata.row_group(group).num_rows
-                if skip >= rows:
-                    skip -= rows
-                    continue
-                column = pf.read_row_group(group, columns=[self.text_field]).column(0)
-                for i, text in enumerate(column.to_pylist()[skip:], skip):
-                    if not isinstance(text, str):
-                        raise SourceError(f"{path}: row group {group} row {i}: column "
-                                          f"{self.text_field!r} is {type(text).__name__}, not a string")
-                    yield text
-                skip = 0
+            # Whole row groups are skipped from the footer: on the hub their bytes are not fetched.
+            group, row = 0, 0
+            while group < pf.num_row_groups and skip >= pf.metadata.row_group(group).num_rows:
+                skip -= pf.metadata.row_group(group).num_rows
+                row += pf.metadata.row_group(group).num_rows
+                group += 1
+            batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[self.text_field],
+                                      row_groups=range(group, pf.num_row_groups), use_threads=False)
+            while True:
+                with self._parquet_errors(path):
+                    batch = next(batches, None)
+                if batch is None:
+                    return
+                texts = batch.column(0).to_pylist()
+                for i in range(min(skip, len(texts)), len(texts)):
+                    if not isinstance(texts[i], str):
+                        raise SourceError(f"{path}: row {row + i}: column {self.text_field!r} "
+                                          f"is {type(texts[i]).__name__}, not a string")
+                    yield texts[i]
+                skip = max(0, skip - len(texts))
+                row += len(texts)
+                self._position = (self._position[0], row / max(1, pf.metadata.num_rows))
 
-    @staticmethod
-    def _read_txt(path, skip):
-        if skip:
-            return
+    def _read_txt(self, path, skip):
         try:
-            with _open_text(path) as f:
-                yield f.read()
+            yield from itertools.islice(self._txt_documents(path), skip, None)
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+    def _txt_documents(self, path):
+        with _open_text(path) as f:
+            if is_hub_path(path):  # what `datasets` makes of it: a document per line, no line break
+                for line in f:
+                    yield line.rstrip("\n")
+            elif self.doc_separator is None:  # a book, an article: one document
+                yield f.read()
+            else:  # the texts between separators, trimmed; read a block at a time
+                pending = ""
+                while block := f.read(TXT_BLOCK_CHARS):
+                    *texts, pending = (pending + block).split(self.doc_separator)
+                    yield from (text.strip() for text in texts if text.strip())
+                if pending.strip():
+                    yield pending.strip()
 
 
 def _open_text(path):
     return fsspec.open(path, "rt", compression="infer", encoding="utf-8")
+
+
+def _open_binary(path):
+    """For parquet. No fsspec read-ahead (cache_type "none"): pyarrow's buffer decides what is
+    fetched, so a hub read asks for the text column's bytes only, not 5 MB blocks of every column."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    return fs.open(fs_path, "rb", cache_type="none")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,64 +345,104 @@ def parse_hub_spec(spec):
 
 
 def hub_error(spec, name, e):
-    first_line = (str(e).strip().splitlines() or [""])[0][:200]
     return SourceError(f"--source {spec}: cannot read dataset {name!r} from the Hugging Face hub "
-                       f"({type(e).__name__}: {first_line}); check the network and the name, or "
-                       "pass a local file/folder")
+                       f"({describe(e)}); check the name, or pass a local file/folder")
 
 
-def open_hub_source(spec, text_field, split, revision=None):
+def mention_hf_token():
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        print("note: HF_TOKEN is not set: anonymous hub requests get lower rate limits; create a "
+              "read token at https://huggingface.co/settings/tokens and `export HF_TOKEN=hf_...`",
+              file=sys.stderr)
+
+
+def hub_file_sizes(files, retry):
+    """Size of each hf:// file, from one listing per folder (for the progress bar's ETA)."""
+    from huggingface_hub import HfFileSystem
+
+    fs = HfFileSystem()
+    sizes = {}
+    for folder in dict.fromkeys(posixpath.dirname(f) for f in files):
+        for entry in retry.call(f"listing {folder}", fs.ls, folder, detail=True):
+            sizes["hf://" + entry["name"].removeprefix("hf://")] = entry["size"]
+    return [sizes[f] for f in files] if all(f in sizes for f in files) else None
+
+
+def open_hub_source(spec, text_field, split, revision, retry):
     import datasets
     from huggingface_hub import HfApi
 
+    quiet_library_retries()
     name, subset = parse_hub_spec(spec)
     try:
-        revision = revision or HfApi().dataset_info(name, timeout=20).sha
-        builder = datasets.load_dataset_builder(name, subset, revision=revision)
-    except Exception as e:  # offline, unknown name or subset, gated: all end the same way
+        revision = revision or retry.call(f"dataset info of {name}",
+                                          lambda: HfApi().dataset_info(name, timeout=20).sha)
+        builder = retry.call(f"config of {name}", datasets.load_dataset_builder, name, subset,
+                             revision=revision)
+        data_files = builder.config.data_files or {}
+        files = [str(f) for f in data_files.get(split, [])]
+        readable = bool(files) and all(file_kind(f) for f in files)
+        sizes = hub_file_sizes(files, retry) if readable else None
+    except RetriesExhausted:
+        raise
+    except Exception as e:  # unknown name or subset, gated: all end the same way
         raise hub_error(spec, name, e) from None
+    mention_hf_token()
     fingerprint = f"hf:{name}:{subset or ''}:{split}@{revision}#{text_field}"
     splits = builder.info.splits
     num_documents = splits[split].num_examples if splits and split in splits else None
-    data_files = builder.config.data_files or {}
     if split not in data_files:
         raise SourceError(f"--source {spec}: no split {split!r} (splits: "
                           f"{', '.join(data_files) or 'none listed'}); pass --split NAME")
-    files = [str(f) for f in data_files[split]]
-    if files and all(file_kind(f) for f in files):
-        return FileSource(spec, sorted(files), text_field, fingerprint, revision, num_documents)
-    return HubStreamSource(spec, name, subset, split, text_field, fingerprint, revision, num_documents)
+    if readable:  # in the config's order, as `datasets` reads them: pattern by pattern
+        return FileSource(spec, files, text_field, fingerprint, revision, num_documents,
+                          sizes=sizes, retry=retry)
+    return HubStreamSource(spec, name, subset, split, text_field, fingerprint, revision,
+                           num_documents, retry)
 
 
 class HubStreamSource:
     """A hub dataset in formats we do not read ourselves, streamed by `datasets`.
 
-    A resume has to stream past the finished documents; Slurm arrays need a FileSource.
+    A resume, or a reconnection after a failure, streams past the documents already read;
+    Slurm arrays need a FileSource.
     """
     files = None
+    num_bytes = None
+    bytes_read = 0
 
-    def __init__(self, spec, name, subset, split, text_field, fingerprint, revision, num_documents):
+    def __init__(self, spec, name, subset, split, text_field, fingerprint, revision, num_documents,
+                 retry):
         self.spec, self.name, self.text_field = spec, name, text_field
         self.fingerprint, self.revision, self.num_documents = fingerprint, revision, num_documents
+        self.retry = retry
         import datasets
         try:
-            self.dataset = datasets.load_dataset(name, subset, split=split, streaming=True,
-                                                 revision=revision)
+            self.dataset = retry.call(f"opening {spec}", datasets.load_dataset, name, subset,
+                                      split=split, streaming=True, revision=revision)
+        except RetriesExhausted:
+            raise
         except Exception as e:
             raise hub_error(spec, name, e) from None
 
     def documents(self, start=0):
         seen = 0
         try:
-            for record in self.dataset.skip(start) if start else self.dataset:
-                if self.text_field not in record:
-                    raise SourceError(f"--source {self.spec}: no field {self.text_field!r} "
-                                      f"(fields: {', '.join(record)}); pass --text-field NAME")
+            for text in self.retry.stream(f"streaming {self.spec}", self._texts, start):
                 seen += 1
-                yield record[self.text_field]
-        except SourceError:
+                yield text
+        except (SourceError, RetriesExhausted):
             raise
         except Exception as e:
             raise hub_error(self.spec, self.name, e) from None
         if seen == 0 and start == 0:
             raise SourceError(f"--source {self.spec}: no documents")
+
+    def _texts(self, start):
+        for record in self.dataset.skip(start) if start else self.dataset:
+            if self.text_field not in record:
+                raise SourceError(f"--source {self.spec}: no field {self.text_field!r} "
+                                  f"(fields: {', '.join(record)}); pass --text-field NAME")
+            yield record[self.text_field]

@@ -82,15 +82,19 @@ def test_jsonl_stream_equals_direct_encoding(tmp_path):
         assert read_shard(tmp_path / "out" / shard["name"])[0] == doc_tokens[shard["doc_offset"]]
 
 
-def test_parquet_folder_stream_and_text_field(tmp_path):
+def test_parquet_folder_stream_and_text_field(tmp_path, monkeypatch):
+    import pipeline.sources
+    monkeypatch.setattr(pipeline.sources, "PARQUET_BATCH_ROWS", 7)  # several batches a row group
     docs = make_docs(200, seed=1)
     folder = tmp_path / "pq"
     folder.mkdir()
     for i, part in enumerate([docs[:120], docs[120:]]):  # files are read in sorted name order
         table = pa.table({"content": part, "n": list(range(len(part)))})
         pq.write_table(table, folder / f"part-{i}.parquet", row_group_size=50)
-    run_ok("--source", folder, "--out", tmp_path / "out", "--shard-tokens", 5000,
-           "--text-field", "content", "--workers", 1)
+    args = ["--source", folder, "--out", tmp_path / "out", "--shard-tokens", 5000,
+            "--text-field", "content", "--workers", 1]
+    run_ok(*args, "--max-tokens", 25000)  # the resume starts batches into a row group
+    run_ok(*args)
     assert stream(tmp_path / "out")[0] == expected_stream(docs)
 
 
@@ -200,17 +204,15 @@ def bad_inputs(tmp_path):
     empty.write_text("\n")
     no_column = tmp_path / "nocol.parquet"
     pq.write_table(pa.table({"body": ["x"]}), no_column)
-    # shards get written before the bad line is reached: they must be removed again
-    late = tmp_path / "late"
-    write_jsonl(late / "a.jsonl", make_docs(100))
-    (late / "b.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    not_parquet = tmp_path / "bad.parquet"
+    not_parquet.write_bytes(b"PAR1 this is not parquet PAR1")
     return [
         ([tmp_path / "missing.jsonl"], "no such file or folder"),
         ([no_field], "no field 'text' (fields: id, body)"),
         ([bad_line], "bad.jsonl:2: bad JSON line"),
         ([empty], "no documents"),
         ([no_column], "no column 'text' (columns: body)"),
-        ([late], "b.jsonl:2: bad JSON line"),
+        ([not_parquet], "bad.parquet: not a readable parquet file"),
         ([tmp_path / "*.csv"], "glob matches no"),
     ]
 
@@ -221,6 +223,74 @@ def test_bad_inputs_fail_cleanly(tmp_path):
         error = run("--source", *args, "--out", out, "--shard-tokens", 500)
         assert error and message in error and "\n" not in error, (args, error)
         assert not out.exists(), f"{args}: left {list(out.iterdir())}"
+
+
+def test_bad_input_after_finished_shards_keeps_them(tmp_path):
+    """Bad input met late (a bad line in the second file) stops the run, but never deletes a
+    finished shard: they are good, and a corrected source is another run's business."""
+    docs = make_docs(600)  # more than the tokenizer pool reads ahead: shards are finished first
+    src = tmp_path / "late"
+    write_jsonl(src / "a.jsonl", docs)
+    (src / "b.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    out = tmp_path / "out"
+    error = run("--source", src, "--out", out, "--shard-tokens", 500)
+    assert error and "b.jsonl:2: bad JSON line" in error
+    kept = read_manifest(out)["shards"]
+    assert len(kept) >= 2 and not read_manifest(out)["complete"]
+    assert stream(out)[0] == expected_stream(docs)[:sum(s["tokens"] for s in kept)]
+
+
+def test_damaged_shards_are_rebuilt_on_resume(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "docs.jsonl", make_docs(200, seed=6))
+    out = tmp_path / "out"
+    args = ["--source", src, "--out", out, "--shard-tokens", 2000, "--max-shards", 5]
+    run_ok(*args)
+    good = stream(out)[1]
+    names = [s["name"] for s in read_manifest(out)["shards"]]
+    short = out / names[3]
+    short.write_bytes(short.read_bytes()[:-2])  # one token short; the header still says 2000
+    capsys.readouterr()
+    run_ok(*args)
+    said = capsys.readouterr().err
+    assert f"{names[3]}: header says 2000 tokens (5024 bytes) but the file has 5022 bytes" in said
+    assert "rebuilding it and the shard after it" in said
+    assert stream(out)[1] == good
+
+    header = out / names[1]
+    header.write_bytes(b"\0" * 4 + header.read_bytes()[4:])  # magic gone
+    run_ok(*args)
+    said = capsys.readouterr().err
+    assert f"{names[1]}: not a token shard" in said and "rebuilding it and the 3 shards after it" in said
+    assert stream(out)[1] == good
+
+
+def test_local_txt_with_a_document_separator(tmp_path):
+    stories = ["Once upon a time there was a cat.", "Tom had a <red> ball.\n\nIt rolled.", "The end."]
+    src = tmp_path / "TinyStories-train.txt"
+    src.write_text("\n<|endoftext|>\n".join(stories) + "\n<|endoftext|>\n")
+    out = tmp_path / "out"
+    run_ok("--source", src, "--out", out, "--shard-tokens", 7, "--doc-separator", "<|endoftext|>")
+    assert stream(out)[0] == expected_stream(stories)  # separators became EOT tokens, not text
+    run_ok("--source", src, "--out", tmp_path / "whole", "--shard-tokens", 7)
+    assert stream(tmp_path / "whole")[0] == expected_stream([src.read_text()])  # one document
+    error = run("--source", src, "--out", out, "--shard-tokens", 7)
+    assert error and "fingerprint" in error  # a different reading of the same file: refused
+    for source, message in [("hf:me/stories", "--doc-separator is for local .txt files"),
+                            (write_jsonl(tmp_path / "d.jsonl", ["x"]), "splits .txt files; "
+                                                                       "--source")]:
+        error = run("--source", source, "--out", tmp_path / "o2", "--doc-separator", "<|x|>")
+        assert error and message in error
+
+
+def test_txt_separator_split_across_read_blocks(tmp_path, monkeypatch):
+    import pipeline.sources
+    monkeypatch.setattr(pipeline.sources, "TXT_BLOCK_CHARS", 5)  # separators straddle blocks
+    stories = [f"story number {i} " * (i % 4 + 1) for i in range(30)]
+    src = tmp_path / "stories.txt"
+    src.write_text("<|endoftext|>".join(stories))
+    run_ok("--source", src, "--out", tmp_path / "out", "--shard-tokens", 100,
+           "--doc-separator", "<|endoftext|>")
+    assert stream(tmp_path / "out")[0] == expected_stream([s.strip() for s in stories])
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):
@@ -262,20 +332,25 @@ def test_array_tasks_then_pack_equal_a_streaming_run(tmp_path):
         run_ok("--source", src, "--out", out, "--num-tasks", 3, "--task-index", task)
     assert sorted(p.name for p in (out / "parts").glob("part_*.bin")) == [
         f"part_{i:06d}.bin" for i in range(4)]
-    (out / "parts/part_000002.bin").unlink()  # a task that never ran: --pack makes its part
-    (out / "parts/.part_000002.bin.tmp-node7-123").write_bytes(b"killed mid-write")
-    run_ok("--source", src, "--out", out, "--shard-tokens", 4000, "--pack")
+    lengths = np.load(out / "parts/part_000001.lengths.npy")  # tokens of each document
+    assert lengths.tolist() == [len(expected_stream([d])) for d in docs[80:200]]
+    (out / "parts/part_000002.lengths.npy").unlink()  # a task killed before it finished the part:
+    (out / "parts/.part_000002.bin.tmp-node7-123").write_bytes(b"killed mid-write")  # --pack makes it
+    run_ok("--source", src, "--out", out, "--shard-tokens", 4000, "--pack", "--keep-parts")
     assert stream(out)[1] == stream(tmp_path / "stream")[1]
     assert read_manifest(out)["shards"] == read_manifest(tmp_path / "stream")["shards"]
     assert stream(out)[0] == expected_stream(docs)
     assert not list((out / "parts").glob(".*tmp*"))
+    assert len(list((out / "parts").glob("part_*.bin"))) == 4  # --keep-parts
 
 
 def test_pack_resumes_mid_part(tmp_path):
     src, docs = split_corpus(tmp_path, files=2)
     out = tmp_path / "out"
     run_ok("--source", src, "--out", out, "--shard-tokens", 3000, "--max-shards", 3, "--pack")
+    assert (out / "parts").is_dir(), "parts of an unfinished pack are still needed"
     run_ok("--source", src, "--out", out, "--shard-tokens", 3000, "--pack")
+    assert not (out / "parts").exists(), "packed parts are deleted"
     assert stream(out)[0] == expected_stream(docs)
     run_ok("--source", src, "--out", tmp_path / "stream", "--shard-tokens", 3000)
     assert read_manifest(out)["shards"] == read_manifest(tmp_path / "stream")["shards"]
@@ -292,61 +367,6 @@ def test_array_mode_errors(tmp_path):
     (src / "f1.jsonl").write_text('{"text": "ok"}\n{oops\n')
     assert "f1.jsonl:2: bad JSON line" in run("--source", src, "--out", tmp_path / "o2",
                                               "--num-tasks", 1, "--task-index", 0)
-    assert sorted(p.name for p in (tmp_path / "o2/parts").iterdir()) == ["part_000000.bin", "parts.json"]
+    assert sorted(p.name for p in (tmp_path / "o2/parts").iterdir()) == [
+        "part_000000.bin", "part_000000.lengths.npy", "parts.json"]
     assert "different fingerprint" in run("--source", src, "--out", out, "--pack")
-
-
-# ----------------------------------------------------------------------------------------------
-# hf: sources, offline: the hub's answers are replaced by local files
-
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
-    """hf:me/corpus resolves to commit "c0ffee" whose train split is two local jsonl files."""
-    import datasets
-    import huggingface_hub
-    from types import SimpleNamespace
-
-    src, docs = split_corpus(tmp_path, files=2)
-    files = sorted(str(p) for p in src.glob("*.jsonl"))
-    calls = []
-    load_local = datasets.load_dataset
-
-    def dataset_info(self, name, timeout=None):
-        calls.append(name)
-        return SimpleNamespace(sha="c0ffee")
-
-    def load_dataset_builder(name, subset, revision):
-        assert (name, subset, revision) == ("me/corpus", "sub", "c0ffee")
-        return SimpleNamespace(info=SimpleNamespace(splits=None),
-                               config=SimpleNamespace(data_files={"train": hub.files}))
-
-    def load_dataset(name, subset, split, streaming, revision):
-        return load_local("json", data_files=files, split="train", streaming=True)
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
-    monkeypatch.setattr(datasets, "load_dataset_builder", load_dataset_builder)
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    hub = SimpleNamespace(files=files, docs=docs, calls=calls)
-    return hub
-
-
-def test_hub_source_reads_its_files_and_pins_the_revision(tmp_path, fake_hub):
-    out = tmp_path / "out"
-    run_ok("--source", "hf:me/corpus:sub", "--out", out, "--shard-tokens", 3000, "--max-tokens", 7000)
-    manifest = read_manifest(out)
-    assert manifest["revision"] == "c0ffee" and "@c0ffee" in manifest["fingerprint"]
-    run_ok("--source", "hf:me/corpus:sub", "--out", out, "--shard-tokens", 3000)
-    assert fake_hub.calls == ["me/corpus"]  # the resume reused the pinned commit
-    assert stream(out)[0] == expected_stream(fake_hub.docs)
-    assert "no split 'test'" in run("--source", "hf:me/corpus:sub", "--out", tmp_path / "o2",
-                                   "--split", "test")
-
-
-def test_hub_dataset_in_other_formats_is_streamed_by_datasets(tmp_path, fake_hub):
-    fake_hub.files = ["hf://datasets/me/corpus@c0ffee/data.arrow"]  # not a format we read ourselves
-    out = tmp_path / "out"
-    run_ok("--source", "hf:me/corpus:sub", "--out", out, "--shard-tokens", 3000, "--max-tokens", 7000)
-    run_ok("--source", "hf:me/corpus:sub", "--out", out, "--shard-tokens", 3000)  # resume: skip()
-    assert stream(out)[0] == expected_stream(fake_hub.docs)
-    assert "needs a source made of files" in run("--source", "hf:me/corpus:sub", "--out", out,
-                                                 "--pack")

@@ -1,9 +1,10 @@
 """slurm/train.sbatch and slurm/fineweb.sbatch on a real Slurm cluster on this machine
 (slurm/cluster.sh). One node: a 2-process CPU training job equals a plain torchrun run; a job
 warned with SIGUSR1 checkpoints, requeues itself, resumes and ends with the same per-step losses
-(and one wandb run); a 2-task fineweb array writes the bytes of a single pipeline run. Two nodes
-(n1, n2: two slurmd, one rank each): the same losses, the same preemption cycle on both nodes,
-and a rank killed on one node ends the whole job within seconds, failed and not requeued.
+(and one wandb run); a 2-task fineweb array writes the bytes of a single pipeline run, and its
+pack job never runs after a failed task. Two nodes (n1, n2: two slurmd, one rank each): the same
+losses, the same preemption cycle on both nodes, and a rank killed on one node ends the whole job
+within seconds, failed and not requeued.
 
 Needs root and Debian's slurm-wlm + munge (`make setup` installs them when run as root);
 otherwise these tests skip with the reason, except under CI (CI=true), where they must run and
@@ -277,8 +278,25 @@ def test_fineweb_array_equals_single_run(cluster, tmp_path):
     for shard in manifest["single"]["shards"]:
         name = shard["name"]
         assert (tmp_path / "array" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
-    assert sorted(p.name for p in (tmp_path / "array" / "parts").glob("part_*.bin")) == [
-        f"part_{i:06d}.bin" for i in range(3)]
+    assert not (tmp_path / "array" / "parts").exists(), "the pack job deletes the packed parts"
+
+
+def test_fineweb_pack_job_does_not_run_after_a_failed_task(cluster, tmp_path):
+    """A task that fails (here task 1 meets a bad line; a cancelled array is the same to Slurm)
+    leaves the pack job cancelled by Slurm, not packing a half-made set of parts."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f0.jsonl").write_text('{"text": "fine"}\n')
+    (src / "f1.jsonl").write_text('{"text": "fine"}\nnot json\n')
+    array = sbatch(cluster, "--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%A_%a.out",
+                   "slurm/fineweb.sbatch", "--source", src, "--out", tmp_path / "out", "--workers", 1)
+    logs = lambda: "\n".join(p.read_text() for p in sorted(tmp_path.glob("slurm-*.out")))  # noqa: E731
+    assert wait_job(cluster, f"{array}_1")["JobState"] == "FAILED", logs()
+    pack = re.search(r"submitted the pack job (\d+)", logs())
+    assert pack, logs()
+    info = wait_job(cluster, pack.group(1))
+    assert info["JobState"] == "CANCELLED", info
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 # Two nodes from here on (LocalCluster restarts once): keep these tests last.
