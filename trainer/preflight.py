@@ -290,8 +290,8 @@ def check_hellaswag(cfg, tokenizer, report):
                     f"--hellaswag-data FILE, or --hellaswag-every 0")
         return
     try:
-        examples = hellaswag.load_examples(cfg.hellaswag_data or None, limit=cfg.hellaswag_limit or None,
-                                           download=False)
+        examples = hellaswag.load_examples(cfg.hellaswag_data or None, hellaswag.DEFAULT_CACHE_DIR,
+                                           cfg.hellaswag_limit or None, download=False)
         encoding = get_gpt2_encoding()
     except hellaswag.HellaSwagUnavailable as e:
         report.fail(f"{e} (or pass --hellaswag-every 0)")
