@@ -27,6 +27,7 @@ data, a home folder without wandb's netrc), so each rank checks what it will its
 
 import argparse
 import functools
+import importlib.util
 import os
 import shutil
 import socket
@@ -388,8 +389,6 @@ def check_wandb(cfg, report):
     """--wandb: wandb installed; online mode with credentials (an API key or a netrc entry)."""
     if not cfg.wandb:
         return
-    import importlib.util
-
     if importlib.util.find_spec("wandb") is None:
         report.fail("--wandb: the wandb package is not installed; pip install wandb, or drop --wandb")
         return
