@@ -177,19 +177,28 @@ def download_on_rank0(cache_dir=DEFAULT_CACHE_DIR, url=URL):
     return download(cache_dir, url)
 
 
-def load_examples(path=None, cache_dir=DEFAULT_CACHE_DIR, limit=None, url=URL):
+def load_examples(path=None, cache_dir=DEFAULT_CACHE_DIR, limit=None, url=URL, download=True):
     """The validation examples as dicts (the jsonl's fields), the first `limit` of them.
 
     `path`: a local HellaSwag-format jsonl (any number of examples); otherwise the cached
-    download in `cache_dir` (fetched when missing, by rank 0 only when torch.distributed is
-    running: every rank must call this then). Raises HellaSwagUnavailable.
+    download in `cache_dir`, fetched when missing if `download` (by rank 0 only when
+    torch.distributed is running: every rank must call this then). Training passes
+    download=False: a compute node may have no internet, so the file is fetched beforehand
+    (`python hellaswag.py --download`). Raises HellaSwagUnavailable.
     """
     if path is not None:
         if not Path(path).is_file():
             raise HellaSwagUnavailable(f"{path}: no such file (expected HellaSwag jsonl, e.g. {VAL_FILE})")
         examples = _read_examples(path, expect_full=False)
-    else:
+    elif download:
         examples = _read_examples(download_on_rank0(cache_dir, url), expect_full=True)
+    else:
+        cached = Path(cache_dir) / VAL_FILE
+        if not cached.is_file():
+            raise HellaSwagUnavailable(
+                f"HellaSwag validation set not found at {cached}; fetch it beforehand with "
+                f"`python hellaswag.py --download` (on a machine with internet), or pass a local copy")
+        examples = _read_examples(cached, expect_full=True)
     return examples[:limit] if limit is not None else examples
 
 
@@ -311,14 +320,20 @@ def _dist_rank_world(rank, world_size):
 _truncation_reported = set()
 
 
+def context_overflows(rendered, max_length):
+    """(examples with an ending longer than the context: unscorable, examples longer than the
+    context: left-truncated) among `rendered` (Rendered values), for a context of max_length."""
+    too_long = sum(any(sum(m) > max_length for m in r.mask) for r in rendered)
+    truncated = sum(any(len(row) > max_length + 1 for row in r.tokens) for r in rendered)
+    return too_long, truncated
+
+
 def fit_to_context(rendered, max_length, style, n_examples, rank, world_size, device):
     """`rendered` ({index: Rendered}) left-truncated to a context of `max_length` tokens, and
     how many examples were truncated (summed over ranks; rank 0 says so once, on stderr).
     An ending longer than the context cannot be scored at all: ValueError on every rank, before
     any forward pass (lm-evaluation-harness stops on a bare assertion there)."""
-    too_long = sum(any(sum(m) > max_length for m in r.mask) for r in rendered.values())
-    truncated = sum(any(len(row) > max_length + 1 for row in r.tokens) for r in rendered.values())
-    counts = torch.tensor([too_long, truncated])
+    counts = torch.tensor(context_overflows(rendered.values(), max_length))
     if world_size > 1:  # every rank must decide alike, or one would wait for the others forever
         counts = counts.to(device)
         dist.all_reduce(counts)
@@ -478,6 +493,9 @@ def main(argv=None):
     which.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124m..1558m), "
                        "a Hugging Face hub id, or a local GPT2LMHeadModel folder")
     which.add_argument("--checkpoint", help="a train_gpt2.py checkpoint (ckpt_*.pt), or a run folder (its newest)")
+    which.add_argument("--download", action="store_true",
+                       help="only fetch the validation set into --cache-dir, then exit: training "
+                            "never downloads it, so do this once before training on compute nodes")
     parser.add_argument("--style", choices=STYLES, default="default",
                         help="default: build-nanogpt's scoring; harness: lm-evaluation-harness's")
     parser.add_argument("--data", help="local HellaSwag jsonl (skips the download)")
@@ -493,6 +511,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size and --limit must be positive")
+    if args.download:
+        try:
+            path = download(args.cache_dir, args.url)
+        except HellaSwagUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"HellaSwag validation set ({NUM_VAL_EXAMPLES} examples): {path}")
+        return 0
 
     # under torchrun: one process per device, each scoring its share of the examples
     distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1

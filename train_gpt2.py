@@ -13,6 +13,8 @@ start, train steps, val loss, HellaSwag, samples), ckpt_{step:07d}.pt, DONE once
 finished. Resuming is automatic (--resume auto): rank 0 picks the newest checkpoint in the run
 folder and the run continues as if never interrupted, on any number of ranks, DDP or FSDP.
 
+Every start first runs the preflight checks (trainer/preflight.py; alone: --preflight).
+
 Exit status: 0 all steps done; 2 bad input (one line says what to do); 3 stopped early by
 SIGUSR1, SIGTERM, SIGINT or a RUN/STOP file, after finishing the current step and saving a
 checkpoint (all ranks agree through a collective every step, so none hangs): run the same
@@ -35,12 +37,12 @@ from shards.loader import LoaderError, ShardLoader, ValLoader
 from trainer import batch_size
 from trainer.checkpoint import (CheckpointError, choose_resume, restore_training_state,
                                 save_training_state)
-from trainer.config import parse_config, save_config, wants_dry_run
+from trainer.config import parse_config, save_config, wants_dry_run, wants_preflight
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype
 from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
-from trainer.preflight import describe_plan, memory_plan
+from trainer.preflight import describe_plan, memory_plan, preflight
 from trainer.signals import StopRequest
 
 EXIT_BAD_INPUT = 2
@@ -66,6 +68,11 @@ def main(argv=None):
     cfg = parse_config(argv)  # argparse exits 2 on bad flags
     if wants_dry_run(argv):
         return dry_run(cfg)
+    # data, HellaSwag file, disk, resume target, wandb: checked on every rank before any model,
+    # process group or GPU (trainer/preflight.py); --preflight stops here
+    passed = preflight(cfg)
+    if wants_preflight(argv) or not passed:
+        return 0 if passed else EXIT_BAD_INPUT
     try:
         runtime = Runtime.from_env(cfg.device)
         if cfg.compile == "auto":  # compiling pays off on GPUs; on CPU it costs minutes

@@ -291,9 +291,9 @@ def in_process(argv):
     return status
 
 
-def test_hellaswag_hook_runs_or_is_skipped_with_one_warning(tmp_path, capsys):
+def test_hellaswag_hook_runs_and_a_missing_file_is_refused_at_start(tmp_path, capsys):
     """A GPT-2-vocabulary model on GPT-2-token shards (no manifest: GPT-2 assumed) scores the
-    HellaSwag examples it is given; with the data unavailable the run goes on after one warning."""
+    HellaSwag examples it is given; with the data unavailable the preflight refuses to start."""
     rng = np.random.default_rng(0)
     for i, n in enumerate([1024, 4096]):
         write_shard(tmp_path / f"g_{'val' if i == 0 else 'train'}_{i:06d}.bin", rng.integers(0, 50257, n))
@@ -310,8 +310,9 @@ def test_hellaswag_hook_runs_or_is_skipped_with_one_warning(tmp_path, capsys):
     assert [r["step"] for r in scored] == [0, 1, 2] and all(r["hellaswag_n"] == 3 for r in scored)
     assert "HellaSwag acc_norm" in capsys.readouterr().out
     assert in_process(argv + ["--out-dir", str(tmp_path / "b"),
-                              "--hellaswag-data", str(tmp_path / "missing.jsonl")]) == 0
-    assert capsys.readouterr().out.count("warning: HellaSwag evaluation skipped") == 1
+                              "--hellaswag-data", str(tmp_path / "missing.jsonl")]) == 2
+    assert "python hellaswag.py --download" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_compile_keeps_eval_and_samples_working(data, tmp_path):

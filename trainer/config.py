@@ -201,6 +201,10 @@ def build_parser():
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config, parameter count and memory plan per rank "
                           "(model built on the meta device), then exit 0: touches no data or GPU")
+    run.add_argument("--preflight", action="store_true",
+                     help="check data, HellaSwag file, tokenizer, output disk, resume target and "
+                          "wandb (as every start does), print one line each, then exit: 0 all "
+                          "good, 2 any problem; no model, no GPU")
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in fields(TrainConfig):
         if f.name == "preset":
@@ -225,11 +229,15 @@ def build_parser():
     return parser
 
 
-ACTIONS = ("preset", "config", "dry_run")  # flags that are not TrainConfig fields
+ACTIONS = ("preset", "config", "dry_run", "preflight")  # flags that are not TrainConfig fields
 
 
 def wants_dry_run(argv=None):
     return build_parser().parse_args(argv).dry_run
+
+
+def wants_preflight(argv=None):
+    return build_parser().parse_args(argv).preflight
 
 
 def parse_config(argv=None):

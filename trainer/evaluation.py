@@ -130,7 +130,9 @@ class Evaluator:
 
 
 def load_hellaswag(cfg, tokenizer, runtime):
-    """HellaSwag examples, or None after one warning: never a crash. All ranks agree."""
+    """HellaSwag examples from local files only (never a download: compute nodes may have no
+    internet; the preflight has already refused a missing file), or None after one warning:
+    never a crash. All ranks agree."""
     if not cfg.hellaswag_every:
         return None
     examples, reason = None, None
@@ -141,8 +143,8 @@ def load_hellaswag(cfg, tokenizer, runtime):
             import hellaswag
 
             examples = hellaswag.load_examples(cfg.hellaswag_data or None,
-                                               limit=cfg.hellaswag_limit or None)
-        except Exception as e:  # HellaSwagUnavailable (offline, no cached copy), bad file, ...
+                                               limit=cfg.hellaswag_limit or None, download=False)
+        except Exception as e:  # HellaSwagUnavailable (no local copy), bad file, ...
             reason = str(e)
     available = torch.tensor(float(examples is not None), device=runtime.device)
     # all ranks must run it (counts are all-reduced) or none

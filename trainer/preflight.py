@@ -8,17 +8,53 @@ memory. State per rank is exact (fp32 weights, gradients and AdamW's two moments
 parameter, divided by the world size under FSDP); activations are an estimate (Korthikanti et al.
 2022, "Reducing Activation Recomputation in Large Transformer Models": 34 bytes per token and
 channel per layer in 16-bit with flash attention, plus the logits and their fp32 loss copies).
+
+And know that the job will get past its first minute: the preflight checks.
+
+    python train_gpt2.py [flags] --preflight    # one line per check; exit 0 all good, 2 any problem
+
+run_checks(cfg) looks at everything a run reads or writes before its first step, reading headers
+and metadata only: the shard folder and every shard's header and size, the training tokens the
+planned steps need (more than one epoch is a warning), the validation shard, the HellaSwag file
+(local only: training never downloads it) and whether its examples fit the model's context, the
+tokenizer (offline), the output folder (writable, room for two checkpoints), the resume target,
+and wandb's credentials. Each problem is one line saying what is wrong and how to fix it, and all
+of them are listed, not only the first. train_gpt2.py runs the same checks at every start, on
+every rank, before any model or process group exists: each check costs milliseconds (HellaSwag's
+rendering about a second), and ranks on different nodes may see different disks (node-local
+data, a home folder without wandb's netrc), so each rank checks what it will itself read.
 """
 
 import argparse
 import functools
+import importlib.util
+import os
+import shutil
+import socket
+import sys
+import tempfile
 from dataclasses import replace
+from netrc import NetrcParseError, netrc
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
 from model import GPT, GPTConfig
+from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding, load_tokenizer
+from shards.format import ShardError, read_shard
+from shards.loader import sequences_in
+from shards.manifest import ManifestError, list_shards
+from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoints,
+                                load_checkpoint, resolve_checkpoint)
 
 GiB = 1024**3
+MiB = 1024**2
+# A checkpoint holds fp32 weights and AdamW's two fp32 moments, no gradients: 12 bytes a
+# parameter. Saved checkpoints of 28.5K, 0.81M and 3.3M parameters measured 13.4, 12.08 and
+# 12.01 bytes a parameter: the rest (pickle, per-rank RNG states, config) is under 100 KB.
+CHECKPOINT_BYTES_PER_PARAMETER = 12
+CHECKPOINT_OVERHEAD_BYTES = MiB
 
 
 def count_parameters(model_config):
@@ -109,6 +145,288 @@ def fit_table(presets=("gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m"), gpu
                 cells.append(" / ".join(f"B={b}" if b else "-" for b in fits))
             lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def checkpoint_bytes(parameters):
+    """Bytes of one training checkpoint of a model with this many parameters."""
+    return CHECKPOINT_BYTES_PER_PARAMETER * parameters + CHECKPOINT_OVERHEAD_BYTES
+
+
+class Report:
+    """What the checks found: (level, line) with level "ok", "warning" or "error"."""
+
+    def __init__(self):
+        self.lines = []
+
+    def add(self, level, text):
+        # one line, whatever an exception's text held
+        self.lines.append((level, " ".join(str(text).split())))
+
+    def ok(self, text):
+        self.add("ok", text)
+
+    def warn(self, text):
+        self.add("warning", text)
+
+    def fail(self, text):
+        self.add("error", text)
+
+    @property
+    def failures(self):
+        return [text for level, text in self.lines if level == "error"]
+
+
+def run_checks(cfg):
+    """Every preflight check of cfg (see the module docstring); returns the Report."""
+    report = Report()
+    tokenizer = None
+    if check_data_folder(cfg, report):
+        check_shards(cfg, report)
+        tokenizer = check_tokenizer(cfg, report)
+    check_hellaswag(cfg, tokenizer, report)
+    check_out_dir(cfg, report)
+    check_resume(cfg, report)
+    check_wandb(cfg, report)
+    return report
+
+
+def check_data_folder(cfg, report):
+    if Path(cfg.data).is_dir():
+        return True
+    report.fail(f"--data {cfg.data}: no such folder; make the shards with `python -m pipeline.fineweb "
+                f"--out {cfg.data}`, or point --data at them")
+    return False
+
+
+def _shard_tokens(path, report):
+    """Tokens in a shard from its header (.bin) or array header (.npy), or None after a failure."""
+    try:
+        return len(read_shard(path))
+    except (ShardError, OSError) as e:
+        text = str(e) if "regenerate" in str(e) else f"{e}; regenerate it with `python -m pipeline.fineweb`"
+        report.fail(text)
+        return None
+
+
+def check_shards(cfg, report):
+    """Every shard readable; enough training tokens for max_steps; a val shard when evaluating."""
+    try:
+        train, val = list_shards(cfg.data, "train"), list_shards(cfg.data, "val")
+    except ManifestError as e:
+        report.fail(e)
+        return
+    if not train:
+        report.fail(f"--data {cfg.data}: no train shards (*_train_NNNNNN.bin/.npy); make them with "
+                    f"`python -m pipeline.fineweb --out {cfg.data}`")
+    sequences_per_step = cfg.total_batch_size // cfg.seq_len  # the loader's global batch
+    steps_per_epoch, tokens, all_readable = 0, 0, True
+    for path in train:
+        n = _shard_tokens(path, report)
+        if n is None:
+            all_readable = False
+            continue
+        steps = sequences_in(n, cfg.seq_len) // sequences_per_step
+        if steps == 0:  # the loader refuses such a shard: every rank changes shard at the same step
+            all_readable = False
+            report.fail(f"{path}: {n:,} tokens, less than one global batch of {sequences_per_step} x "
+                        f"{cfg.seq_len + 1} tokens; use a smaller --total-batch-size or larger shards "
+                        f"(--shard-tokens)")
+        steps_per_epoch, tokens = steps_per_epoch + steps, tokens + n
+    if train and all_readable:
+        epochs = cfg.max_steps / steps_per_epoch
+        what = (f"--data {cfg.data}: {len(train)} train shard(s), {tokens:,} tokens, {steps_per_epoch:,} "
+                f"steps of {cfg.total_batch_size:,} tokens per epoch")
+        if epochs > 1:
+            report.warn(f"{what}: --max-steps {cfg.max_steps:,} takes {epochs:.2f} epochs (the data "
+                        f"repeats); add shards or lower --max-steps if that is not intended")
+        else:
+            report.ok(f"{what}: --max-steps {cfg.max_steps:,} uses {epochs:.2f} of an epoch")
+    val_tokens = [_shard_tokens(path, report) for path in val]
+    if not cfg.eval_every:
+        return
+    if not val:
+        report.fail(f"--data {cfg.data}: no val shard (*_val_NNNNNN.bin/.npy, shard 0), needed by "
+                    f"--eval-every {cfg.eval_every}; make the shards with `python -m pipeline.fineweb`, "
+                    f"or pass --eval-every 0")
+    elif None not in val_tokens:
+        sequences = sum(sequences_in(n, cfg.seq_len) for n in val_tokens)
+        if sequences == 0:
+            report.fail(f"--data {cfg.data}: the val shards hold less than one sequence of "
+                        f"{cfg.seq_len + 1} tokens; make a larger val shard, or pass --eval-every 0")
+        else:
+            report.ok(f"--data {cfg.data}: validation on {min(sequences * cfg.seq_len, cfg.val_tokens):,} "
+                      f"tokens every {cfg.eval_every} steps")
+
+
+def check_tokenizer(cfg, report):
+    """The shards' tokenizer, loaded offline, or None after a failure."""
+    try:
+        tokenizer = load_tokenizer(cfg.data)
+    except Exception as e:  # GPT-2's BPE files unavailable offline, a bad tokenizer.json, ...
+        report.fail(f"--data {cfg.data}: cannot load its tokenizer offline: {e}")
+        return None
+    if tokenizer.vocab_size > cfg.vocab_size:
+        report.fail(f"the shards in {cfg.data} use a {tokenizer.name} vocabulary of "
+                    f"{tokenizer.vocab_size} tokens, more than the model's --vocab-size "
+                    f"{cfg.vocab_size}; raise --vocab-size")
+    else:
+        report.ok(f"tokenizer: {tokenizer.name} ({tokenizer.vocab_size:,} tokens), loaded offline")
+    return tokenizer
+
+
+def check_hellaswag(cfg, tokenizer, report):
+    """A local HellaSwag file when it is on, whose examples fit the model's context."""
+    if not cfg.hellaswag_every:
+        return
+    import hellaswag
+
+    if cfg.vocab_size < GPT2_VOCAB_SIZE or (tokenizer is not None and tokenizer.name != "gpt2"):
+        report.warn(f"--hellaswag-every {cfg.hellaswag_every}: HellaSwag needs a GPT-2-tokenizer "
+                    f"model and shards: it will be skipped; pass --hellaswag-every 0")
+        return
+    path = Path(cfg.hellaswag_data) if cfg.hellaswag_data else hellaswag.DEFAULT_CACHE_DIR / hellaswag.VAL_FILE
+    if not path.is_file():
+        report.fail(f"HellaSwag data not found at {path} (training never downloads it); run "
+                    f"`python hellaswag.py --download` where there is internet, or pass "
+                    f"--hellaswag-data FILE, or --hellaswag-every 0")
+        return
+    try:
+        examples = hellaswag.load_examples(cfg.hellaswag_data or None, hellaswag.DEFAULT_CACHE_DIR,
+                                           cfg.hellaswag_limit or None, download=False)
+        encoding = get_gpt2_encoding()
+    except hellaswag.HellaSwagUnavailable as e:
+        report.fail(f"{e} (or pass --hellaswag-every 0)")
+        return
+    except RuntimeError:  # no GPT-2 tokenizer: the tokenizer check says so
+        return
+    rendered = [hellaswag.render_example(example, encoding) for example in examples]
+    too_long, truncated = hellaswag.context_overflows(rendered, cfg.block_size)
+    if too_long:
+        report.fail(f"HellaSwag: {too_long} of {len(examples)} examples have an ending longer than the "
+                    f"model's context (--block-size {cfg.block_size}) and cannot be scored; raise "
+                    f"--block-size or pass --hellaswag-every 0")
+    elif truncated:
+        report.warn(f"HellaSwag: {truncated} of {len(examples)} examples are longer than the model's "
+                    f"context (--block-size {cfg.block_size}) and will be left-truncated, as "
+                    f"lm-evaluation-harness does")
+    else:
+        report.ok(f"HellaSwag: {len(examples)} examples in {path}, all within the model's context")
+
+
+def _size(n):
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
+
+
+def check_out_dir(cfg, report):
+    """The run folder (or the folder it will be made in) writable, with room for two checkpoints:
+    a new one is written beside the previous one before that is deleted."""
+    out = Path(cfg.out_dir)
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        report.fail(f"--out-dir {out}: {existing} is a file, not a folder; choose another --out-dir")
+        return
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # permissions alone miss read-only mounts
+            pass
+    except OSError as e:
+        report.fail(f"--out-dir {out}: cannot write in {existing} ({e.strerror or e}); choose a "
+                    f"writable --out-dir")
+        return
+    parameters = count_parameters(cfg.model_config())
+    one = checkpoint_bytes(parameters)
+    free = shutil.disk_usage(existing).free
+    if free < 2 * one:
+        report.fail(f"--out-dir {out}: {_size(free)} free on its disk, but two checkpoints of this "
+                    f"{parameters:,}-parameter model take {_size(2 * one)}; free some space or choose "
+                    f"another --out-dir")
+    else:
+        report.ok(f"--out-dir {out}: writable, {_size(free)} free, a checkpoint takes {_size(one)}")
+
+
+def check_resume(cfg, report):
+    """--resume PATH: a readable checkpoint of this model; auto: the newest one in out_dir is."""
+    if cfg.resume == "never":
+        return
+    if cfg.resume == "auto":
+        found = list_checkpoints(cfg.out_dir)
+        if not found:
+            report.ok(f"--resume auto: no checkpoint in {cfg.out_dir} yet: the run starts at step 0")
+            return
+        path = found[-1]
+        fix = (f"move it aside to resume from {found[-2].name}" if len(found) > 1 else
+               "move it aside") + ", or pass --resume never to start over"
+    else:
+        try:
+            path = resolve_checkpoint(cfg.resume)
+        except CheckpointError as e:
+            report.fail(f"--resume: {e}; pass a checkpoint or run folder, or --resume auto or never")
+            return
+        fix = "pass another --resume checkpoint, or --resume never"
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        report.fail(f"--resume {cfg.resume}: {e}; {fix}")
+        return
+    try:
+        check_compatible(state, cfg.model_config(), path)
+    except CheckpointError as e:  # its message says what to change
+        report.fail(f"--resume {cfg.resume}: {e}")
+        return
+    report.ok(f"--resume {cfg.resume}: {path} (step {state['step']}) is readable and fits this model")
+
+
+def _netrc_has(host):
+    path = os.environ.get("NETRC") or Path.home() / ".netrc"
+    try:
+        return netrc(path).authenticators(host) is not None
+    except (OSError, NetrcParseError):
+        return False
+
+
+def check_wandb(cfg, report):
+    """--wandb: wandb installed; online mode with credentials (an API key or a netrc entry)."""
+    if not cfg.wandb:
+        return
+    if importlib.util.find_spec("wandb") is None:
+        report.fail("--wandb: the wandb package is not installed; pip install wandb, or drop --wandb")
+        return
+    mode = os.environ.get("WANDB_MODE", "online").lower() or "online"
+    if mode in ("offline", "dryrun", "disabled"):
+        report.ok(f"--wandb: WANDB_MODE={mode}: no credentials or network needed")
+        return
+    if mode not in ("online", "run"):
+        report.fail(f"--wandb: WANDB_MODE={mode} is not a wandb mode; use online, offline or disabled")
+        return
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    if os.environ.get("WANDB_API_KEY") or _netrc_has(host):
+        report.ok(f"--wandb: online, credentials for {host} found (reachability is not checked)")
+        return
+    report.fail(f"--wandb: online mode, but no credentials for {host} (WANDB_API_KEY unset, no netrc "
+                f"entry); run `wandb login` or set WANDB_API_KEY, or WANDB_MODE=offline to log to "
+                f"files and `wandb sync` them later")
+
+
+def preflight(cfg):
+    """Run the checks on this rank and print them: errors on stderr ("error: ..."), the rest and
+    a summary on stdout. True when nothing failed. Rank 0 prints; so does the first rank of
+    every other node, its failures only, naming its host (nodes may differ: node-local disks)."""
+    report = run_checks(cfg)
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    if rank == 0:
+        for level, text in report.lines:
+            print(f"{level}: {text}", file=sys.stderr if level == "error" else sys.stdout, flush=True)
+        warnings = sum(level == "warning" for level, _ in report.lines)
+        if report.failures:
+            print(f"preflight: {len(report.failures)} problem(s), nothing started; fix them and run "
+                  f"again", flush=True)
+        else:
+            print(f"preflight: passed ({warnings} warning(s))", flush=True)
+    elif local_rank == 0:
+        for text in report.failures:
+            print(f"error: [{socket.gethostname()} rank {rank}] {text}", file=sys.stderr, flush=True)
+    return not report.failures
 
 
 def main(argv=None):
