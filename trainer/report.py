@@ -73,7 +73,7 @@ def describe_attempt(records):
     start = setup.get("start_step", min(steps, default=0))
     times = [r["time"] for r in records if "time" in r]
     return {"start_step": start, "end_step": max(steps) + 1 if steps else start,
-            "wall_time_s": round(times[-1] - times[0], 3) if len(times) > 1 else None,
+            "wall_time_s": round(times[-1] - times[0], 3) if times else None,
             "started": times[0] if times else None,
             "world_size": setup.get("world_size"), "parallelism": setup.get("parallelism"),
             "git_commit": setup.get("versions", {}).get("git_commit")}
