@@ -10,8 +10,9 @@ process group, DDP/FSDP), checkpoint, evaluation, metrics, signals.
 
 Run folder (--out-dir): config.json, log.jsonl (one JSON object a line: one "setup" record per
 start, train steps, val loss, HellaSwag, samples), ckpt_{step:07d}.pt, DONE once the last step is
-finished. Resuming is automatic (--resume auto): rank 0 picks the newest checkpoint in the run
-folder and the run continues as if never interrupted, on any number of ranks, DDP or FSDP.
+finished, then report.md and report.json (trainer/report.py). Resuming is automatic (--resume
+auto): rank 0 picks the newest checkpoint in the run folder and the run continues as if never
+interrupted, on any number of ranks, DDP or FSDP.
 
 Every start first runs the preflight checks (trainer/preflight.py; alone: --preflight).
 
@@ -43,6 +44,7 @@ from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
 from trainer.preflight import describe_plan, memory_plan, preflight
+from trainer.report import wandb_summary, write_report
 from trainer.signals import StopRequest
 
 EXIT_BAD_INPUT = 2
@@ -280,6 +282,13 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
     if master:
         (out_dir / "DONE").write_text(f"{cfg.max_steps}\n")
         print(f"done: {cfg.max_steps} steps; wrote {out_dir / 'DONE'}")
+        try:  # the run is done whatever happens here: `python -m trainer.report` can redo it
+            report_path, report = write_report(out_dir)
+        except Exception as e:
+            print(f"warning: no run report ({type(e).__name__}: {e}); python -m trainer.report {out_dir}")
+        else:
+            metrics.summarize(wandb_summary(report))
+            print(f"report: {report_path}")
     metrics.finish()
     return 0
 

@@ -8,6 +8,7 @@
 #               GPT-2-vocabulary model, validation loss and samples along the way, a checkpoint
 #   4. sample   python sample.py from the checkpoint (KV-cache generation)
 #   5. plot     python plot.py (loss against steps and tokens)
+# and the run report train_gpt2.py writes at the end (RUN/report.md, python -m trainer.report).
 #
 # Environment: PYTHON (default .venv/bin/python), DEMO_SOURCE (any `--source` the pipeline takes:
 # a .txt/.jsonl/.parquet file or folder, hf:NAME when online; default: the corpus of step 1),
@@ -132,6 +133,7 @@ demo finished in $((SECONDS - START)) s. Validation loss: $VAL.
   log:        $RUN/log.jsonl
   checkpoint: $CKPT
   plot:       $RUN/plot.png
+  report:     $RUN/report.md  (written by train_gpt2.py at the end; python -m trainer.report $RUN)
 The real thing, GPT-2 124M on FineWeb-Edu (10B tokens) on GPUs:
   python -m pipeline.fineweb                          # -> data/edu_fineweb10B (~100 shards)
   torchrun --standalone --nproc_per_node=8 train_gpt2.py

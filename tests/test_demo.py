@@ -25,13 +25,15 @@ def test_demo_runs_end_to_end_and_names_what_it_made(tmp_path):
     out = result.stdout
     for step in ("1/5 corpus", "2/5 shards", "3/5 train", "4/5 sample", "5/5 plot"):
         assert step in out
-    # the closing lines name the shards, log, checkpoint and plot: all of them exist
-    named = dict(re.findall(r"^\s*(shards|log|checkpoint|plot):\s+(\S+)", out, re.MULTILINE))
-    assert set(named) == {"shards", "log", "checkpoint", "plot"}, out[-2000:]
+    # the closing lines name the shards, log, checkpoint, plot and report: all of them exist
+    named = dict(re.findall(r"^\s*(shards|log|checkpoint|plot|report):\s+(\S+)", out, re.MULTILINE))
+    assert set(named) == {"shards", "log", "checkpoint", "plot", "report"}, out[-2000:]
     for path in named.values():
         assert (REPO / path).exists() or Path(path).exists(), path
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(6))
     assert (tmp_path / "run" / "plot.png").read_bytes().startswith(b"\x89PNG")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["finished"] and report["data"]["manifest"] and report["data"]["shards"] > 1
     assert "torchrun --standalone --nproc_per_node=8 train_gpt2.py" in out
     assert "sbatch slurm/train.sbatch" in out

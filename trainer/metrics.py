@@ -5,7 +5,11 @@
     metrics.log({"step": 10, "loss": 3.2})       # rank 0 only; other ranks: no-ops
     metrics.log_samples(10, ["Hello, I'm a ..."])
     checkpoint["wandb_run_id"] = metrics.run_id  # a resumed/requeued job continues the same run
+    metrics.summarize({"final/val_loss": 3.1})   # the run report's headline figures
     metrics.finish()
+
+Every log.jsonl line also gets "time" (unix seconds, when it was written): the run report reads
+wall times from it, across every attempt of a requeued run. wandb keeps its own timestamps.
 
 wandb is imported only when enabled: without --wandb nothing touches it. It logs the resolved
 config, every line given to log() at its "step", samples as a table, and horizontal reference
@@ -19,6 +23,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from pipeline.tokenizer import GPT2_VOCAB_SIZE
@@ -149,8 +154,7 @@ class MetricsLogger:
         """Append one line to log.jsonl; with wandb, log the numbers at metrics["step"]."""
         if self.rank != 0 or self._file is None:
             return
-        self._file.write(json.dumps(metrics, default=_jsonable) + "\n")
-        self._file.flush()
+        self._write(metrics)
         if self._run is not None:
             data = {k: _jsonable(v) if hasattr(v, "item") else v
                     for k, v in metrics.items() if k != "step" and v is not None}
@@ -163,8 +167,7 @@ class MetricsLogger:
         where. wandb gets it in the run's config."""
         if self.rank != 0 or self._file is None:
             return
-        self._file.write(json.dumps({"setup": setup}, default=_jsonable) + "\n")
-        self._file.flush()
+        self._write({"setup": setup})
         if self._run is not None:
             self._wandb_call(self._run.config.update, {"setup": setup}, allow_val_change=True)
 
@@ -173,12 +176,22 @@ class MetricsLogger:
         if self.rank != 0 or self._file is None:
             return
         samples = [str(s) for s in samples]
-        self._file.write(json.dumps({"step": step, "samples": samples}) + "\n")
-        self._file.flush()
+        self._write({"step": step, "samples": samples})
         if self._run is not None:
             table = self._wandb.Table(columns=["step", "index", "text"],
                                       data=[[step, i, text] for i, text in enumerate(samples)])
             self._wandb_call(self._run.log, {"samples": table}, step=int(step))
+
+    def summarize(self, summary):
+        """Put the run's headline figures (the run report's) in the wandb run's summary, where
+        the runs table shows them; None values are left out. log.jsonl is not touched."""
+        if self.rank != 0 or self._run is None:
+            return
+        self._wandb_call(self._run.summary.update, {k: v for k, v in summary.items() if v is not None})
+
+    def _write(self, record):
+        self._file.write(json.dumps({**record, "time": round(time.time(), 3)}, default=_jsonable) + "\n")
+        self._file.flush()
 
     def _wandb_call(self, fn, *args, **kwargs):
         """wandb must never stop training: e.g. a SIGTERM to every process of a Slurm step also

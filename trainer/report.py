@@ -1,0 +1,391 @@
+"""The run report: RUN/report.md and RUN/report.json, written from the run folder alone.
+
+    python -m trainer.report runs/gpt2-124m     # any run folder, finished or not
+    path, report = write_report(run_dir)        # train_gpt2.py, at the end of a finished run
+
+Everything needed to write up a run and rerun it: the command line and resolved config, commit,
+package versions, hardware, data (the shard folder's manifest.json when it can be found), tokens
+trained on and epochs, wall time, tokens/s and MFU, final and best validation loss and bits per
+byte, HellaSwag beside the reference models scored the same way, the plot, the final checkpoint
+and the commands that sample from it, export it and resume it.
+
+Sources: config.json, log.jsonl and the checkpoints. Each {"setup"} record of log.jsonl starts an
+attempt (a preempted and requeued, or stopped and resumed, run has several); every line carries
+the unix "time" it was written, so an attempt's wall time runs from its setup record to its last
+line (steps a crash lost after the last checkpoint are trimmed from the log, and their time with
+them). HellaSwag: the figures logged in training are build-nanogpt's "default" (completion) style;
+`hellaswag.py --json` results saved as RUN/hellaswag_*.json (e.g. the harness style, the command
+is in the report) are reported beside them.
+"""
+
+import json
+import shlex
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from trainer.checkpoint import list_checkpoints
+
+STYLE_NAMES = {"default": "build-nanogpt's completion scoring",
+               "harness": "lm-evaluation-harness's scoring"}
+
+
+class NotARun(ValueError):
+    """The folder holds no train_gpt2.py run; the message says what to pass instead."""
+
+
+def read_run(run_dir):
+    """(config dict, [log records]) of a run folder; a line torn by a kill is skipped."""
+    run_dir = Path(run_dir)
+    log, config = run_dir / "log.jsonl", run_dir / "config.json"
+    if not (log.is_file() and config.is_file()):
+        raise NotARun(f"{run_dir} is not a run folder (no log.jsonl and config.json): pass the "
+                      f"--out-dir of a train_gpt2.py run")
+    records = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    try:
+        return json.loads(config.read_text()), records
+    except ValueError as e:
+        raise NotARun(f"{config}: unreadable ({e}); rewrite it from a checkpoint's config") from None
+
+
+def split_attempts(records):
+    """One list of records per start of the run: each {"setup"} record begins an attempt (lines
+    before any setup record, from a log that predates them, form an attempt of their own)."""
+    attempts = []
+    for record in records:
+        if "setup" in record or not attempts:
+            attempts.append([])
+        attempts[-1].append(record)
+    return attempts
+
+
+def describe_attempt(records):
+    setup = records[0].get("setup", {})
+    steps = [r["step"] for r in records if "loss" in r]
+    start = setup.get("start_step", min(steps, default=0))
+    times = [r["time"] for r in records if "time" in r]
+    return {"start_step": start, "end_step": max(steps) + 1 if steps else start,
+            "wall_time_s": round(times[-1] - times[0], 3) if times else None,
+            "started": times[0] if times else None,
+            "world_size": setup.get("world_size"), "parallelism": setup.get("parallelism"),
+            "git_commit": setup.get("versions", {}).get("git_commit")}
+
+
+def throughput(attempts, tokens_per_step):
+    """Tokens/s over the training steps (not evaluations), and the mean MFU when it is known;
+    each attempt's first step (compilation, warm-up) is left out, as the progress line's ETA
+    does, unless it is the attempt's only step."""
+    steps = []
+    for records in attempts:
+        train = [r for r in records if "loss" in r and "ms" in r]
+        steps += train[1:] or train
+    if not steps:
+        return None, None
+    seconds = sum(r["ms"] for r in steps) / 1000
+    mfus = [r.get("mfu") for r in steps]
+    mfu = sum(mfus) / len(mfus) if all(m is not None for m in mfus) else None
+    return tokens_per_step * len(steps) / seconds, mfu
+
+
+def final_and_best(records, key, better=min):
+    """({"step", key} of the last record with `key`, of the best: the lowest loss, or with
+    better=max the highest accuracy; the earliest step on a tie). Later lines win for a step."""
+    by_step = {r["step"]: r[key] for r in records if r.get(key) is not None}
+    if not by_step:
+        return None, None
+    last = max(by_step)
+    best = better(sorted(by_step), key=by_step.get)
+    return {"step": last, key: by_step[last]}, {"step": best, key: by_step[best]}
+
+
+def find_manifest(data, run_dir):
+    """The shard folder's manifest.json: `data` as given (absolute, or relative to here or to the
+    repository that holds runs/RUN), or None."""
+    for folder in (Path(data), Path(run_dir).resolve().parent.parent / data):
+        if (folder / "manifest.json").is_file():
+            try:
+                return json.loads((folder / "manifest.json").read_text())
+            except ValueError:
+                return None
+    return None
+
+
+def describe_data(config, run_dir, tokens_trained, last_epoch):
+    manifest = find_manifest(config["data"], run_dir) or {}
+    shards = manifest.get("shards", [])
+    train_tokens = sum(s["tokens"] for s in shards if s.get("split") == "train") or None
+    return {"path": config["data"], "manifest": bool(manifest), "source": manifest.get("source"),
+            "fingerprint": manifest.get("fingerprint"), "tokenizer": manifest.get("tokenizer"),
+            "shards": len(shards) or None, "train_tokens": train_tokens,
+            "tokens_trained": tokens_trained,
+            "epochs": tokens_trained / train_tokens if train_tokens else None,
+            "loader_epoch": last_epoch}
+
+
+def hellaswag_results(records, run_dir, config):
+    """[{style, source, step, acc_norm, acc, n, best_*, references}]: the in-training figures,
+    then every hellaswag_*.json in the run folder (hellaswag.py --json)."""
+    import hellaswag
+
+    def references(style):
+        refs = hellaswag.references_for(config["n_layer"], config["n_embd"], style)
+        return refs or [(f"{label} (GPT-2 124M's size, not this model's)", acc)
+                        for label, acc in hellaswag.references_for(12, 768, style)]
+
+    results = []
+    final, best = final_and_best(records, "hellaswag_acc_norm", better=max)
+    if final:
+        row = next(r for r in reversed(records) if r.get("step") == final["step"]
+                   and "hellaswag_acc_norm" in r)
+        results.append({"style": "default", "source": "training (log.jsonl)", "step": final["step"],
+                        "acc_norm": row["hellaswag_acc_norm"], "acc": row.get("hellaswag_acc"),
+                        "n": row.get("hellaswag_n"), "best_acc_norm": best["hellaswag_acc_norm"],
+                        "best_step": best["step"]})
+    for path in sorted(Path(run_dir).glob("hellaswag*.json")):
+        try:
+            scored = json.loads(path.read_text())
+            results.append({"style": scored["style"], "source": path.name, "step": None,
+                            "acc_norm": scored["acc_norm"], "acc": scored["acc"], "n": scored["n"]})
+        except (ValueError, KeyError, TypeError):
+            print(f"warning: {path} is not the output of `hellaswag.py --json`; left out",
+                  file=sys.stderr)
+    for result in results:
+        result["style_means"] = STYLE_NAMES.get(result["style"], result["style"])
+        result["references"] = [list(ref) for ref in references(result["style"])] \
+            if result["style"] in hellaswag.STYLES else []
+    return results
+
+
+def ensure_plot(run_dir):
+    """RUN/plot.png, written by plot.py when missing or older than log.jsonl; None if no plot."""
+    import plot
+
+    png = Path(run_dir) / "plot.png"
+    if not png.exists() or png.stat().st_mtime < (Path(run_dir) / "log.jsonl").stat().st_mtime:
+        try:
+            plot.plot([run_dir], png)
+        except (ValueError, OSError) as e:
+            print(f"warning: no plot ({e})", file=sys.stderr)
+            return None
+    return png.name
+
+
+def launcher(world_size, hosts):
+    if world_size <= 1:
+        return "python"
+    if hosts > 1:
+        return f"torchrun --nnodes={hosts} --nproc_per_node={world_size // hosts} --rdzv_endpoint=HOST:29500"
+    return f"torchrun --standalone --nproc_per_node={world_size}"
+
+
+def commands(run_dir, setup, config, checkpoint, hosts):
+    """Shell lines, runnable from where the run was launched."""
+    run = str(run_dir)
+    start = launcher(setup.get("world_size") or 1, hosts)
+    argv = setup.get("command") or ["train_gpt2.py"]
+    found = {"train": f"{start} {shlex.join(argv)}"}
+    if checkpoint:
+        found.update(
+            sample=f"python sample.py --checkpoint {shlex.quote(checkpoint)}",
+            export=f"python hf_gpt2.py export {shlex.quote(checkpoint)} {shlex.quote(run + '/hf')}",
+            resume=f"{start} train_gpt2.py --config {shlex.quote(run + '/config.json')} "
+                   f"--resume {shlex.quote(checkpoint)} --max-steps {config['max_steps']}",
+            hellaswag=f"python hellaswag.py --checkpoint {shlex.quote(checkpoint)} --style harness "
+                      f"--json > {shlex.quote(run + '/hellaswag_harness.json')}")
+    return found
+
+
+def build_report(run_dir):
+    """The report as a dict of plain JSON values (report.json)."""
+    run_dir = Path(run_dir)
+    config, records = read_run(run_dir)
+    attempts = split_attempts(records)
+    setups = [r["setup"] for r in records if "setup" in r]
+    setup = setups[-1] if setups else {}
+    described = [describe_attempt(a) for a in attempts]
+    train_steps = [r["step"] for r in records if "loss" in r]
+    steps_done = max(train_steps) + 1 if train_steps else 0
+    last_epoch = next((r["epoch"] for r in reversed(records) if "epoch" in r), None)
+    tokens_per_s, mfu = throughput(attempts, config["total_batch_size"])
+    walls = [a["wall_time_s"] for a in described]
+    checkpoints = list_checkpoints(run_dir)
+    checkpoint = str(checkpoints[-1]) if checkpoints else None
+    devices = setup.get("devices") or []
+    hosts = len({d.split(": ", 1)[0] for d in devices}) or 1
+    versions = dict(setup.get("versions") or {})
+    val_loss, best_loss = final_and_best(records, "val_loss")
+    val_bpb, best_bpb = final_and_best(records, "val_bpb")
+    return {
+        "run_dir": str(run_dir),
+        "finished": (run_dir / "DONE").exists(),
+        "steps": {"done": steps_done, "max_steps": config["max_steps"]},
+        "command": commands(run_dir, setup, config, None, hosts)["train"],
+        "config": config,
+        "code": {"git_commit": versions.pop("git_commit", None),
+                 "git_dirty": versions.pop("git_dirty", None)},
+        "versions": versions,
+        "model": {"parameters": setup.get("parameters"),
+                  **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}},
+        "hardware": {"devices": devices, "device_count": len(devices), "hosts": hosts,
+                     "world_size": setup.get("world_size"), "parallelism": setup.get("parallelism"),
+                     "precision": setup.get("precision")},
+        "data": describe_data(config, run_dir, steps_done * config["total_batch_size"], last_epoch),
+        "time": {"wall_time_s": round(sum(walls), 3) if None not in walls else None,
+                 "attempts": described, "requeues": len(described) - 1},
+        "throughput": {"tokens_per_s": tokens_per_s, "mfu": mfu},
+        "validation": {"final": {**(val_loss or {}), **({"val_bpb": val_bpb["val_bpb"]} if val_bpb else {})}
+                       or None,
+                       "best_loss": best_loss, "best_bpb": best_bpb},
+        "hellaswag": hellaswag_results(records, run_dir, config),
+        "plot": ensure_plot(run_dir),
+        "checkpoint": {"path": checkpoint, "step": int(Path(checkpoint).stem[5:])} if checkpoint else None,
+        "commands": commands(run_dir, setup, config, checkpoint, hosts),
+        "written": time.time(),
+    }
+
+
+def wandb_summary(report):
+    """The report's headline figures as flat wandb summary keys."""
+    final, hs = report["validation"]["final"] or {}, report["hellaswag"]
+    in_training = next((h for h in hs if h["step"] is not None), {})
+    return {"report/val_loss": final.get("val_loss"), "report/val_bpb": final.get("val_bpb"),
+            "report/best_val_loss": (report["validation"]["best_loss"] or {}).get("val_loss"),
+            "report/best_val_bpb": (report["validation"]["best_bpb"] or {}).get("val_bpb"),
+            "report/hellaswag_acc_norm": in_training.get("acc_norm"),
+            "report/hellaswag_acc": in_training.get("acc"),
+            "report/tokens_trained": report["data"]["tokens_trained"],
+            "report/epochs": report["data"]["epochs"],
+            "report/wall_time_s": report["time"]["wall_time_s"],
+            "report/tokens_per_s": report["throughput"]["tokens_per_s"],
+            "report/mfu": report["throughput"]["mfu"],
+            "report/attempts": len(report["time"]["attempts"]),
+            "report/requeues": report["time"]["requeues"],
+            "report/checkpoint": (report["checkpoint"] or {}).get("path")}
+
+
+def duration(seconds):
+    if seconds is None:
+        return "unknown (log.jsonl lines without \"time\")"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s"
+
+
+def number(value, fmt="{:.4f}"):
+    return "n/a" if value is None else fmt.format(value)
+
+
+def render_markdown(r):
+    """report.md: the headline table first, then attempts, HellaSwag, commands, provenance."""
+    cfg, data, val, hw, model = r["config"], r["data"], r["validation"], r["hardware"], r["model"]
+    final = val["final"] or {}
+    status = "finished" if r["finished"] else "not finished"
+    epochs = f" = {data['epochs']:.2f} epochs of {data['train_tokens']:,} train tokens" \
+        if data["epochs"] is not None else ""
+    devices = ", ".join(f"{n} x {name}" for name, n in
+                        Counter(d.split(": ", 1)[-1] for d in hw["devices"]).items()) or "unknown"
+    commit = r["code"]["git_commit"] or "unknown (not a git checkout)"
+    dirty = " (dirty: uncommitted changes to tracked files)" if r["code"]["git_dirty"] else ""
+    mfu = number(r["throughput"]["mfu"], "{:.1%}") if r["throughput"]["mfu"] is not None else \
+        "n/a (peak FLOP/s unknown for this device: --peak-flops)"
+    params = f"{model['parameters']:,}" if model["parameters"] else "?"
+    lines = [
+        f"# Run report: {Path(r['run_dir']).resolve().name}", "",
+        f"`{r['run_dir']}`, {status}: {r['steps']['done']:,} of {r['steps']['max_steps']:,} steps. "
+        f"Rewrite with `python -m trainer.report {r['run_dir']}`.", "",
+        "| | |", "|---|---|",
+        f"| validation loss | {number(final.get('val_loss'))} at step {final.get('step', 'n/a')} "
+        f"(best {number((val['best_loss'] or {}).get('val_loss'))} at step "
+        f"{(val['best_loss'] or {}).get('step', 'n/a')}) |",
+        f"| validation bits per byte | {number(final.get('val_bpb'))} (best "
+        f"{number((val['best_bpb'] or {}).get('val_bpb'))} at step "
+        f"{(val['best_bpb'] or {}).get('step', 'n/a')}) |",
+    ]
+    for h in r["hellaswag"]:
+        refs = ", ".join(f"{label} {acc}" for label, acc in h["references"]) or "none"
+        lines.append(f"| HellaSwag acc_norm, {h['style']} style ({h['source']}) | "
+                     f"{number(h['acc_norm'])} (acc {number(h['acc'])}, {h['n']} examples); "
+                     f"same style: {refs} |")
+    if not r["hellaswag"]:
+        lines.append("| HellaSwag | not run (--hellaswag-every 0, or no GPT-2-vocabulary model) |")
+    lines += [
+        f"| tokens trained on | {data['tokens_trained']:,}{epochs} |",
+        f"| wall time | {duration(r['time']['wall_time_s'])} over {len(r['time']['attempts'])} "
+        f"attempt(s), {r['time']['requeues']} requeue(s)/restart(s) |",
+        f"| throughput | {number(r['throughput']['tokens_per_s'], '{:,.0f}')} tokens/s "
+        f"(training steps); MFU {mfu} |",
+        f"| model | {params} parameters: {model['n_layer']} layers, {model['n_head']} heads, "
+        f"{model['n_embd']} wide, context {model['block_size']}, vocab {model['vocab_size']} |",
+        f"| hardware | {devices} on {hw['hosts']} host(s); {hw['world_size']} rank(s), "
+        f"{(hw['parallelism'] or '?').upper()}; {hw['precision']} |",
+        f"| data | `{data['path']}`: " + (
+            f"source {data['source']}, fingerprint `{data['fingerprint']}`, tokenizer "
+            f"{data['tokenizer']}, {data['shards']} shards |" if data["manifest"] else
+            "no manifest.json found (shards not on this machine, or not written by the pipeline) |"),
+        f"| code | commit `{commit}`{dirty} |",
+        f"| final checkpoint | `{(r['checkpoint'] or {}).get('path', 'none')}` |",
+    ]
+    lines += ["", "## Attempts", "",
+              "| # | started (UTC) | steps | wall time | ranks | commit |", "|---|---|---|---|---|---|"]
+    for i, a in enumerate(r["time"]["attempts"], 1):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a["started"])) if a["started"] else "?"
+        lines.append(f"| {i} | {started} | {a['start_step']} -> {a['end_step']} | "
+                     f"{duration(a['wall_time_s'])} | {a['world_size']} {a['parallelism'] or ''} | "
+                     f"`{(a['git_commit'] or '?')[:12]}` |")
+    if r["hellaswag"]:
+        lines += ["", "HellaSwag styles: " + "; ".join(
+            f"{style}: {STYLE_NAMES[style]}" for style in STYLE_NAMES) +
+            ". Figures are comparable only within a style; references are for the full 10,042 "
+            "validation examples (the GPT-3 paper's own evaluation for GPT-3)."]
+    if r["plot"]:
+        lines += ["", "## Plot", "", f"![loss, bits per byte and HellaSwag]({r['plot']})"]
+    lines += ["", "## Commands", "", "```bash", "# the run as launched", r["command"]]
+    for key, comment in (("sample", "sample from the final checkpoint"),
+                         ("export", "export it as a Hugging Face GPT2LMHeadModel folder"),
+                         ("resume", "resume from it (raise --max-steps to train further)"),
+                         ("hellaswag", "HellaSwag in the harness style, added to this report")):
+        if key in r["commands"]:
+            lines += [f"# {comment}", r["commands"][key]]
+    lines += ["```", "", "## Versions", "",
+              ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v) or "not recorded",
+              "", "## Resolved config", "", "```json", json.dumps(cfg, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir):
+    """Write RUN/report.md and RUN/report.json; return (report.md path, report dict)."""
+    run_dir = Path(run_dir)
+    report = build_report(run_dir)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    path = run_dir / "report.md"
+    path.write_text(render_markdown(report))
+    return path, report
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m trainer.report RUN_DIR  (writes RUN_DIR/report.md and report.json)",
+              file=sys.stderr)
+        return 2
+    try:
+        path, _ = write_report(argv[0])
+    except NotARun as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
