@@ -492,3 +492,37 @@ def test_rank0_downloads_while_other_ranks_wait_then_read(tmp_path):
     assert [ln for ln in lines if "read" in ln] == [f"rank {r} read {hellaswag.NUM_VAL_EXAMPLES}" for r in (0, 1)]
     assert requests_seen == [f"/{hellaswag.VAL_FILE}"]  # rank 0 only
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [hellaswag.VAL_FILE]  # no temp file left
+
+
+def test_lm_evaluation_harness_scores_an_export_as_hellaswag_py_does(tmp_path, examples, enc, monkeypatch):
+    """EleutherAI's lm-evaluation-harness, with its own HellaSwag preprocessing, on a
+    `hf_gpt2.py export` folder given no extra arguments, offline: the same log-likelihoods as
+    `hellaswag.py --style harness` on the checkpoint, so the same answers and accuracies."""
+    import datasets
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks.hellaswag.utils import process_docs
+
+    from model import GPT, GPTConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(block_size=128, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():  # a wider init than GPT-2's: answers that differ between endings
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    export_hf(model, tmp_path / "hf")
+    ours = evaluate(lambda idx: model(idx)[0], examples, enc, "harness", batch_size=4, max_length=128)
+
+    lm = HFLM(pretrained=str(tmp_path / "hf"), device="cpu", batch_size=4)
+    docs = process_docs(datasets.Dataset.from_list([{k: ex[k] for k in
+                                                     ("ctx_a", "ctx_b", "activity_label", "endings", "label")}
+                                                    for ex in examples]))
+    requests = [Instance("loglikelihood", doc, (doc["query"], " " + choice), idx)
+                for doc in docs for idx, choice in enumerate(doc["choices"])]
+    results = lm.loglikelihood(requests)
+    for i, doc in enumerate(docs):
+        harness_ll = [ll for ll, _ in results[4 * i : 4 * i + 4]]
+        assert harness_ll == pytest.approx(ours["predictions"][i][2], abs=5e-5)
+        pred_norm = max(range(4), key=lambda k: harness_ll[k] / len(doc["choices"][k]))
+        assert ours["predictions"][i][1] == pred_norm
