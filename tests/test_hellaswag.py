@@ -76,17 +76,20 @@ def data_file(examples, tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
+def random_hf_gpt2(path, context, seed):
     """A random GPT2LMHeadModel folder; a wide init so the predictions are not all 'shortest'."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=2,
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=50257, n_positions=context, n_embd=32, n_layer=2, n_head=2,
                         initializer_range=0.2)
-    path = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
     GPT2LMHeadModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return random_hf_gpt2(tmp_path_factory.mktemp("hf") / "tiny-gpt2", context=128, seed=0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -342,14 +345,7 @@ def harness_loglikelihood(hf, context_enc, continuation_enc, max_length):
 def short_context_hf_dir(tmp_path_factory):
     """A random GPT-2 with a 40-token context: shorter than some examples (up to 57 tokens),
     longer than every ending (up to 27)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(2)
-    config = GPT2Config(vocab_size=50257, n_positions=40, n_embd=32, n_layer=2, n_head=2,
-                        initializer_range=0.2)
-    path = tmp_path_factory.mktemp("hf") / "short-context"
-    GPT2LMHeadModel(config).save_pretrained(path)
-    return path
+    return random_hf_gpt2(tmp_path_factory.mktemp("hf") / "short-context", context=40, seed=2)
 
 
 @pytest.mark.parametrize("style", hellaswag.STYLES)
