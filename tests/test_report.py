@@ -168,8 +168,9 @@ def test_stopped_and_resumed_run_reports_both_attempts(char_shards, tmp_path):
 
 
 def test_hellaswag_styles_and_their_references(char_shards, tmp_path):
-    """In-training HellaSwag (default style) and a saved `hellaswag.py --json` result (harness
-    style), each beside the references scored the same way for the run's model size."""
+    """In-training HellaSwag (default style, and harness style at the last step) and a saved
+    `hellaswag.py --json` result, each beside the references scored the same way for the run's
+    model size."""
     run = tmp_path / "run"
     run.mkdir()
     config = {"data": str(char_shards), "max_steps": 2, "total_batch_size": 64, "n_layer": 12,
@@ -180,19 +181,23 @@ def test_hellaswag_styles_and_their_references(char_shards, tmp_path):
              {"step": 0, "loss": 9.0, "ms": 500.0, "tokens_per_s": 128.0, "mfu": None, "epoch": 0, "time": 101.5},
              {"step": 1, "loss": 8.0, "ms": 400.0, "tokens_per_s": 160.0, "mfu": None, "epoch": 0, "time": 102.0},
              {"step": 1, "hellaswag_acc_norm": 0.3, "hellaswag_acc": 0.27, "hellaswag_n": 40, "time": 102.5},
-             {"step": 2, "hellaswag_acc_norm": 0.28, "hellaswag_acc": 0.29, "hellaswag_n": 40, "time": 103.0}]
+             {"step": 2, "hellaswag_acc_norm": 0.28, "hellaswag_acc": 0.29, "hellaswag_n": 40, "time": 103.0},
+             {"step": 2, "hellaswag_harness_acc_norm": 0.31, "hellaswag_harness_acc": 0.3,
+              "hellaswag_harness_n": 40, "time": 103.5}]
     (run / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     harness = {"acc": 0.24, "acc_norm": 0.27, "n": 40, "correct": 10, "correct_norm": 11,
                "truncated": 0, "style": "harness"}
     (run / "hellaswag_harness.json").write_text(json.dumps(harness))
     _, report = write_report(run)
-    trained, scored = report["hellaswag"]
+    trained, trained_harness, scored = report["hellaswag"]
     assert (trained["style"], trained["step"], trained["acc_norm"], trained["acc"]) == ("default", 2, 0.28, 0.29)
+    assert (trained_harness["style"], trained_harness["step"], trained_harness["acc_norm"]) == ("harness", 2, 0.31)
+    assert trained_harness["references"] == [list(r) for r in hellaswag.references_for(12, 768, "harness")]
     assert (trained["best_step"], trained["best_acc_norm"]) == (1, 0.3)
     assert (scored["style"], scored["acc_norm"], scored["acc"], scored["n"]) == ("harness", 0.27, 0.24, 40)
     assert trained["references"] == [list(r) for r in hellaswag.references_for(12, 768, "default")]
     assert scored["references"] == [list(r) for r in hellaswag.references_for(12, 768, "harness")]
-    assert report["time"]["wall_time_s"] == 3.0 and report["throughput"]["tokens_per_s"] == 160.0
+    assert report["time"]["wall_time_s"] == 3.5 and report["throughput"]["tokens_per_s"] == 160.0
     md = (run / "report.md").read_text()
     assert "HellaSwag acc_norm, default style (training (log.jsonl)) | 0.2800" in md
     assert "HellaSwag acc_norm, harness style (hellaswag_harness.json) | 0.2700" in md

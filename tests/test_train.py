@@ -308,7 +308,10 @@ def test_hellaswag_hook_runs_and_a_missing_file_is_refused_at_start(tmp_path, ca
     rows = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     scored = [r for r in rows if "hellaswag_acc_norm" in r]
     assert [r["step"] for r in scored] == [0, 1, 2] and all(r["hellaswag_n"] == 3 for r in scored)
-    assert "HellaSwag acc_norm" in capsys.readouterr().out
+    harness = [r for r in rows if "hellaswag_harness_acc_norm" in r]  # both styles at the end
+    assert [(r["step"], r["hellaswag_harness_n"]) for r in harness] == [(2, 3)]
+    out = capsys.readouterr().out
+    assert "HellaSwag (default style) acc_norm" in out and "HellaSwag (harness style) acc_norm" in out
     assert in_process(argv + ["--out-dir", str(tmp_path / "b"),
                               "--hellaswag-data", str(tmp_path / "missing.jsonl")]) == 2
     assert "python hellaswag.py --download" in capsys.readouterr().err

@@ -56,17 +56,23 @@ class Evaluator:
                         print(f"sample: {text!r}")
                     self.metrics.log_samples(step, samples)
         if self.hellaswag_examples and (step % cfg.hellaswag_every == 0 or last_step):
-            result = self.hellaswag()
-            self.metrics.log({"step": step, "hellaswag_acc_norm": result["acc_norm"],
-                              "hellaswag_acc": result["acc"], "hellaswag_n": result["n"]})
-            if master:
-                import hellaswag
+            # build-nanogpt's scoring every time; lm-evaluation-harness's too at the end, so the
+            # run report holds both
+            for style in ("default", "harness") if last_step else ("default",):
+                self.log_hellaswag(step, style, self.hellaswag(style))
 
-                shape = self.parallel.module.config
-                refs = "; ".join(f"{label}: {acc}" for label, acc in
-                                 hellaswag.references_for(shape.n_layer, shape.n_embd))
-                print(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} on "
-                      f"{result['n']} examples" + (f" ({refs})" if refs else ""))
+    def log_hellaswag(self, step, style, result):
+        prefix = "hellaswag" if style == "default" else f"hellaswag_{style}"
+        self.metrics.log({"step": step, f"{prefix}_acc_norm": result["acc_norm"],
+                          f"{prefix}_acc": result["acc"], f"{prefix}_n": result["n"]})
+        if self.runtime.master:
+            import hellaswag
+
+            shape = self.parallel.module.config
+            refs = "; ".join(f"{label}: {acc}" for label, acc in
+                             hellaswag.references_for(shape.n_layer, shape.n_embd, style))
+            print(f"step {step:5d} | HellaSwag ({style} style) acc_norm {result['acc_norm']:.4f} on "
+                  f"{result['n']} examples" + (f" ({refs})" if refs else ""))
 
     @torch.no_grad()
     def validation_loss(self):
@@ -120,11 +126,11 @@ class Evaluator:
                                                 vocab_size=tokenizer.vocab_size)
         return [tokenizer.decode(row.tolist()) for row in out]
 
-    def hellaswag(self):
+    def hellaswag(self, style):
         import hellaswag
 
         # each rank scores its share, the counts are summed
-        return hellaswag.evaluate_gpt(self.parallel.module, self.hellaswag_examples,
+        return hellaswag.evaluate_gpt(self.parallel.module, self.hellaswag_examples, style=style,
                                       device=self.runtime.device, autocast_dtype=self.autocast_dtype,
                                       lockstep=self.parallel.lockstep)
 

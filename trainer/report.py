@@ -13,9 +13,9 @@ Sources: config.json, log.jsonl and the checkpoints. Each {"setup"} record of lo
 attempt (a preempted and requeued, or stopped and resumed, run has several); every line carries
 the unix "time" it was written, so an attempt's wall time runs from its setup record to its last
 line (steps a crash lost after the last checkpoint are trimmed from the log, and their time with
-them). HellaSwag: the figures logged in training are build-nanogpt's "default" (completion) style;
-`hellaswag.py --json` results saved as RUN/hellaswag_*.json (e.g. the harness style, the command
-is in the report) are reported beside them.
+them). HellaSwag: training logs build-nanogpt's "default" (completion) style at every evaluation
+and lm-evaluation-harness's style too at the last step; `hellaswag.py --json` results saved as
+RUN/hellaswag_*.json (the command is in the report) are reported beside them.
 """
 
 import json
@@ -141,14 +141,15 @@ def hellaswag_results(records, run_dir, config):
                         for label, acc in hellaswag.references_for(12, 768, style)]
 
     results = []
-    final, best = final_and_best(records, "hellaswag_acc_norm", better=max)
-    if final:
-        row = next(r for r in reversed(records) if r.get("step") == final["step"]
-                   and "hellaswag_acc_norm" in r)
-        results.append({"style": "default", "source": "training (log.jsonl)", "step": final["step"],
-                        "acc_norm": row["hellaswag_acc_norm"], "acc": row.get("hellaswag_acc"),
-                        "n": row.get("hellaswag_n"), "best_acc_norm": best["hellaswag_acc_norm"],
-                        "best_step": best["step"]})
+    for style, prefix in (("default", "hellaswag"), ("harness", "hellaswag_harness")):
+        final, best = final_and_best(records, f"{prefix}_acc_norm", better=max)
+        if final:
+            row = next(r for r in reversed(records) if r.get("step") == final["step"]
+                       and f"{prefix}_acc_norm" in r)
+            results.append({"style": style, "source": "training (log.jsonl)", "step": final["step"],
+                            "acc_norm": row[f"{prefix}_acc_norm"], "acc": row.get(f"{prefix}_acc"),
+                            "n": row.get(f"{prefix}_n"), "best_acc_norm": best[f"{prefix}_acc_norm"],
+                            "best_step": best["step"]})
     for path in sorted(Path(run_dir).glob("hellaswag*.json")):
         try:
             scored = json.loads(path.read_text())
