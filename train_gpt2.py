@@ -138,15 +138,7 @@ def prepare_data(cfg, runtime):
                                    runtime.world_size, tokens=cfg.val_tokens)
         except LoaderError as e:
             raise BadInput(f"{e} (or pass --eval-every 0 to train without validation)") from None
-    try:  # on every rank: all must take the same decisions
-        tokenizer = load_tokenizer(cfg.data)
-    except Exception as e:  # e.g. GPT-2's BPE files unavailable offline
-        print(f"warning: no tokenizer for {cfg.data} ({e}); samples are off")
-        tokenizer = None
-    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
-        raise BadInput(f"the shards in {cfg.data} use a {tokenizer.name} vocabulary of "
-                       f"{tokenizer.vocab_size} tokens, more than the model's --vocab-size "
-                       f"{cfg.vocab_size}; raise --vocab-size")
+    tokenizer = load_tokenizer(cfg.data)  # the preflight checked it loads and fits --vocab-size
     return dict(grad_accum=grad_accum, train_loader=train_loader, val_loader=val_loader,
                 tokenizer=tokenizer)
 
@@ -169,15 +161,8 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
     # after wrapping: under FSDP the optimizer holds this rank's shards only
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
                                           cfg.eps, device.type, verbose=master)
-    if probe_micro_batch:  # the largest micro-batch whose training step fits on every GPU
-        def fits(b):
-            batch_size.try_training_step(parallel, optimizer, b, cfg.seq_len, cfg.vocab_size, amp_dtype)
-
-        micro_batch, micro_batch_why = batch_size.choose(replace(cfg, micro_batch_size="auto"),
-                                                               runtime, fits)
-        if micro_batch != cfg.micro_batch_size:
-            cfg = replace(cfg, micro_batch_size=micro_batch)
-            data = prepare_data(cfg, runtime)
+    if probe_micro_batch:
+        cfg, data, micro_batch_why = fit_micro_batch(cfg, runtime, parallel, optimizer, amp_dtype, data)
     grad_accum, train_loader = data["grad_accum"], data["train_loader"]
     torch.manual_seed(cfg.seed + runtime.rank)  # then per-rank randomness (dropout)
 
@@ -191,39 +176,18 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.json")
-        print(json.dumps(cfg.to_dict(), indent=1))
-        print(f"{model.num_params():,} parameters; {runtime.world_size} rank(s) "
-              f"{'FSDP' if cfg.fsdp else 'DDP' if runtime.distributed else ''} x {grad_accum} "
-              f"accumulation step(s) x {cfg.micro_batch_size} x {cfg.seq_len} tokens = "
-              f"{cfg.total_batch_size:,} tokens/step; {len(train_loader)} steps/epoch; {precision}")
-        print(f"micro-batch {cfg.micro_batch_size}: {micro_batch_why}")
         (out_dir / "DONE").unlink(missing_ok=True)
         trim_log(out_dir / "log.jsonl", start_step)
     metrics = MetricsLogger(out_dir, cfg.to_dict(), runtime.rank, wandb_enabled=cfg.wandb,
                             wandb_project=cfg.wandb_project, wandb_run_name=cfg.wandb_run_name or None,
                             wandb_run_id=wandb_run_id)
-    state_bytes = parallel.state_bytes(optimizer)
-    plan = memory_plan(cfg, runtime.world_size, model.num_params())
-    if master:
-        print("\n".join(describe_plan({**plan, **state_bytes}, cfg, runtime.world_size)))
-    metrics.log_setup({"world_size": runtime.world_size, "parallelism": "fsdp" if cfg.fsdp else "ddp",
-                       "fsdp": cfg.fsdp, "parameters": model.num_params(),
-                       "devices": runtime.device_names(), "precision": precision,
-                       "start_step": start_step, "command": sys.argv, "versions": software_versions(),
-                       "grad_accum": grad_accum, "micro_batch_size": cfg.micro_batch_size,
-                       "state_bytes_per_rank": state_bytes,
-                       "activation_bytes_estimate": plan["activations"]})
+    record_start(cfg, runtime, parallel, optimizer, metrics, grad_accum, len(train_loader),
+                 start_step, precision, micro_batch_why)
     evaluator = Evaluator(cfg, parallel, data["val_loader"], data["tokenizer"], metrics, amp_dtype)
     peak_flops = cfg.peak_flops or (peak_flops_of(torch.cuda.get_device_name(device))
                                     if device.type == "cuda" else None)
     throughput = Throughput(cfg.total_batch_size, model.flops_per_token(cfg.seq_len) * cfg.total_batch_size,
                             peak_flops, runtime.world_size, start_step, cfg.max_steps)
-
-    def checkpoint(step):
-        path = save_training_state(out_dir, step, parallel, optimizer, scaler, train_loader, cfg,
-                                   metrics.run_id)
-        if master:
-            print(f"saved {path}")
 
     for step in range(start_step, cfg.max_steps + 1):
         last_step = step == cfg.max_steps
@@ -231,30 +195,10 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
         if last_step:
             break
 
-        # one optimisation step over the global batch
         t0 = time.time()
-        optimizer.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum):
-            x, y = train_loader.next_batch()
-            if device.type == "cuda":  # pinned host memory: the copy overlaps the compute
-                x, y = x.pin_memory(), y.pin_memory()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # gradients are reduced across ranks on the last micro-step only
-            with parallel.gradient_sync(micro_step == grad_accum - 1):
-                with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
-                    _, loss = parallel.train_module(x, y)
-                # each micro-batch's loss is a mean: scale so the gradients sum to the global mean
-                loss = loss / grad_accum
-                loss_accum += loss.detach()
-                scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients
-        norm = parallel.clip_grad_norm_(cfg.grad_clip or float("inf"))
         lr = get_lr(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        scaler.step(optimizer)
-        scaler.update()
+        loss_accum, norm = optimization_step(parallel, optimizer, scaler, train_loader, grad_accum,
+                                             lr, cfg.grad_clip, amp_dtype)
         # one collective for the mean loss and the stop vote: every rank agrees on stopping
         stats = torch.stack([loss_accum.float(), torch.tensor(float(stop.requested()), device=device)])
         loss_sum, stop_votes = runtime.all_reduce(stats).tolist()
@@ -270,7 +214,10 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
 
         done = step + 1
         if stop_now or done == cfg.max_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            checkpoint(done)
+            path = save_training_state(out_dir, done, parallel, optimizer, scaler, train_loader, cfg,
+                                       metrics.run_id)
+            if master:
+                print(f"saved {path}")
         if stop_now:
             if master:
                 stop.acknowledge()
@@ -280,17 +227,86 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
             return EXIT_STOPPED
 
     if master:
-        (out_dir / "DONE").write_text(f"{cfg.max_steps}\n")
-        print(f"done: {cfg.max_steps} steps; wrote {out_dir / 'DONE'}")
-        try:  # the run is done whatever happens here: `python -m trainer.report` can redo it
-            report_path, report = write_report(out_dir)
-        except Exception as e:
-            print(f"warning: no run report ({type(e).__name__}: {e}); python -m trainer.report {out_dir}")
-        else:
-            metrics.summarize(wandb_summary(report))
-            print(f"report: {report_path}")
+        finish_run(out_dir, cfg, metrics)
     metrics.finish()
     return 0
+
+
+def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr, grad_clip, amp_dtype):
+    """One step over the global batch: grad_accum micro-batches, clip, AdamW at `lr`. Returns
+    (this rank's mean loss, the global gradient norm)."""
+    device = parallel.runtime.device
+    optimizer.zero_grad(set_to_none=True)
+    loss_accum = torch.zeros((), device=device)
+    for micro_step in range(grad_accum):
+        x, y = train_loader.next_batch()
+        if device.type == "cuda":  # pinned host memory: the copy overlaps the compute
+            x, y = x.pin_memory(), y.pin_memory()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        # gradients are reduced across ranks on the last micro-step only
+        with parallel.gradient_sync(micro_step == grad_accum - 1):
+            with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
+                _, loss = parallel.train_module(x, y)
+            # each micro-batch's loss is a mean: scale so the gradients sum to the global mean
+            loss = loss / grad_accum
+            loss_accum += loss.detach()
+            scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients
+    norm = parallel.clip_grad_norm_(grad_clip or float("inf"))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_accum, norm
+
+
+def fit_micro_batch(cfg, runtime, parallel, optimizer, amp_dtype, data):
+    """--micro-batch-size auto on CUDA: the largest micro-batch whose training step fits on every
+    GPU; (cfg, data loaders, why) for it."""
+    def fits(b):
+        batch_size.try_training_step(parallel, optimizer, b, cfg.seq_len, cfg.vocab_size, amp_dtype)
+
+    micro_batch, why = batch_size.choose(replace(cfg, micro_batch_size="auto"), runtime, fits)
+    if micro_batch != cfg.micro_batch_size:
+        cfg = replace(cfg, micro_batch_size=micro_batch)
+        data = prepare_data(cfg, runtime)
+    return cfg, data, why
+
+
+def record_start(cfg, runtime, parallel, optimizer, metrics, grad_accum, steps_per_epoch,
+                 start_step, precision, micro_batch_why):
+    """What this start of the run is, printed (rank 0) and as log.jsonl's {"setup": ...} record."""
+    parameters = parallel.module.num_params()
+    state_bytes = parallel.state_bytes(optimizer)
+    plan = memory_plan(cfg, runtime.world_size, parameters)
+    if runtime.master:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        print(f"{parameters:,} parameters; {runtime.world_size} rank(s) "
+              f"{'FSDP' if cfg.fsdp else 'DDP' if runtime.distributed else ''} x {grad_accum} "
+              f"accumulation step(s) x {cfg.micro_batch_size} x {cfg.seq_len} tokens = "
+              f"{cfg.total_batch_size:,} tokens/step; {steps_per_epoch} steps/epoch; {precision}")
+        print(f"micro-batch {cfg.micro_batch_size}: {micro_batch_why}")
+        print("\n".join(describe_plan({**plan, **state_bytes}, cfg, runtime.world_size)))
+    metrics.log_setup({"world_size": runtime.world_size, "parallelism": "fsdp" if cfg.fsdp else "ddp",
+                       "fsdp": cfg.fsdp, "parameters": parameters,
+                       "devices": runtime.device_names(), "precision": precision,
+                       "start_step": start_step, "command": sys.argv, "versions": software_versions(),
+                       "grad_accum": grad_accum, "micro_batch_size": cfg.micro_batch_size,
+                       "state_bytes_per_rank": state_bytes,
+                       "activation_bytes_estimate": plan["activations"]})
+
+
+def finish_run(out_dir, cfg, metrics):
+    """Rank 0 after the last step: RUN/DONE, then the run report (and its wandb summary)."""
+    (out_dir / "DONE").write_text(f"{cfg.max_steps}\n")
+    print(f"done: {cfg.max_steps} steps; wrote {out_dir / 'DONE'}")
+    try:  # the run is done whatever happens here: `python -m trainer.report` can redo it
+        report_path, report = write_report(out_dir)
+    except Exception as e:
+        print(f"warning: no run report ({type(e).__name__}: {e}); python -m trainer.report {out_dir}")
+    else:
+        metrics.summarize(wandb_summary(report))
+        print(f"report: {report_path}")
 
 
 def trim_log(path, step):
