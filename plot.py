@@ -188,50 +188,54 @@ def make_figure(runs, smoothing=None):
             line("HellaSwag", f"{prefix}acc_norm", steps, accs, color=color, marker="o",
                  markersize=3)
 
-    ylim = loss_ylim(runs)
     for title in ("loss vs steps", "loss vs tokens"):
-        if title not in axes:
-            continue
-        ax = axes[title]
-        if any(run["fineweb_edu"] for run in runs):
-            ax.axhline(GPT2_124M_VAL_LOSS, color="red", linestyle=":", linewidth=1.2)
-            drawn[title]["OpenAI GPT-2 124M val"] = ([], [GPT2_124M_VAL_LOSS])
-            ax.plot([], [], color="red", linestyle=":", label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})")
-        if ylim:
-            ax.set_ylim(*ylim)
-        ax.set_xlabel("step" if title == "loss vs steps" else "tokens")
-        if title == "loss vs tokens":
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(human))
-        ax.set_ylabel("loss (nats/token)")
-        ax.set_title(f"{title.split(' vs ')[0]} (train smoothed, val dashed)"
-                     if title == "loss vs steps" else "loss vs tokens seen")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if title in axes:
+            label_loss_axis(axes[title], title, runs, drawn[title])
     if "bits per byte" in axes:
-        ax = axes["bits per byte"]
-        ax.set_xlabel("step")
-        ax.set_ylabel("validation bits per byte")
-        ax.set_title("validation bits per byte (tokenizer-independent)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        finish_axis(axes["bits per byte"], "step", "validation bits per byte",
+                    "validation bits per byte (tokenizer-independent)")
     if "HellaSwag" in axes:
-        ax = axes["HellaSwag"]
-        refs = {}  # the references of each run's model size, once each
-        for run in runs:
-            if run["hellaswag"]:
-                refs.update(hellaswag_references(run["config"]))
-        for (label, acc), style in zip(refs.items(), ("dotted", "dashdot", (0, (5, 2)), (0, (1, 3)))):
-            ax.axhline(acc, color="red", linestyle=style, linewidth=1.2, label=f"{label} ({acc})")
-            drawn["HellaSwag"][label] = ([], [acc])
-        ax.axhline(0.25, color="gray", linestyle=":", linewidth=1, label="chance (0.25)")
-        ax.set_xlabel("step")
-        ax.set_ylabel("acc_norm")
-        ax.set_title("HellaSwag accuracy (acc_norm)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        label_hellaswag_axis(axes["HellaSwag"], runs, drawn["HellaSwag"])
     fig.suptitle(", ".join(run["name"] for run in runs))
     fig.tight_layout()
     return fig, drawn
+
+
+def finish_axis(ax, xlabel, ylabel, title):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def label_loss_axis(ax, title, runs, drawn):
+    """OpenAI GPT-2 124M's val loss where it applies, a shared y range, labels."""
+    if any(run["fineweb_edu"] for run in runs):
+        ax.axhline(GPT2_124M_VAL_LOSS, color="red", linestyle=":", linewidth=1.2)
+        drawn["OpenAI GPT-2 124M val"] = ([], [GPT2_124M_VAL_LOSS])
+        ax.plot([], [], color="red", linestyle=":", label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})")
+    ylim = loss_ylim(runs)
+    if ylim:
+        ax.set_ylim(*ylim)
+    if title == "loss vs tokens":
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(human))
+        finish_axis(ax, "tokens", "loss (nats/token)", "loss vs tokens seen")
+    else:
+        finish_axis(ax, "step", "loss (nats/token)", "loss (train smoothed, val dashed)")
+
+
+def label_hellaswag_axis(ax, runs, drawn):
+    """The references of each run's model size (once each), chance, labels."""
+    refs = {}
+    for run in runs:
+        if run["hellaswag"]:
+            refs.update(hellaswag_references(run["config"]))
+    for (label, acc), style in zip(refs.items(), ("dotted", "dashdot", (0, (5, 2)), (0, (1, 3)))):
+        ax.axhline(acc, color="red", linestyle=style, linewidth=1.2, label=f"{label} ({acc})")
+        drawn[label] = ([], [acc])
+    ax.axhline(0.25, color="gray", linestyle=":", linewidth=1, label="chance (0.25)")
+    finish_axis(ax, "step", "acc_norm", "HellaSwag accuracy (acc_norm)")
 
 
 def plot(run_dirs, out=None, smoothing=None):

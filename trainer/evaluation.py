@@ -88,11 +88,12 @@ class Evaluator:
         # in lockstep a rank whose share is one batch shorter scores its first batch again, unused
         rounds = self.val_loader.max_batches if self.parallel.lockstep else self.val_loader.num_batches
         first = None
-        for i in range(rounds):
+        for _ in range(rounds):
             batch = next(batches, None)
             counted = batch is not None
             x, y = batch if counted else first
-            first = first or (x, y)
+            if first is None:
+                first = (x, y)
             x, y = x.to(device), y.to(device)
             with self.autocast():
                 logits, _ = model(x)
