@@ -9,13 +9,17 @@ m * world_size + r. So the set of sequences in a step depends only on (T, S), ne
 data, and a run can resume on a different number of GPUs.
 
 Each shard serves (N - 1) // T // S whole global batches; the few leftover sequences at its end
-are dropped, so every rank always moves to the next shard at the same step. With shuffle=True the
+are dropped, so every rank always moves to the next shard at the same step. A shard too short for
+one global batch (a corpus's tail shard) is left out of the stream altogether, the same for every
+split since it depends only on (T, S); only a folder where no shard holds one is refused. With shuffle=True the
 shard order and the order of sequences within each shard are permuted per epoch by a generator
 seeded with (seed, epoch[, shard]): the same on every rank and after a resume.
 
 Shards are memory-mapped (shards.format.read_shard): a rank's host memory stays at a few batches,
 whatever the shard size (build-nanogpt loads a whole 100M-token shard as int64, ~800 MB a rank).
 """
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +51,28 @@ def sequences_in(tokens, seq_len):
     return max(tokens - 1, 0) // seq_len
 
 
+def describe_global_batch(global_seqs, seq_len):
+    """'512 sequences of 1,024 tokens plus the target (524,288 tokens)': what one step reads."""
+    return (f"{global_seqs:,} sequences of {seq_len:,} tokens plus the target "
+            f"({global_seqs * seq_len:,} tokens)")
+
+
+def describe_shards(paths):
+    """One name for a list of shards: the path of one, or 'N shards (first .. last)'."""
+    if len(paths) == 1:
+        return str(paths[0])
+    return f"{len(paths)} shards ({paths[0]} .. {Path(paths[-1]).name})"
+
+
+def too_short_for_a_batch(paths, largest, seq_len, global_seqs):
+    """The one line refusing a split none of whose shards holds one global batch."""
+    what = (f"{largest:,} tokens, less than" if len(paths) == 1 else
+            f"none holds (the largest has {largest:,} tokens)")
+    return (f"{describe_shards(paths)}: {what} one global batch of "
+            f"{describe_global_batch(global_seqs, seq_len)}; use a smaller --total-batch-size or "
+            f"larger shards (--shard-tokens)")
+
+
 def read_sequences(tokens, starts, seq_len):
     """(x, y) LongTensors (len(starts), T) from the memmap; only those rows are read."""
     rows = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
@@ -66,17 +92,16 @@ class ShardLoader:
         self.grad_accum, self.rank, self.world_size = grad_accum, rank, world_size
         self.shuffle, self.seed = shuffle, seed
         self.global_seqs = micro_batch * grad_accum * world_size  # S: sequences per step
-        self.paths = find_shards(data_dir, split)
-        # batches per shard, from the headers only (read_shard maps, it does not read)
-        self.batches_per_shard = []
-        for path in self.paths:
-            n = sequences_in(len(read_shard(path)), seq_len) // self.global_seqs
-            if n == 0:
-                raise LoaderError(
-                    f"{path}: {len(read_shard(path)):,} tokens is less than one global batch of "
-                    f"{self.global_seqs} x {seq_len + 1} tokens; use a smaller --total-batch-size "
-                    f"or larger shards (--shard-tokens)")
-            self.batches_per_shard.append(n)
+        paths = find_shards(data_dir, split)
+        # tokens per shard, from the headers only (read_shard maps, it does not read)
+        tokens = [len(read_shard(path)) for path in paths]
+        batches = [sequences_in(n, seq_len) // self.global_seqs for n in tokens]
+        # the stream: shards holding at least one global batch; `skipped`: (path, tokens) of the rest
+        self.paths = [path for path, n in zip(paths, batches) if n]
+        self.batches_per_shard = [n for n in batches if n]
+        self.skipped = [(path, t) for path, t, n in zip(paths, tokens, batches) if not n]
+        if not self.paths:
+            raise LoaderError(too_short_for_a_batch(paths, max(tokens), seq_len, self.global_seqs))
         self.epoch, self.shard, self.batch = 0, 0, 0  # position, in global batches
         self.micro_step = 0
         self._loaded = None  # (epoch, shard position) -> (memmap, sequence order)

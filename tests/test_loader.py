@@ -129,8 +129,45 @@ def test_val_loader_is_world_size_invariant(data):
 def test_clear_errors(tmp_path, data):
     with pytest.raises(LoaderError, match="python -m pipeline.fineweb"):
         ShardLoader(tmp_path / "empty", "train", 2, T, 1, 0, 1)
-    with pytest.raises(LoaderError, match="less than one global batch"):
-        ShardLoader(data, "train", 8, T, 8, 0, 1)  # 64 sequences > the 290-token shard
+    # 128 sequences of 8 + 1 tokens: more than the largest shard (700 tokens) holds
+    with pytest.raises(LoaderError, match=r"3 shards \(.*\): none holds \(the largest has 700 tokens\) "
+                                          "one global batch of 128 sequences of 8 tokens plus the target"):
+        ShardLoader(data, "train", 16, T, 8, 0, 1)
+
+
+@pytest.fixture
+def data_with_short_shards(data):
+    """The `data` shards, then two too short for a global batch of 8 sequences (65 tokens) around
+    a long one: one in the middle of the stream, one at its end (a corpus's tail shard)."""
+    rng = np.random.default_rng(1)
+    for name, n in {"train_000004": 64, "train_000005": 200, "train_000006": 40}.items():
+        write_shard(data / f"t_{name}.bin", rng.integers(0, 256, n))
+    return data
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_short_shards_are_skipped_whatever_the_split(data_with_short_shards, shuffle):
+    """A shard shorter than one global batch is left out: the stream is the one of the folder
+    without it, the same for every split, and its state resumes on another split."""
+    loader = ShardLoader(data_with_short_shards, "train", 2, T, 4, 0, 1)
+    assert [(p.name, n) for p, n in loader.skipped] == [("t_train_000004.bin", 64), ("t_train_000006.bin", 40)]
+    assert loader.batches_per_shard == [10, 8, 4, 3] and len(loader) == 25
+    ref, _ = global_batches(data_with_short_shards, *SPLITS[0], steps=50, shuffle=shuffle, seed=3)
+    for split in SPLITS[1:]:
+        other, _ = global_batches(data_with_short_shards, *split, steps=50, shuffle=shuffle, seed=3)
+        assert other == ref, split
+    _, loaders = global_batches(data_with_short_shards, 2, 2, 2, steps=13, shuffle=shuffle, seed=3)
+    resumed = ShardLoader(data_with_short_shards, "train", 8, T, 1, 0, 1, shuffle=shuffle, seed=3)
+    resumed.load_state_dict(loaders[0].state_dict())
+    rest = []
+    for _ in range(37):
+        x, y = resumed.next_batch()
+        rest.append(sorted(tuple(a.tolist()) + (b[-1].item(),) for a, b in zip(x, y)))
+    assert rest == ref[13:]
+    for short in ("t_train_000004.bin", "t_train_000006.bin"):
+        (data_with_short_shards / short).unlink()
+    without, _ = global_batches(data_with_short_shards, *SPLITS[0], steps=50, shuffle=shuffle, seed=3)
+    assert without == ref
 
 
 def test_reads_through_memmaps(data, monkeypatch):

@@ -120,11 +120,28 @@ def test_each_broken_shard_is_named(data, tmp_path, started, capsys):
 def test_too_few_tokens_fail_and_extra_epochs_warn(data, tmp_path, started, capsys):
     # 32,768 tokens a step = 1,024 sequences of 32: the 16,384-token shard holds 511
     assert_refused(run(capsys, data, tmp_path / "run", "--total-batch-size", "32768"),
-                   "t_train_000001.bin: 16,384 tokens, less than one global batch of 1024 x 33 tokens")
+                   "t_train_000001.bin: 16,384 tokens, less than one global batch of 1,024 sequences "
+                   "of 32 tokens plus the target (32,768 tokens)")
     status, out, errors = run(capsys, data, tmp_path / "run", "--max-steps", "100")
     assert (status, errors) == (0, [])
     assert "warning: " in out and "--max-steps 100 takes 3.23 epochs" in out  # 100 / 31
     assert started == []
+
+
+def test_short_shards_are_left_out_in_one_line(tmp_path, started, capsys):
+    """A tail shard shorter than one global batch is skipped (one warning with the tokens left
+    out); only when no shard holds a batch is the run refused, in one line for all of them."""
+    data = write_char_shards(tmp_path / "data", sizes=(2048, 16400, 16400, 9000))
+    status, out, errors = run(capsys, data, tmp_path / "run", "--total-batch-size", "16384")
+    assert (status, errors) == (0, []), out
+    assert f"warning: {data / 't_train_000003.bin'}: fewer tokens than one global batch of 512 " \
+           f"sequences of 32 tokens plus the target (16,384 tokens): left out, 9,000 tokens unused" in out
+    assert "2 train shard(s), 32,800 tokens, 2 steps of 16,384 tokens per epoch" in out
+    assert started == []
+    few = write_char_shards(tmp_path / "few", sizes=(2048,) + (1000,) * 7)
+    assert_refused(run(capsys, few, tmp_path / "run", "--total-batch-size", "16384"),
+                   f"--data {few}: 7 shards ({few / 't_train_000001.bin'} .. t_train_000007.bin): none "
+                   f"holds (the largest has 1,000 tokens) one global batch of 512 sequences of 32 tokens")
 
 
 def test_validation_shard_required_only_when_evaluating(data, tmp_path, started, capsys):

@@ -157,6 +157,40 @@ PRESETS = {
 }
 
 
+# preset -> (the README's command that makes its shards, a note). data_command() points the
+# command's --out at the run's --data.
+_FINEWEB_100B = ("python -m pipeline.fineweb --source hf:HuggingFaceFW/fineweb-edu:sample-100BT "
+                 "--out data/edu_fineweb100B", "~100B tokens; sample-10BT is too small for this recipe")
+_SHAKESPEARE = ("python -m pipeline.shakespeare_char",
+                "downloads Tiny Shakespeare; --input input.txt uses a local copy")
+DATA_COMMANDS = {
+    "gpt2-124m": ("python -m pipeline.fineweb", "FineWeb-Edu sample-10BT, ~10B tokens"),
+    "gpt2-350m": _FINEWEB_100B,
+    "gpt2-774m": _FINEWEB_100B,
+    "gpt2-1558m": _FINEWEB_100B,
+    "cpu-smoke": ("python -m pipeline.fineweb --source YOUR_TEXT.txt --out DATA --shard-tokens 50000",
+                  "any GPT-2 shards will do: `make demo` writes some to data/demo"),
+    "shakespeare-char": _SHAKESPEARE,
+    "shakespeare-char-big": _SHAKESPEARE,
+    "tinystories": ("python -m pipeline.fineweb --source hf:roneneldan/TinyStories --out "
+                    "data/tinystories --prefix tinystories --shard-tokens 10000000", ""),
+}
+# where those commands write without --out
+_DEFAULT_OUT = {"pipeline.fineweb": "data/edu_fineweb10B", "pipeline.shakespeare_char": "data/shakespeare_char"}
+
+
+def data_command(cfg):
+    """'`COMMAND` (note)': the README's command making the shards of cfg.preset, in cfg.data."""
+    if Path(cfg.data) == Path("data/demo"):
+        return "`make demo` (it writes them, then trains a small model)"
+    command, note = DATA_COMMANDS.get(cfg.preset, DATA_COMMANDS["gpt2-124m"])
+    words = command.split()
+    if "--out" in words:
+        words[words.index("--out") + 1] = cfg.data
+    elif cfg.data != _DEFAULT_OUT[words[2]]:
+        words += ["--out", cfg.data]
+    return f"`{' '.join(words)}`" + (f" ({note})" if note else "")
+
 def _bool(text):
     if text.lower() in ("1", "true", "yes", "on"):
         return True

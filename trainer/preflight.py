@@ -43,10 +43,12 @@ import torch
 from model import GPT, GPTConfig
 from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding, load_tokenizer
 from shards.format import ShardError, read_shard
-from shards.loader import sequences_in
+from shards.loader import (describe_global_batch, describe_shards, sequences_in,
+                           too_short_for_a_batch)
 from shards.manifest import ManifestError, list_shards
 from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoints,
                                 load_checkpoint, resolve_checkpoint)
+from trainer.config import data_command
 
 GiB = 1024**3
 MiB = 1024**2
@@ -193,17 +195,17 @@ def run_checks(cfg):
 def check_data_folder(cfg, report):
     if Path(cfg.data).is_dir():
         return True
-    report.fail(f"--data {cfg.data}: no such folder; make the shards with `python -m pipeline.fineweb "
-                f"--out {cfg.data}`, or point --data at them")
+    report.fail(f"--data {cfg.data}: no such folder; make the shards with {data_command(cfg)}, "
+                f"or point --data at them")
     return False
 
 
-def _shard_tokens(path, report):
+def _shard_tokens(path, cfg, report):
     """Tokens in a shard from its header (.bin) or array header (.npy), or None after a failure."""
     try:
         return len(read_shard(path))
     except (ShardError, OSError) as e:
-        text = str(e) if "regenerate" in str(e) else f"{e}; regenerate it with `python -m pipeline.fineweb`"
+        text = str(e) if "regenerate" in str(e) else f"{e}; regenerate it with {data_command(cfg)}"
         report.fail(text)
         return None
 
@@ -217,36 +219,17 @@ def check_shards(cfg, report):
         return
     if not train:
         report.fail(f"--data {cfg.data}: no train shards (*_train_NNNNNN.bin/.npy); make them with "
-                    f"`python -m pipeline.fineweb --out {cfg.data}`")
+                    f"{data_command(cfg)}")
     sequences_per_step = cfg.total_batch_size // cfg.seq_len  # the loader's global batch
-    steps_per_epoch, tokens, all_readable = 0, 0, True
-    for path in train:
-        n = _shard_tokens(path, report)
-        if n is None:
-            all_readable = False
-            continue
-        steps = sequences_in(n, cfg.seq_len) // sequences_per_step
-        if steps == 0:  # the loader refuses such a shard: every rank changes shard at the same step
-            all_readable = False
-            report.fail(f"{path}: {n:,} tokens, less than one global batch of {sequences_per_step} x "
-                        f"{cfg.seq_len + 1} tokens; use a smaller --total-batch-size or larger shards "
-                        f"(--shard-tokens)")
-        steps_per_epoch, tokens = steps_per_epoch + steps, tokens + n
-    if train and all_readable:
-        epochs = cfg.max_steps / steps_per_epoch
-        what = (f"--data {cfg.data}: {len(train)} train shard(s), {tokens:,} tokens, {steps_per_epoch:,} "
-                f"steps of {cfg.total_batch_size:,} tokens per epoch")
-        if epochs > 1:
-            report.warn(f"{what}: --max-steps {cfg.max_steps:,} takes {epochs:.2f} epochs (the data "
-                        f"repeats); add shards or lower --max-steps if that is not intended")
-        else:
-            report.ok(f"{what}: --max-steps {cfg.max_steps:,} uses {epochs:.2f} of an epoch")
-    val_tokens = [_shard_tokens(path, report) for path in val]
+    counts = {path: _shard_tokens(path, cfg, report) for path in train}
+    if train and None not in counts.values():
+        check_train_tokens(cfg, counts, sequences_per_step, report)
+    val_tokens = [_shard_tokens(path, cfg, report) for path in val]
     if not cfg.eval_every:
         return
     if not val:
         report.fail(f"--data {cfg.data}: no val shard (*_val_NNNNNN.bin/.npy, shard 0), needed by "
-                    f"--eval-every {cfg.eval_every}; make the shards with `python -m pipeline.fineweb`, "
+                    f"--eval-every {cfg.eval_every}; make the shards with {data_command(cfg)}, "
                     f"or pass --eval-every 0")
     elif None not in val_tokens:
         sequences = sum(sequences_in(n, cfg.seq_len) for n in val_tokens)
@@ -256,6 +239,32 @@ def check_shards(cfg, report):
         else:
             report.ok(f"--data {cfg.data}: validation on {min(sequences * cfg.seq_len, cfg.val_tokens):,} "
                       f"tokens every {cfg.eval_every} steps")
+
+
+def check_train_tokens(cfg, counts, sequences_per_step, report):
+    """Steps per epoch against --max-steps. A shard shorter than one global batch is left out by
+    the loader (one warning line for all of them); none long enough is an error."""
+    steps = {path: sequences_in(n, cfg.seq_len) // sequences_per_step for path, n in counts.items()}
+    short = [path for path, n in steps.items() if n == 0]
+    if len(short) == len(steps):
+        report.fail(f"--data {cfg.data}: " + too_short_for_a_batch(
+            short, max(counts.values()), cfg.seq_len, sequences_per_step))
+        return
+    if short:
+        left_out = sum(counts[path] for path in short)
+        report.warn(f"{describe_shards(short)}: fewer tokens than one global batch of "
+                    f"{describe_global_batch(sequences_per_step, cfg.seq_len)}: left out, "
+                    f"{left_out:,} tokens unused")
+    used = [path for path in steps if steps[path]]
+    tokens, steps_per_epoch = sum(counts[p] for p in used), sum(steps.values())
+    epochs = cfg.max_steps / steps_per_epoch
+    what = (f"--data {cfg.data}: {len(used)} train shard(s), {tokens:,} tokens, {steps_per_epoch:,} "
+            f"steps of {cfg.total_batch_size:,} tokens per epoch")
+    if epochs > 1:
+        report.warn(f"{what}: --max-steps {cfg.max_steps:,} takes {epochs:.2f} epochs (the data "
+                    f"repeats); add shards or lower --max-steps if that is not intended")
+    else:
+        report.ok(f"{what}: --max-steps {cfg.max_steps:,} uses {epochs:.2f} of an epoch")
 
 
 def check_tokenizer(cfg, report):
