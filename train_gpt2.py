@@ -38,12 +38,13 @@ from shards.loader import LoaderError, ShardLoader, ValLoader
 from trainer import batch_size
 from trainer.checkpoint import (CheckpointError, choose_resume, restore_training_state,
                                 save_training_state)
-from trainer.config import parse_config, save_config, wants_dry_run, wants_preflight
+from trainer.config import (dry_run_target, parse_config, save_config, wants_dry_run,
+                            wants_preflight)
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype
 from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
-from trainer.preflight import describe_plan, memory_plan, preflight
+from trainer.preflight import describe_plan, dry_run_plan, memory_plan, preflight
 from trainer.report import wandb_summary, write_report
 from trainer.signals import StopRequest
 
@@ -69,7 +70,7 @@ def get_lr(step, cfg):
 def main(argv=None):
     cfg = parse_config(argv)  # argparse exits 2 on bad flags
     if wants_dry_run(argv):
-        return dry_run(cfg)
+        return dry_run(cfg, *dry_run_target(argv))
     # data, HellaSwag file, disk, resume target, wandb: checked on every rank before any model,
     # process group or GPU (trainer/preflight.py); --preflight stops here
     passed = preflight(cfg)
@@ -103,19 +104,18 @@ def main(argv=None):
     return status
 
 
-def dry_run(cfg):
-    """The resolved config and the memory plan per rank, for the world size torchrun gives (or
-    WORLD_SIZE); the model is built on the meta device: no data, no GPU, no allocation. An auto
-    micro-batch is planned at its upper bound (on CUDA the run may pick a smaller one)."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+def dry_run(cfg, world_size, gpu_memory, world_source):
+    """The resolved config and the memory plan per rank for world_size ranks (--world-size, else
+    torchrun's WORLD_SIZE, else 1), and with --gpu-memory the micro-batch auto picks there; the
+    model is built on the meta device: no data, no GPU, no allocation."""
     try:
-        micro_batch, _ = batch_size.choose(cfg, Runtime(0, 0, world_size, torch.device("cpu")))
+        batch_size.sequences_per_rank(cfg.total_batch_size, cfg.seq_len, world_size)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    cfg = replace(cfg, micro_batch_size=micro_batch)
+    cfg, lines = dry_run_plan(cfg, world_size, gpu_memory, world_source)
     print(json.dumps(cfg.to_dict(), indent=1))
-    print("\n".join(describe_plan(memory_plan(cfg, world_size), cfg, world_size)))
+    print("\n".join(lines))
     return 0
 
 

@@ -18,7 +18,7 @@ import train_gpt2
 from conftest import tiny_train_flags, write_char_shards
 from shards.format import HEADER_BYTES, write_shard
 from trainer import preflight
-from trainer.config import parse_config
+from trainer.config import PRESETS, data_command, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 # cpu-smoke's shape shrunk: HellaSwag off, --resume auto, no wandb; 512 tokens a step
@@ -95,6 +95,22 @@ def test_all_failures_listed_not_only_the_first(tmp_path, started, capsys, monke
                    f"--resume: {tmp_path / 'missing.pt'}: no such checkpoint",
                    "--wandb: online mode, but no credentials")
     assert started == []
+
+
+def test_missing_data_hint_is_the_readme_command_of_each_preset(tmp_path, started, capsys):
+    readme = (REPO / "README.md").read_text()
+    for name in PRESETS:
+        command = data_command(parse_config(["--preset", name])).split("`")[1]
+        assert command in readme, (name, command)
+    assert "sample-100BT --out data/edu_fineweb100B" in data_command(parse_config(["--preset", "gpt2-350m"]))
+    missing = tmp_path / "nothing"
+    status = train_gpt2.main(["--preset", "shakespeare-char", "--data", str(missing), "--out-dir",
+                              str(tmp_path / "run"), "--preflight"])
+    errors = capsys.readouterr().err.splitlines()
+    assert status == 2 and errors == [f"error: --data {missing}: no such folder; make the shards with "
+                                      f"`python -m pipeline.shakespeare_char --out {missing}` (downloads "
+                                      f"Tiny Shakespeare; --input input.txt uses a local copy), or point "
+                                      f"--data at them"]
 
 
 def test_each_broken_shard_is_named(data, tmp_path, started, capsys):
@@ -322,3 +338,33 @@ def test_train_sbatch_refuses_a_bad_setup_before_srun(data, tmp_path):
     assert f"error: --resume: {tmp_path / 'missing.pt'}: no such checkpoint" in log
     assert "train.sbatch: preflight failed" in log
     assert "training step ended" not in log, "srun must not have started"
+
+
+def test_dry_run_says_what_it_assumed_and_picks_the_fit_tables_micro_batch(capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert train_gpt2.main(["--preset", "gpt2-1558m", "--fsdp", "--dry-run", "--world-size", "8",
+                            "--gpu-memory", "80GB"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run for 8 rank(s) (--world-size), GPUs of 80 GB = 74.5 GiB (--gpu-memory)" in out
+    # the README's fit table: gpt2-1558m on 8 GPUs of 80 GB, FSDP: B=16
+    row = next(line for line in (REPO / "README.md").read_text().splitlines()
+               if line.startswith("| gpt2-1558m | 8 |"))
+    assert row.split(" | ")[-1].split(" / ")[1] == "B=16"
+    assert "micro-batch 16: what auto picks here" in out
+    assert "per rank (8 rank(s), FSDP)" in out and "micro-batch 16 x 1024" in out and ": fits" in out
+    assert train_gpt2.main(["--preset", "gpt2-1558m", "--dry-run", "--world-size", "1",
+                            "--gpu-memory", "24GiB", "--micro-batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run for 1 rank(s) (--world-size), GPUs of 25.7698 GB = 24.0 GiB" in out
+    assert "micro-batch 4: set by --micro-batch-size" in out
+    assert "does NOT fit: try --fsdp, --activation-checkpointing, a smaller --micro-batch-size" in out
+    assert train_gpt2.main(["--preset", "cpu-smoke", "--micro-batch-size", "auto", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run for 1 rank(s) (the default; --world-size N plans for N), GPU memory not given" in out
+    assert "activations in fp32 (--dtype auto, --device cpu)" in out
+    assert "micro-batch 16: auto planned at its upper bound" in out
+    assert "3,323,648 parameters (3.32M)" in out
+    for flags in (["--world-size", "8"], ["--dry-run", "--gpu-memory", "lots"]):
+        with pytest.raises(SystemExit) as exit_:
+            train_gpt2.main(flags)
+        assert exit_.value.code == 2

@@ -9,6 +9,8 @@ Resolution order: the dataclass defaults (= the GPT-2 124M reference recipe), th
 
 import argparse
 import json
+import os
+import re
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -168,26 +170,28 @@ DATA_COMMANDS = {
     "gpt2-350m": _FINEWEB_100B,
     "gpt2-774m": _FINEWEB_100B,
     "gpt2-1558m": _FINEWEB_100B,
-    "cpu-smoke": ("python -m pipeline.fineweb --source YOUR_TEXT.txt --out DATA --shard-tokens 50000",
-                  "any GPT-2 shards will do: `make demo` writes some to data/demo"),
+    "cpu-smoke": ("make demo", "small GPT-2 shards in data/demo: then --data data/demo; or your own "
+                               "text: python -m pipeline.fineweb --source FILE.txt --out DIR "
+                               "--shard-tokens 50000"),
     "shakespeare-char": _SHAKESPEARE,
     "shakespeare-char-big": _SHAKESPEARE,
     "tinystories": ("python -m pipeline.fineweb --source hf:roneneldan/TinyStories --out "
                     "data/tinystories --prefix tinystories --shard-tokens 10000000", ""),
 }
 # where those commands write without --out
-_DEFAULT_OUT = {"pipeline.fineweb": "data/edu_fineweb10B", "pipeline.shakespeare_char": "data/shakespeare_char"}
+_DEFAULT_OUT = {"pipeline.fineweb": "data/edu_fineweb10B", "pipeline.shakespeare_char": "data/shakespeare_char",
+                "demo": "data/demo"}
 
 
 def data_command(cfg):
     """'`COMMAND` (note)': the README's command making the shards of cfg.preset, in cfg.data."""
-    if Path(cfg.data) == Path("data/demo"):
-        return "`make demo` (it writes them, then trains a small model)"
     command, note = DATA_COMMANDS.get(cfg.preset, DATA_COMMANDS["gpt2-124m"])
+    if Path(cfg.data) == Path(_DEFAULT_OUT["demo"]):
+        command, note = "make demo", "it then trains a small model on them"
     words = command.split()
     if "--out" in words:
         words[words.index("--out") + 1] = cfg.data
-    elif cfg.data != _DEFAULT_OUT[words[2]]:
+    elif words[0] == "python" and cfg.data != _DEFAULT_OUT[words[2]]:
         words += ["--out", cfg.data]
     return f"`{' '.join(words)}`" + (f" ({note})" if note else "")
 
@@ -235,6 +239,12 @@ def build_parser():
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config, parameter count and memory plan per rank "
                           "(model built on the meta device), then exit 0: touches no data or GPU")
+    run.add_argument("--world-size", type=int, metavar="N",
+                     help="with --dry-run: plan for N ranks (default: $WORLD_SIZE, as torchrun sets "
+                          "it, else 1)")
+    run.add_argument("--gpu-memory", type=_memory_size, metavar="SIZE",
+                     help="with --dry-run: memory of each GPU, e.g. 80GB or 24GiB: shows the "
+                          "micro-batch auto would pick there (the README's fit table)")
     run.add_argument("--preflight", action="store_true",
                      help="check data, HellaSwag file, tokenizer, output disk, resume target and "
                           "wandb (as every start does), print one line each, then exit: 0 all "
@@ -263,11 +273,29 @@ def build_parser():
     return parser
 
 
-ACTIONS = ("preset", "config", "dry_run", "preflight")  # flags that are not TrainConfig fields
+ACTIONS = ("preset", "config", "dry_run", "world_size", "gpu_memory", "preflight")  # not TrainConfig fields
+
+
+def _memory_size(text):
+    """--gpu-memory 80GB | 80 (GB) | 24GiB -> bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(GB|G|GIB)?", text.strip().upper())
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 80GB or 24GiB, got {text!r}")
+    return float(match[1]) * (2**30 if match[2] == "GIB" else 1e9)
 
 
 def wants_dry_run(argv=None):
     return build_parser().parse_args(argv).dry_run
+
+
+def dry_run_target(argv=None):
+    """(world size, GPU memory in bytes or None, where the world size came from) of a dry run."""
+    args = build_parser().parse_args(argv)
+    if args.world_size is not None:
+        return args.world_size, args.gpu_memory, "--world-size"
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"]), args.gpu_memory, "$WORLD_SIZE"
+    return 1, args.gpu_memory, "the default; --world-size N plans for N"
 
 
 def wants_preflight(argv=None):
@@ -278,6 +306,11 @@ def parse_config(argv=None):
     """TrainConfig from defaults, --preset, --config FILE, then flags. Bad input: exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.dry_run and (args.world_size is not None or args.gpu_memory is not None):
+        parser.error("--world-size and --gpu-memory plan a --dry-run; a run's world size is "
+                     "torchrun's, its GPU memory the GPU's")
+    if args.world_size is not None and args.world_size <= 0:
+        parser.error(f"--world-size must be positive, got {args.world_size}")
     preset = args.preset or "gpt2-124m"
     values = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     values.update(PRESETS[preset])

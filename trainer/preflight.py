@@ -101,12 +101,20 @@ def memory_plan(cfg, world_size, parameters=None):
             "total": state + activations}
 
 
+def short_count(n):
+    """1.56B, 124.4M, 3.32M, 28.5K: a parameter count at a glance."""
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{suffix}" if n < 100 * div else f"{n / div:.1f}{suffix}"
+    return str(n)
+
+
 def describe_plan(plan, cfg, world_size):
     """Lines for the dry run and the start-up banner."""
     mode = "FSDP" if cfg.fsdp else ("DDP" if world_size > 1 else "1 process")
     ac = ", activation checkpointing" if cfg.activation_checkpointing else ""
     total = plan["weights"] + plan["gradients"] + plan["optimizer"] + plan["activations"]
-    return [f"{plan['parameters']:,} parameters ({plan['parameters'] / 1e9:.2f}B)",
+    return [f"{plan['parameters']:,} parameters ({short_count(plan['parameters'])})",
             f"per rank ({world_size} rank(s), {mode}{ac}): weights {plan['weights'] / GiB:.2f} GiB, "
             f"gradients {plan['gradients'] / GiB:.2f} GiB, AdamW state {plan['optimizer'] / GiB:.2f} GiB, "
             f"activations ~{plan['activations'] / GiB:.2f} GiB (estimate, micro-batch "
@@ -126,6 +134,47 @@ def largest_fitting_micro_batch(cfg, world_size, memory_bytes, reserve=0.1):
                 best = micro
         micro *= 2
     return best
+
+
+def dry_run_plan(cfg, world_size, gpu_memory=None, world_source="--world-size"):
+    """Lines of `train_gpt2.py --dry-run`: what it assumed, the micro-batch `auto` would take
+    (with gpu_memory: the fit table's choice for this shape), and the plan per rank."""
+    fp32 = cfg.dtype == "float32" or (cfg.dtype == "auto" and cfg.device in ("cpu", "mps"))
+    assumed = (f"dry run for {world_size} rank(s) ({world_source})"
+               + (f", GPUs of {gpu_memory / 1e9:g} GB = {gpu_memory / GiB:.1f} GiB (--gpu-memory)"
+                  if gpu_memory else ", GPU memory not given (--gpu-memory 80GB checks the fit)")
+               + (f"; activations in fp32 (--dtype {cfg.dtype}, --device {cfg.device})" if fp32 else
+                  f"; activations in 16 bits (--dtype {cfg.dtype}: bf16 autocast on a recent GPU)"))
+    lines = [assumed]
+    planned = replace(cfg, dtype="float32" if fp32 else "bfloat16")
+    per_rank = cfg.total_batch_size // (cfg.seq_len * world_size)
+    if cfg.micro_batch_size != "auto":
+        why = "set by --micro-batch-size"
+    elif gpu_memory:
+        micro = largest_fitting_micro_batch(planned, world_size, gpu_memory)
+        why = (f"what auto picks here: the largest power of two (at most 64) dividing the {per_rank} "
+               f"sequences per rank whose estimate fits in 90% of the GPU, as in the README's fit "
+               f"table (on CUDA the run tries real steps, which may pick another)")
+        if not micro:
+            micro, why = 1, "auto: even a micro-batch of 1 does not fit (planned at 1)"
+        cfg = replace(cfg, micro_batch_size=micro)
+    else:
+        why = (f"auto planned at its upper bound on CPU (at most 64 dividing the {per_rank} sequences "
+               f"per rank); on CUDA the run takes the largest that fits: --gpu-memory shows which")
+        cfg = replace(cfg, micro_batch_size=min(per_rank & -per_rank, 64))
+    lines.append(f"micro-batch {cfg.micro_batch_size}: {why}")
+    planned = replace(planned, micro_batch_size=cfg.micro_batch_size)
+    plan = memory_plan(planned, world_size)
+    lines += describe_plan(plan, planned, world_size)
+    if gpu_memory:
+        usable = 0.9 * gpu_memory  # the fit table's reserve: CUDA context, allocator fragmentation
+        remedies = ([] if cfg.fsdp else ["--fsdp"]) + \
+                   ([] if cfg.activation_checkpointing else ["--activation-checkpointing"]) + \
+                   (["a smaller --micro-batch-size"] if cfg.micro_batch_size > 1 else []) + ["more GPUs"]
+        verdict = "fits" if plan["total"] <= usable else f"does NOT fit: try {', '.join(remedies)}"
+        lines.append(f"~{plan['total'] / GiB:.1f} GiB of the {usable / GiB:.1f} GiB usable a GPU "
+                     f"(90% of {gpu_memory / GiB:.1f} GiB): {verdict}")
+    return cfg, lines
 
 
 def fit_table(presets=("gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m"), gpus=(1, 2, 8),
