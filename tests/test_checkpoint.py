@@ -60,6 +60,37 @@ def test_crafted_checkpoint_is_refused_everywhere(crafted, tmp_path, char_shards
         assert not marker.exists(), f"{name} ran the checkpoint's payload"
 
 
+def test_a_file_that_is_not_a_checkpoint_gets_one_line_from_every_tool(tmp_path, char_shards, capsys):
+    """A text file passed as a checkpoint: one line saying it is not one of this project's (not
+    torch's "mmap can only be used with files saved with ..."), non-zero exit, from each command."""
+    import hf_gpt2
+    import sample
+    import train_gpt2
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my training notes\n")
+    expected = f"{notes}: not a checkpoint of this project (train_gpt2.py writes ckpt_*.pt files)"
+    in_process = {
+        "sample": lambda: sample.main(["--checkpoint", str(notes), "--tokenizer", str(char_shards)]),
+        "export": lambda: hf_gpt2.main(["export", str(notes), str(tmp_path / "hf")]),
+        "train": lambda: train_gpt2.main(["--preset", "cpu-smoke", "--vocab-size", "64", "--data",
+                                          str(char_shards), "--out-dir", str(tmp_path / "run"),
+                                          "--resume", str(notes)]),
+    }
+    for name, command in in_process.items():
+        assert command() == 2, name
+        errors = capsys.readouterr().err.splitlines()
+        assert len(errors) == 1 and expected in errors[0] and "mmap" not in errors[0], (name, errors)
+    example = {"ctx": "A man is", "ctx_a": "A man is", "ctx_b": "", "activity_label": "Walking",
+               "endings": ["walking.", "running.", "eating.", "sleeping."], "label": 0}
+    (tmp_path / "hellaswag_val.jsonl").write_text(json.dumps(example) + "\n")
+    out = subprocess.run([sys.executable, "hellaswag.py", "--checkpoint", str(notes), "--data",
+                          str(tmp_path / "hellaswag_val.jsonl")], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and out.stderr.splitlines() == [f"error: {expected}; pass one of those, "
+                                                               f"or a run folder"], out.stderr
+
+
 def _choose(rank, run_dirs, init_file, results):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)

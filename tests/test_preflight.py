@@ -288,7 +288,7 @@ def test_resume_target_must_be_readable_and_fit_the_model(data, trained_run, tmp
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     assert_refused(run(capsys, data, tmp_path / "run", "--resume", str(garbage)),
-                   f"--resume {garbage}: {garbage}: cannot read the checkpoint")
+                   f"--resume {garbage}: {garbage}: not a checkpoint of this project")
     assert_refused(run(capsys, data, tmp_path / "run", "--resume", str(good), "--n-embd", "64"),
                    "checkpoint is from another model config (n_embd 32 != 64)")
     status, out, errors = run(capsys, data, tmp_path / "run", "--resume", str(good))
@@ -299,7 +299,7 @@ def test_resume_target_must_be_readable_and_fit_the_model(data, trained_run, tmp
     shutil.copy(good, run_dir / "ckpt_0000001.pt")
     (run_dir / "ckpt_0000002.pt").write_bytes(good.read_bytes()[:1000])
     assert_refused(run(capsys, data, run_dir),
-                   f"--resume auto: {run_dir / 'ckpt_0000002.pt'}: cannot read the checkpoint")
+                   f"--resume auto: {run_dir / 'ckpt_0000002.pt'}: cannot read it as a checkpoint: damaged")
     assert started == []
 
 

@@ -275,7 +275,7 @@ def test_bad_input_exit_2(data, reference, tmp_path, capsys):
     fails(["--vocab-size", "32"], "raise --vocab-size")
     fails(["--resume", str(tmp_path / "missing.pt")], "no such checkpoint")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    fails(["--resume", str(tmp_path / "garbage.pt")], "cannot read the checkpoint")
+    fails(["--resume", str(tmp_path / "garbage.pt")], "not a checkpoint of this project")
     (tmp_path / "run").mkdir()
     shutil.copy(reference / "ckpt_0000010.pt", tmp_path / "run")
     fails(["--n-embd", "64"], "another model config")

@@ -63,6 +63,15 @@ def save_checkpoint(state, run_dir, step, keep=0):
 
 
 def load_checkpoint(path):
+    not_ours = (f"{path}: not a checkpoint of this project (train_gpt2.py writes ckpt_*.pt files); "
+                f"pass one of those, or a run folder")
+    try:
+        with open(path, "rb") as f:
+            zip_archive = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not zip_archive:  # a text file, an old-format torch file, ...: torch would say "mmap ..."
+        raise CheckpointError(not_ours)
     try:
         # mmap: every rank loads it, the tensors are paged in from the file rather than copied
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
@@ -72,9 +81,12 @@ def load_checkpoint(path):
             f"{path}: refused: it holds objects other than tensors and plain data, which could run "
             f"code on loading ({first}); only a file written by train_gpt2.py is accepted") from None
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: cannot read it as a checkpoint: damaged, or not one of this "
+                              f"project's ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or not {"model", "step", "config"} <= state.keys():
-        raise CheckpointError(f"{path}: not a train_gpt2.py checkpoint")
+        raise CheckpointError(f"{not_ours}: a torch file without train_gpt2.py's model, step and "
+                              f"config entries")
     return state
 
 
