@@ -58,11 +58,11 @@ def export_hf(model, out_dir, vocab_size=50257):
     A padded vocabulary is cropped to `vocab_size` rows (50257, GPT-2's, by default; a model with
     fewer rows keeps its own).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     cfg = model.config
     if not cfg.bias:
-        raise ValueError("export_hf: GPT2LMHeadModel has biases; this model has bias=False")
+        raise ValueError("cannot export: Hugging Face's GPT2LMHeadModel has biases, and this model "
+                         "was trained with --bias false")
+    from transformers import GPT2Config, GPT2LMHeadModel  # seconds to import: after the checks
     vocab_size = min(vocab_size, cfg.vocab_size)
     eot = 50256 if vocab_size == 50257 else None  # GPT-2's <|endoftext|>; none for others
     hf_config = GPT2Config(
@@ -94,23 +94,23 @@ def load_hf_gpt2(name_or_dir):
     Offline, transformers retries the hub for ~25 s before failing; we look in the cache first
     and probe the hub once, so a missing model fails in a second with one clear line.
     """
-    from transformers import GPT2LMHeadModel
-
     hub_id = MODEL_ALIASES.get(name_or_dir.lower(), name_or_dir)
 
     def fail(reason):
         raise ValueError(
             f"could not load GPT-2 weights {hub_id!r} ({reason}): put a local copy (a folder "
-            f"written by save_pretrained or export_hf) and pass its path, or go online"
+            f"written by `python hf_gpt2.py export` or save_pretrained) and pass its path, or go online"
         ) from None
 
     def short(e):
         return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
 
     looks_local = os.path.isdir(hub_id) or hub_id.startswith((".", "/", "~")) or hub_id.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(hub_id)):
+        fail("no such folder")
+    from transformers import GPT2LMHeadModel  # seconds to import: after the checks
+
     if looks_local:
-        if not os.path.isdir(os.path.expanduser(hub_id)):
-            fail("no such folder")
         try:
             return GPT2LMHeadModel.from_pretrained(os.path.expanduser(hub_id))
         except Exception as e:

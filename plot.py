@@ -123,16 +123,12 @@ def smooth(values, alpha):
 
 
 def loss_ylim(runs):
-    """Clip the first steps' very high losses so the interesting part of the curves is visible."""
-    tails = []
-    for run in runs:
-        losses = [v for _, v in run["train"]]
-        skip = max(1, len(losses) // 20)
-        tails += smooth(losses, 0.9)[skip:] if len(losses) > 20 else losses
-        tails += [v for _, v in run["val"][1:]] or [v for _, v in run["val"]]
-    if not tails:
+    """Every train and val loss inside the panel, the step-0 loss and the lowest ones included,
+    as the bits per byte panel shows all its points; and GPT-2 124M's val loss where drawn."""
+    losses = [v for run in runs for _, v in run["train"] + run["val"]]
+    if not losses:
         return None
-    low, high = min(tails), max(tails)
+    low, high = min(losses), max(losses)
     if any(run["fineweb_edu"] for run in runs):
         low = min(low, GPT2_124M_VAL_LOSS)
     margin = 0.05 * (high - low or 1.0)
@@ -238,6 +234,20 @@ def label_hellaswag_axis(ax, runs, drawn):
     finish_axis(ax, "step", "acc_norm", "HellaSwag accuracy (acc_norm)")
 
 
+def missing_hellaswag(runs):
+    """A line for each run without HellaSwag, saying why (the report's reason)."""
+    from trainer.report import find_manifest, why_no_hellaswag
+
+    lines = []
+    for run in runs:
+        if not run["hellaswag"]:
+            data = run["config"].get("data")
+            tokenizer = ((data and find_manifest(data, run["dir"])) or {}).get("tokenizer")
+            lines.append(f"{run['name']}: no HellaSwag panel: not run: "
+                         f"{why_no_hellaswag(run['config'], tokenizer)}")
+    return lines
+
+
 def plot(run_dirs, out=None, smoothing=None):
     """Write the PNG; return (path, drawn series)."""
     runs = [load_run(d) for d in run_dirs]
@@ -267,6 +277,8 @@ def main(argv=None):
     except (ValueError, OSError) as e:
         print(f"plot.py: error: {e}", file=sys.stderr)
         return 2
+    for line in missing_hellaswag([load_run(d) for d in args.runs]):
+        print(line)
     print(f"wrote {out}")
     return 0
 

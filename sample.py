@@ -91,7 +91,7 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a ckpt_*.pt file, or a run folder (its newest checkpoint)")
     src.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, a hub id, or a local "
-                                     "Hugging Face GPT-2 folder (e.g. one written by export_hf)")
+                                     "Hugging Face GPT-2 folder (e.g. one written by hf_gpt2.py export)")
     p.add_argument("--tokenizer", default=None,
                    help="gpt2 or a shard folder (default: the checkpoint's shards; gpt2 for --model)")
     p.add_argument("--prompt", default="",

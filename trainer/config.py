@@ -255,7 +255,8 @@ def build_parser():
             continue
         flag_name = "--" + f.name.replace("_", "-")
         group = groups[f.metadata["group"]]
-        help_text = f"{f.metadata['help']} (default {f.default})"
+        # an empty default is described by the help text itself ("default: wandb's own")
+        help_text = f.metadata["help"] + (f" (default {f.default})" if f.default != "" else "")
         # default=None marks "not given": only given flags override preset and file
         if f.type is bool:  # --compile, --compile true, --compile false
             group.add_argument(flag_name, nargs="?", const=True, type=_bool, default=None,

@@ -130,6 +130,22 @@ def describe_data(config, run_dir, tokens_trained, last_epoch):
             "loader_epoch": last_epoch}
 
 
+def why_no_hellaswag(config, tokenizer=None):
+    """Why a run with this config.json (and shards of this tokenizer, when known) logged no
+    HellaSwag result, as the trainer decides it (trainer/evaluation.py's load_hellaswag)."""
+    from pipeline.tokenizer import GPT2_VOCAB_SIZE
+
+    if not config.get("hellaswag_every"):
+        return "--hellaswag-every 0"
+    if config.get("vocab_size", GPT2_VOCAB_SIZE) < GPT2_VOCAB_SIZE:
+        return (f"the model's vocabulary has {config['vocab_size']:,} tokens; HellaSwag needs a "
+                f"GPT-2-vocabulary model")
+    if tokenizer not in (None, "gpt2"):
+        return f"the shards' tokenizer is {tokenizer}; HellaSwag needs GPT-2's"
+    return (f"no result in log.jsonl although --hellaswag-every {config['hellaswag_every']}: skipped "
+            f"at start-up (the run's output says why) or stopped before its first evaluation")
+
+
 def hellaswag_results(records, run_dir, config):
     """[{style, source, step, acc_norm, acc, n, best_*, references}]: the in-training figures,
     then every hellaswag_*.json in the run folder (hellaswag.py --json)."""
@@ -318,7 +334,7 @@ def render_markdown(r):
                      f"{number(h['acc_norm'])} (acc {number(h['acc'])}, {h['n']} examples); "
                      f"same style: {refs} |")
     if not r["hellaswag"]:
-        lines.append("| HellaSwag | not run (--hellaswag-every 0, or no GPT-2-vocabulary model) |")
+        lines.append(f"| HellaSwag | not run: {why_no_hellaswag(cfg, data['tokenizer'])} |")
     lines += [
         f"| tokens trained on | {data['tokens_trained']:,}{epochs} |",
         f"| wall time | {duration(r['time']['wall_time_s'])} over {len(r['time']['attempts'])} "

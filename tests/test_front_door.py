@@ -1,0 +1,83 @@
+"""What a new user meets first, beyond the preflight: --help without empty defaults, messages that
+name commands (not functions), plots whose loss panels show every point, and a plot and a run
+report that say why HellaSwag was not run."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import hf_gpt2
+import plot
+import sample
+from model import GPT, GPTConfig
+from trainer.config import parse_config
+from trainer.report import why_no_hellaswag, write_report
+
+
+def test_help_shows_no_empty_defaults(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    out = capsys.readouterr().out
+    assert "(default )" not in out and "(default 250)" in out
+    assert "--world-size N" in out and "--gpu-memory SIZE" in out
+
+
+def test_messages_name_the_export_command_not_the_function(tmp_path, capsys):
+    config = GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=16, bias=False)
+    checkpoint = tmp_path / "ckpt_0000001.pt"
+    torch.save({"model": GPT(config).state_dict(), "step": 1,
+                "config": {"data": "", "model": config.to_dict()}}, checkpoint)
+    assert hf_gpt2.main(["export", str(checkpoint), str(tmp_path / "hf")]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == ["hf_gpt2.py: error: cannot export: Hugging Face's GPT2LMHeadModel has biases, "
+                      "and this model was trained with --bias false"]
+    assert sample.main(["--model", str(tmp_path / "no-such-folder")]) == 2
+    (error,) = capsys.readouterr().err.splitlines()
+    assert "`python hf_gpt2.py export`" in error and "export_hf" not in error
+    with pytest.raises(SystemExit):
+        sample.main(["--help"])
+    out = capsys.readouterr().out
+    assert "hf_gpt2.py export" in out and "export_hf" not in out
+
+
+def write_run(run, config):
+    """A finished run's folder without HellaSwag: loss from 11 down to 3, val at steps 0 and 30."""
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    lines = [{"setup": {"world_size": 1, "start_step": 0}, "time": 100.0}]
+    for step in range(30):
+        loss = 3.0 + 8.0 * math.exp(-step / 3)
+        lines.append({"step": step, "loss": loss, "ms": 10.0, "tokens_per_s": 1e4, "mfu": None,
+                      "epoch": 0, "time": 101.0 + step})
+    lines += [{"step": 0, "val_loss": 11.1, "val_bpb": 3.7, "time": 101.0},
+              {"step": 30, "val_loss": 3.2, "val_bpb": 1.1, "time": 131.0}]
+    (run / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return run
+
+
+def test_plot_shows_every_loss_and_says_why_hellaswag_is_missing(tmp_path, capsys):
+    config = {"data": str(tmp_path / "shards"), "max_steps": 30, "total_batch_size": 512,
+              "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 64, "vocab_size": 50304,
+              "hellaswag_every": 0}
+    run = write_run(tmp_path / "demo", config)
+    assert plot.main([str(run)]) == 0
+    assert "demo: no HellaSwag panel: not run: --hellaswag-every 0" in capsys.readouterr().out
+    fig, drawn = plot.make_figure([plot.load_run(run)])
+    losses = [v for _, v in plot.load_run(run)["train"] + plot.load_run(run)["val"]]
+    for ax in fig.axes[:2]:  # loss vs steps, loss vs tokens
+        low, high = ax.get_ylim()
+        assert low < min(losses) and high > max(losses) == 11.1, ax.get_title()
+    _, report = write_report(run)
+    assert "| HellaSwag | not run: --hellaswag-every 0 |" in (run / "report.md").read_text()
+
+
+def test_report_says_which_reason_kept_hellaswag_out():
+    base = {"hellaswag_every": 250, "vocab_size": 50304}
+    assert why_no_hellaswag({**base, "hellaswag_every": 0}) == "--hellaswag-every 0"
+    assert why_no_hellaswag({**base, "vocab_size": 65}) == (
+        "the model's vocabulary has 65 tokens; HellaSwag needs a GPT-2-vocabulary model")
+    assert why_no_hellaswag(base, "char") == "the shards' tokenizer is char; HellaSwag needs GPT-2's"
+    assert why_no_hellaswag(base, "gpt2").startswith(
+        "no result in log.jsonl although --hellaswag-every 250: skipped at start-up")
