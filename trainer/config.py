@@ -170,9 +170,9 @@ DATA_COMMANDS = {
     "gpt2-350m": _FINEWEB_100B,
     "gpt2-774m": _FINEWEB_100B,
     "gpt2-1558m": _FINEWEB_100B,
-    "cpu-smoke": ("make demo", "small GPT-2 shards in data/demo: then --data data/demo; or your own "
-                               "text: python -m pipeline.fineweb --source FILE.txt --out DIR "
-                               "--shard-tokens 50000"),
+    "cpu-smoke": ("make demo", "small GPT-2 shards in data/demo, then --data data/demo; or your own "
+                               "text: `python -m pipeline.fineweb --source FILE.txt --out {data} "
+                               "--shard-tokens 50000`"),
     "shakespeare-char": _SHAKESPEARE,
     "shakespeare-char-big": _SHAKESPEARE,
     "tinystories": ("python -m pipeline.fineweb --source hf:roneneldan/TinyStories --out "
@@ -193,7 +193,7 @@ def data_command(cfg):
         words[words.index("--out") + 1] = cfg.data
     elif words[0] == "python" and cfg.data != _DEFAULT_OUT[words[2]]:
         words += ["--out", cfg.data]
-    return f"`{' '.join(words)}`" + (f" ({note})" if note else "")
+    return f"`{' '.join(words)}`" + (f" ({note.format(data=cfg.data)})" if note else "")
 
 def _bool(text):
     if text.lower() in ("1", "true", "yes", "on"):
@@ -238,7 +238,8 @@ def build_parser():
     run.add_argument("--config", metavar="FILE", help="json object of field -> value")
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config, parameter count and memory plan per rank "
-                          "(model built on the meta device), then exit 0: touches no data or GPU")
+                          "(model built on the meta device; see --world-size, --gpu-memory), then "
+                          "exit 0: touches no data or GPU")
     run.add_argument("--world-size", type=int, metavar="N",
                      help="with --dry-run: plan for N ranks (default: $WORLD_SIZE, as torchrun sets "
                           "it, else 1)")

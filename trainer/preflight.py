@@ -1,6 +1,6 @@
 """Know before you launch: parameter count and the memory each rank will need.
 
-    python train_gpt2.py --preset gpt2-1558m --fsdp --dry-run   # config + plan for this world size
+    python train_gpt2.py --preset gpt2-1558m --fsdp --dry-run --world-size 8 --gpu-memory 80GB
     python -m trainer.preflight --fit-table                       # the README's "what fits" table
 
 The model is built on the meta device (shapes, no storage), so a 1.5B plan takes a second and no
