@@ -10,10 +10,11 @@ data, and a run can resume on a different number of GPUs.
 
 Each shard serves (N - 1) // T // S whole global batches; the few leftover sequences at its end
 are dropped, so every rank always moves to the next shard at the same step. A shard too short for
-one global batch (a corpus's tail shard) is left out of the stream altogether, the same for every
-split since it depends only on (T, S); only a folder where no shard holds one is refused. With shuffle=True the
-shard order and the order of sequences within each shard are permuted per epoch by a generator
-seeded with (seed, epoch[, shard]): the same on every rank and after a resume.
+one global batch (a corpus's tail shard) is left out of the stream altogether: that depends only
+on (T, S), so every split leaves out the same shards; only a folder where no shard holds one
+global batch is refused. With shuffle=True the shard order and the order of sequences within each
+shard are permuted per epoch by a generator seeded with (seed, epoch[, shard]): the same on every
+rank and after a resume.
 
 Shards are memory-mapped (shards.format.read_shard): a rank's host memory stays at a few batches,
 whatever the shard size (build-nanogpt loads a whole 100M-token shard as int64, ~800 MB a rank).

@@ -64,12 +64,13 @@ def test_plot_shows_every_loss_and_says_why_hellaswag_is_missing(tmp_path, capsy
     run = write_run(tmp_path / "demo", config)
     assert plot.main([str(run)]) == 0
     assert "demo: no HellaSwag panel: not run: --hellaswag-every 0" in capsys.readouterr().out
-    fig, drawn = plot.make_figure([plot.load_run(run)])
-    losses = [v for _, v in plot.load_run(run)["train"] + plot.load_run(run)["val"]]
+    loaded = plot.load_run(run)
+    fig, _ = plot.make_figure([loaded])
+    losses = [v for _, v in loaded["train"] + loaded["val"]]
     for ax in fig.axes[:2]:  # loss vs steps, loss vs tokens
         low, high = ax.get_ylim()
         assert low < min(losses) and high > max(losses) == 11.1, ax.get_title()
-    _, report = write_report(run)
+    write_report(run)
     assert "| HellaSwag | not run: --hellaswag-every 0 |" in (run / "report.md").read_text()
 
 

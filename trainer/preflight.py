@@ -46,6 +46,7 @@ from shards.format import ShardError, read_shard
 from shards.loader import (describe_global_batch, describe_shards, sequences_in,
                            too_short_for_a_batch)
 from shards.manifest import ManifestError, list_shards
+from trainer import batch_size
 from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoints,
                                 load_checkpoint, resolve_checkpoint)
 from trainer.config import data_command
@@ -161,7 +162,8 @@ def dry_run_plan(cfg, world_size, gpu_memory=None, world_source="--world-size"):
     else:
         why = (f"auto planned at its upper bound on CPU (at most 64 dividing the {per_rank} sequences "
                f"per rank); on CUDA the run takes the largest that fits: --gpu-memory shows which")
-        cfg = replace(cfg, micro_batch_size=min(per_rank & -per_rank, 64))
+        cfg = replace(cfg, micro_batch_size=batch_size.candidates(
+            cfg.total_batch_size, cfg.seq_len, world_size, batch_size.CPU_MAX_MICRO_BATCH)[0])
     lines.append(f"micro-batch {cfg.micro_batch_size}: {why}")
     planned = replace(planned, micro_batch_size=cfg.micro_batch_size)
     plan = memory_plan(planned, world_size)
