@@ -7,6 +7,7 @@ processes; each scenario launches torchrun or python once.
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -221,6 +222,39 @@ def test_sigterm_exit_status_3_single_process(data, tmp_path):
     assert proc.returncode == 3, output
     step = max(int(p.stem[5:]) for p in tmp_path.glob("ckpt_*.pt"))
     assert f"checkpoint at step {step} saved" in output
+
+
+def test_sigterm_storm_from_slurm_and_torchrun_still_checkpoints_and_resumes(data, reference, tmp_path):
+    """What one scancel does to a torchrun job: Slurm sends SIGTERM to every process of the step
+    (the workers too), and torchrun, on its own SIGTERM, sends the workers another one a moment
+    later. Both are one request: every rank finishes its step, checkpoints, exits 3; the same
+    command resumes to the uninterrupted run's losses. The TERMs land during the evaluation at
+    step 0, kept busy past the second one by 2,000 sample tokens (a real model's step and
+    checkpoint take seconds; this one's would be over before the second TERM)."""
+    long_samples = ["--sample-tokens", "2000"]  # samples only: the losses are TINY's
+    proc = launch(tmp_path, data, nproc=2, extra=long_samples)
+    deadline = time.time() + 60
+    workers = []
+    while not (len(workers) == 2 and all(catches(pid, signal.SIGTERM) for pid in workers)):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        workers = worker_pids(proc.pid)
+        time.sleep(0.005)
+    for pid in workers:  # slurmstepd signals every process of the step...
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)  # ...torchrun among them, which passes it on to its workers
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0  # torchrun exits 1 after a SIGTERM, whatever its workers did
+    assert "Sending process" in output and "closing signal SIGTERM" in output, output  # it did forward
+    stopped = re.search(r"checkpoint at step (\d+) saved, exiting with status 3", output)
+    assert stopped, output
+    assert (tmp_path / f"ckpt_{int(stopped.group(1)):07d}.pt").exists()
+    output = run(tmp_path, data, nproc=2, extra=long_samples)
+    assert f"at step {stopped.group(1)}" in output and (tmp_path / "DONE").exists()
+    train, val = read_log(tmp_path)
+    ref_train, ref_val = read_log(reference)
+    assert_same_losses(train, ref_train, 1e-5)
+    assert_same_losses(val, ref_val, 1e-5)
 
 
 def test_lr_schedule():
