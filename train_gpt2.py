@@ -91,7 +91,8 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     runtime.init_process_group(cfg.dist_timeout_min)
-    stop = StopRequest(Path(cfg.out_dir) / "STOP")  # from here on: checkpoint and exit 3
+    # from here on a stop request means: checkpoint and exit 3
+    stop = StopRequest(Path(cfg.out_dir) / "STOP", announce=runtime.master)
     try:
         status = train(cfg, runtime, data, stop, probe, why)
     except (BadInput, CheckpointError, LoaderError, WandbUnavailable) as e:  # raised alike on every rank
@@ -221,8 +222,11 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
         if stop_now:
             if master:
                 stop.acknowledge()
+                since = stop.seconds_since_signal()
+                since = f" ({since:.1f} s after the signal)" if since is not None else ""
                 print(f"stop requested ({stop.reason or 'by another rank'}): checkpoint at step "
-                      f"{done} saved, exiting with status {EXIT_STOPPED}; run the same command to resume")
+                      f"{done} saved, exiting with status {EXIT_STOPPED}{since}; run the same command "
+                      f"to resume")
             metrics.finish()
             return EXIT_STOPPED
 

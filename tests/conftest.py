@@ -40,6 +40,16 @@ def tiny_train_flags(steps, total_batch_size, eval_every):
             "--sample-tokens", "8"]
 
 
+def catches(pid, sig):
+    """True once process `pid` has installed a handler for `sig` (Linux /proc SigCgt mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    mask = int(next(l.split()[1] for l in status.splitlines() if l.startswith("SigCgt")), 16)
+    return bool(mask >> (sig - 1) & 1)
+
+
 @pytest.fixture(scope="session")
 def char_shards(tmp_path_factory):
     return write_char_shards(tmp_path_factory.mktemp("char_shards"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_train_flags
+from conftest import catches, tiny_train_flags
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "slurm" / "cluster.sh"
@@ -246,6 +246,44 @@ def test_preempted_job_checkpoints_requeues_resumes_with_same_losses(slurm_env, 
     print(f"\none node: requeue -> training again {requeue_to_training:.1f} s")
 
 
+@pytest.mark.slow
+def test_scancel_checkpoints_and_the_resubmitted_job_resumes_with_same_losses(slurm_env, reference,
+                                                                             tmp_path):
+    """A plain `scancel` of a running job: SIGTERM to the batch shell and to every process of the
+    step, and torchrun's own SIGTERM to its workers a moment later, no USR1 warning. Every rank
+    checkpoints within KillWait, the job ends CANCELLED and does not requeue itself (scancel means
+    stop), and the same sbatch command, submitted again, resumes from that checkpoint to the
+    uninterrupted run's losses. The signals land during the evaluation at step 0, kept busy by
+    2,000 sample tokens (a real model's step and checkpoint take seconds; this one's would be
+    over before torchrun's SIGTERM)."""
+    out = tmp_path / "run"
+    long_samples = ("--sample-tokens", "2000")  # samples only: the losses are TINY's
+    job = submit_training(slurm_env, tmp_path, out, *long_samples)
+
+    def trainers_catch_sigterm():
+        workers = trainer_workers(job)
+        return len(workers) == 2 and all(catches(pid, signal.SIGTERM) for pid in workers)
+
+    wait_for(trainers_catch_sigterm, 180, f"job {job} training ({job_info(slurm_env, job)})")
+    cancelled = subprocess.run(["scancel", job], env=slurm_env, capture_output=True, text=True, timeout=30)
+    assert cancelled.returncode == 0, cancelled.stderr
+    info = wait_job(slurm_env, job)
+    log = (out / "slurm" / f"{job}.out").read_text()
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", log
+    assert "requeueing" not in log, "scancel means stop: the job must not requeue itself"
+    stopped = re.search(r"checkpoint at step (\d+) saved, exiting with status 3", log)
+    assert stopped and int(stopped.group(1)) < STEPS, f"no stop checkpoint before the job ended:\n{log}"
+    assert not (out / "DONE").exists()
+
+    again = submit_training(slurm_env, tmp_path, out, *long_samples)
+    info = wait_job(slurm_env, again)
+    log = (out / "slurm" / f"{again}.out").read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log
+    assert f"resuming from {out}/ckpt_{int(stopped.group(1)):07d}.pt" in log, log
+    assert (out / "DONE").exists()
+    assert_same_losses(losses(out), reference)
+
+
 def test_fineweb_array_equals_single_run(cluster, tmp_path):
     """A 2-task array (tokenize a share of the files each) + its automatic pack job writes the
     same shard bytes and manifest entries as one `python -m pipeline.fineweb`."""
@@ -327,9 +365,10 @@ def test_two_node_preemption_checkpoints_requeues_resumes_on_both_nodes(two_node
     print(f"\ntwo nodes: requeue -> training again {requeue_to_training:.1f} s")
 
 
-def trainer_worker(job, node_id):
-    """The pid of job `job`'s trainer process on node `node_id` (torchrun's worker: it alone has
-    RANK in its environment), or None."""
+def trainer_workers(job, node_id=0):
+    """The pids of job `job`'s trainer processes on node `node_id` (torchrun's workers: they alone
+    have RANK in their environment)."""
+    pids = []
     for proc in Path("/proc").iterdir():
         try:
             env = set((proc / "environ").read_bytes().split(b"\0"))
@@ -337,8 +376,8 @@ def trainer_worker(job, node_id):
             continue
         if {f"SLURM_JOB_ID={job}".encode(), f"SLURM_NODEID={node_id}".encode()} <= env and any(
                 var.startswith(b"RANK=") for var in env):
-            return int(proc.name)
-    return None
+            pids.append(int(proc.name))
+    return pids
 
 
 def test_rank_killed_on_one_node_ends_the_job_promptly_without_requeue(two_nodes, tmp_path):
@@ -349,8 +388,9 @@ def test_rank_killed_on_one_node_ends_the_job_promptly_without_requeue(two_nodes
     job = submit_training(two_nodes, tmp_path, out, "--max-steps", "100000", nodes=2)
     wait_for(lambda: max(trained_steps(out), default=-1) >= 5, 180,
              f"job {job} training ({job_info(two_nodes, job)})")
-    victim = trainer_worker(job, node_id=1)
-    assert victim is not None, "no trainer process with SLURM_NODEID=1"
+    victims = trainer_workers(job, node_id=1)
+    assert len(victims) == 1, f"not one trainer process with SLURM_NODEID=1: {victims}"
+    victim = victims[0]
     os.kill(victim, signal.SIGKILL)
     killed = time.time()
     info = wait_job(two_nodes, job, timeout=120)

@@ -7,6 +7,7 @@ processes; each scenario launches torchrun or python once.
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from trainer.config import PRESETS, TrainConfig, parse_config
 from shards.format import write_shard
 from train_gpt2 import get_lr, main
 
-from conftest import write_char_shards
+from conftest import catches, write_char_shards
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 40
@@ -151,16 +152,6 @@ def worker_pids(torchrun_pid):
     return [int(p) for p in children.read_text().split()] if children.exists() else []
 
 
-def catches(pid, sig):
-    """True once process `pid` has installed a handler for `sig` (Linux /proc SigCgt mask)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    mask = int(next(l.split()[1] for l in status.splitlines() if l.startswith("SigCgt")), 16)
-    return bool(mask >> (sig - 1) & 1)
-
-
 def test_signal_checkpoints_exits_3_and_resumes(data, reference, tmp_path):
     """SIGUSR1 to one rank only: both finish the step, agree, checkpoint and exit 3;
     resuming (here on 1 rank) continues the uninterrupted run's losses."""
@@ -221,6 +212,39 @@ def test_sigterm_exit_status_3_single_process(data, tmp_path):
     assert proc.returncode == 3, output
     step = max(int(p.stem[5:]) for p in tmp_path.glob("ckpt_*.pt"))
     assert f"checkpoint at step {step} saved" in output
+
+
+def test_sigterm_storm_from_slurm_and_torchrun_still_checkpoints_and_resumes(data, reference, tmp_path):
+    """What one scancel does to a torchrun job: Slurm sends SIGTERM to every process of the step
+    (the workers too), and torchrun, on its own SIGTERM, sends the workers another one a moment
+    later. Both are one request: every rank finishes its step, checkpoints, exits 3; the same
+    command resumes to the uninterrupted run's losses. The TERMs land during the evaluation at
+    step 0, kept busy past the second one by 2,000 sample tokens (a real model's step and
+    checkpoint take seconds; this one's would be over before the second TERM)."""
+    long_samples = ["--sample-tokens", "2000"]  # samples only: the losses are TINY's
+    proc = launch(tmp_path, data, nproc=2, extra=long_samples)
+    deadline = time.time() + 60
+    workers = []
+    while not (len(workers) == 2 and all(catches(pid, signal.SIGTERM) for pid in workers)):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        workers = worker_pids(proc.pid)
+        time.sleep(0.005)
+    for pid in workers:  # slurmstepd signals every process of the step...
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)  # ...torchrun among them, which passes it on to its workers
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0  # torchrun exits 1 after a SIGTERM, whatever its workers did
+    assert "Sending process" in output and "closing signal SIGTERM" in output, output  # it did forward
+    stopped = re.search(r"checkpoint at step (\d+) saved, exiting with status 3", output)
+    assert stopped, output
+    assert (tmp_path / f"ckpt_{int(stopped.group(1)):07d}.pt").exists()
+    output = run(tmp_path, data, nproc=2, extra=long_samples)
+    assert f"at step {stopped.group(1)}" in output and (tmp_path / "DONE").exists()
+    train, val = read_log(tmp_path)
+    ref_train, ref_val = read_log(reference)
+    assert_same_losses(train, ref_train, 1e-5)
+    assert_same_losses(val, ref_val, 1e-5)
 
 
 def test_lr_schedule():
@@ -376,21 +400,44 @@ def test_peak_flops_by_exact_gpu_name():
     assert peak_flops_of("NVIDIA RTX A6000") is None  # unknown: no MFU rather than a wrong one
 
 
-def test_second_sigterm_ends_a_stuck_process_at_once(tmp_path):
-    """The first SIGTERM asks for a checkpoint; a second one (a rank stuck in a collective whose
-    peer died) must end the process instead of waiting for the collective's timeout."""
+def stop_request_process(tmp_path, same_request_s):
+    """A process with the trainer's stop handlers, busy forever (a step that never ends)."""
     code = ("import time, sys; sys.path.insert(0, '.')\n"
             "from trainer.signals import StopRequest\n"
+            f"StopRequest.SAME_REQUEST_S = {same_request_s}\n"
             f"stop = StopRequest({str(tmp_path / 'STOP')!r})\n"
             "print('ready', flush=True)\n"
-            "while True: time.sleep(0.01)  # a collective that never returns\n")
+            "while True: time.sleep(0.01)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    assert proc.poll() is None  # the first one only records the request
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == -signal.SIGTERM
+    return proc
+
+
+def test_second_ctrl_c_after_the_window_ends_the_process_at_once(tmp_path):
+    """Ctrl-C asks for a checkpoint; another within the window (torchrun or srun passing the
+    same Ctrl-C on) is the same request; one after it is a person meaning "now"."""
+    proc = stop_request_process(tmp_path, same_request_s=1.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)  # within the window
+    time.sleep(1.2)
+    assert proc.poll() is None, "a repeat within the window only records the request"
+    proc.send_signal(signal.SIGINT)  # after it
+    assert proc.wait(timeout=10) == -signal.SIGINT
+
+
+def test_repeated_sigterm_never_ends_the_process(tmp_path):
+    """A GraceTime preemption sends SIGTERM at once and again when the grace time ends, then
+    allows KillWait seconds: the repeat must not cut the checkpoint short. SIGUSR1 alike."""
+    proc = stop_request_process(tmp_path, same_request_s=0.2)
+    try:
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGTERM, signal.SIGTERM):
+            proc.send_signal(sig)
+            time.sleep(0.3)  # each past the window
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.slow

@@ -6,32 +6,61 @@ workers: torchrun starts them in sessions of their own, and Slurm sites that tra
 process group (proctrack/pgid) never deliver `scancel --signal=USR1 JOB.0` to them; the batch
 script touches RUN/STOP as well. The loop reads `requested()` every step and all ranks agree
 through one all-reduce, so none is left waiting in a collective.
+
+One request often arrives as several signals, and none of them may end the process before its
+checkpoint is written:
+- a `scancel` (or a preemption) signals every process of the step, and torchrun passes its own
+  SIGTERM on to its workers: each rank gets SIGTERM twice, a fraction of a second apart;
+- a preemption with GraceTime sends SIGTERM at once and again when the grace time ends, and only
+  then allows KillWait seconds before SIGKILL.
+So a repeated SIGTERM (or SIGUSR1) is always the same request: the machinery that sends it
+follows up with SIGKILL when it means "now" (Slurm after KillWait, torchrun after its
+--shutdown-timeout). Only a person at a terminal asks for "now" with a signal: a second Ctrl-C
+(SIGINT) ends the process at once, if it comes more than SAME_REQUEST_S seconds after the first.
 """
 
+import os
 import signal
+import time
 from pathlib import Path
 
 
 class StopRequest:
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+    # SIGINTs this close together are one request: torchrun (polling every 0.1 s) and srun pass a
+    # Ctrl-C on within a second, a few seconds on a loaded node; a person who means "now" presses
+    # again after seeing the step not end for some seconds.
+    SAME_REQUEST_S = 5.0
 
-    def __init__(self, stop_file):
+    def __init__(self, stop_file, announce=False):
         self.stop_file = Path(stop_file)
+        self.announce = announce  # one process (rank 0) says what a signal started
         self.reason = None
+        self.first_signal_at = None
         self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        self.reason = self.reason or signal.Signals(signum).name
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            # a second TERM/INT acts at once: a rank stuck in a collective with a crashed peer
-            # must not hold its GPUs until the process group times out
+        if self.first_signal_at is None:
+            self.first_signal_at = time.monotonic()
+            self.reason = self.reason or signal.Signals(signum).name
+            if self.announce:  # os.write: a print() interrupted mid-print would raise
+                os.write(2, f"{self.reason}: finishing this step, then a checkpoint and exit 3 (a "
+                            f"second Ctrl-C more than {self.SAME_REQUEST_S:.0f} s from now ends the "
+                            f"process at once, without a checkpoint)\n".encode())
+        elif signum == signal.SIGINT and time.monotonic() - self.first_signal_at > self.SAME_REQUEST_S:
             signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)  # ends the process as a Ctrl-C does, skipping clean-up
 
     def requested(self):
         """Whether this rank was asked to stop (a signal, or RUN/STOP exists)."""
         if self.reason is None and self.stop_file.exists():
             self.reason = f"{self.stop_file.name} file"
         return self.reason is not None
+
+    def seconds_since_signal(self):
+        """Seconds since the first stop signal (None without one): the margin a launcher's kill
+        deadline (KillWait, torchrun's --shutdown-timeout) must leave for the stop checkpoint."""
+        return None if self.first_signal_at is None else time.monotonic() - self.first_signal_at
 
     def acknowledge(self):
         """The stop was carried out (checkpoint written): remove RUN/STOP so that the same
