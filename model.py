@@ -239,17 +239,24 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens is longer than the model's context "
                 f"(block_size {self.config.block_size})"
             )
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.embed(idx, start)
         for i, block in enumerate(self.transformer.h):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)  # restores the RNG: same dropout
             else:
                 x = block(x, kv_cache, i)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
         if kv_cache is not None:
             kv_cache.pos += T
+        return self.head(x, targets)
+
+    def embed(self, idx, start=0):
+        """Token plus position embeddings of idx (B, T), whose first token sits at `start`."""
+        pos = torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+
+    def head(self, x, targets=None):
+        """The last LayerNorm, the output layer and, with targets, the loss: (logits, loss)."""
+        logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

@@ -268,7 +268,10 @@ def fit_micro_batch(cfg, runtime, parallel, optimizer, amp_dtype, data):
     """--micro-batch-size auto on CUDA: the largest micro-batch whose training step fits on every
     GPU; (cfg, data loaders, why) for it."""
     def fits(b):
-        batch_size.try_training_step(parallel, optimizer, b, cfg.seq_len, cfg.vocab_size, amp_dtype)
+        # eagerly: compiling every candidate shape would cost minutes, and an eager step needs
+        # as much memory as the compiled one or more (inductor fuses intermediates away)
+        with parallel.eager():
+            batch_size.try_training_step(parallel, optimizer, b, cfg.seq_len, cfg.vocab_size, amp_dtype)
 
     micro_batch, why = batch_size.choose(replace(cfg, micro_batch_size="auto"), runtime, fits)
     if micro_batch != cfg.micro_batch_size:

@@ -144,18 +144,46 @@ class Runtime:
             dist.destroy_process_group()
 
 
+COMPILE_BACKEND_ENV = "TRAIN_COMPILE_BACKEND"  # tests and debugging: eager or aot_eager
+
+
+def compile_regions(model, backend=None):
+    """Compile `model` in place, region by region: the embeddings, each transformer block, and
+    the head with the loss (ln_f, lm_head, the fp32 cross-entropy: the largest activation).
+
+    Why regions rather than torch.compile(model): FSDP2's hooks on every block are
+    dynamo-disabled, so a whole-model graph breaks inside GPT.forward's block loop and Dynamo
+    then runs that frame eagerly; the embeddings, head and loss were never compiled, and with
+    activation checkpointing nothing was. The regions hold no FSDP or checkpoint call, so each
+    is one full graph (fullgraph=True: a break is an error, never a silent fallback), and all
+    blocks share one compiled graph: compile time does not grow with depth (torchtitan's
+    per-block compile). DDP uses the same regions so every mode runs the same compiled code: its
+    gradient hooks stay outside the graphs, overlapping the all-reduce with the backward without
+    DDPOptimizer's graph splitting; what is lost is fusion across a block boundary (one residual
+    add). The backend is inductor unless $TRAIN_COMPILE_BACKEND names another."""
+    backend = backend or os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+    for block in model.transformer.h:
+        block.compile(backend=backend, fullgraph=True)
+    model.embed = torch.compile(model.embed, backend=backend, fullgraph=True)
+    model.head = torch.compile(model.head, backend=backend, fullgraph=True)
+
+
 class ParallelModel:
     """A GPT wrapped for training on `runtime`: DDP (default) or FSDP, optionally compiled.
 
-    `module` is the plain GPT (its parameters are sharded DTensors under FSDP): evaluation and
-    generation call it directly, uncompiled. Under FSDP every rank must then make the same
-    forward calls (`lockstep`), since each forward gathers the weights from all ranks.
+    `module` is the plain GPT (its parameters are sharded DTensors under FSDP; with compile its
+    regions are compiled in place, see compile_regions): evaluation and generation call it
+    directly, inside `eager()`. Under FSDP every rank must then make the same forward calls
+    (`lockstep`), since each forward gathers the weights from all ranks.
     """
 
     def __init__(self, model, runtime, fsdp=False, compile=False, activation_checkpointing=False,
                  param_dtype=None):
         self.module, self.runtime, self.fsdp = model, runtime, fsdp
         model.activation_checkpointing = activation_checkpointing
+        if compile:  # before sharding, as torchtitan: the compiled blocks then get FSDP's hooks
+            compile_regions(model)
+        self.train_module = model
         if fsdp:
             # param_dtype: weights gathered and computed in bf16, gradients reduced in fp32; the
             # sharded master weights and AdamW state stay fp32
@@ -165,14 +193,15 @@ class ParallelModel:
             # the root holds the embeddings, ln_f and lm_head: the tied wte/lm_head weight is one
             # parameter there, so it stays tied
             fully_shard(model, mp_policy=policy)
-            wrapped = torch.compile(model) if compile else model
-        else:
-            wrapped = torch.compile(model) if compile else model
-            if runtime.distributed:
-                device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-                # gradients live in DDP's reduction buckets: no second copy of them
-                wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
-        self.train_module = wrapped
+        elif runtime.distributed:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            # gradients live in DDP's reduction buckets: no second copy of them
+            self.train_module = DDP(model, device_ids=device_ids, gradient_as_bucket_view=True)
+
+    def eager(self):
+        """A context in which the compiled regions run uncompiled. Evaluation and generation use
+        it: their no_grad, eval mode and ever-changing shapes would each recompile the regions."""
+        return torch.compiler.set_stance("force_eager")
 
     @property
     def lockstep(self):

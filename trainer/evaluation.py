@@ -4,7 +4,7 @@ samples, HellaSwag.
     evaluator = Evaluator(cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype)
     evaluator.run(step, last_step)   # on every rank; evaluations due at `step` run, results logged
 
-Evaluations see the model after `step` updates, through the plain (uncompiled) module, and use
+Evaluations see the model after `step` updates, through the plain module run eagerly, and use
 generators of their own, so the training RNG stream (and so an exact resume) is untouched.
 Under FSDP each forward gathers weights from every rank: all ranks then run the same forwards.
 """
@@ -41,6 +41,10 @@ class Evaluator:
         return torch.autocast(device_type, self.autocast_dtype) if self.autocast_dtype else nullcontext()
 
     def run(self, step, last_step):
+        with self.parallel.eager():  # the compiled training regions would recompile for these
+            self.run_due(step, last_step)
+
+    def run_due(self, step, last_step):
         cfg, master = self.cfg, self.runtime.master
         if self.val_loader is not None and (step % cfg.eval_every == 0 or last_step):
             val_loss, val_bpb = self.validation_loss()
