@@ -133,7 +133,7 @@ def describe_data(config, run_dir, tokens_trained, last_epoch):
 def hellaswag_results(records, run_dir, config):
     """[{style, source, step, acc_norm, acc, n, best_*, references}]: the in-training figures,
     then every hellaswag_*.json in the run folder (hellaswag.py --json)."""
-    import hellaswag
+    from evaluation import hellaswag
 
     def references(style):
         refs = hellaswag.references_for(config["n_layer"], config["n_embd"], style)
