@@ -33,3 +33,30 @@ def temporary_download_path(path):
     processes on several nodes sharing one disk never write into the same file."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def fetch_zip_folder(url, destination, inner, timeout=60):
+    """Download the zip at `url` (http(s) or file://) and place its folder `inner` at
+    `destination`, which appears only once complete; on any failure nothing is left behind
+    (no zip, no partial folder, no empty parent folder) and the error propagates."""
+    import shutil
+    import urllib.request
+    import zipfile
+
+    destination = Path(destination)
+    created = make_folders(destination.parent)
+    tmp_zip = temporary_download_path(destination.with_name(destination.name + ".zip"))
+    tmp_dir = temporary_download_path(destination)
+    try:  # the folder is renamed into place whole, so a reader never sees half of it
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp_zip, "wb") as f:
+            shutil.copyfileobj(response, f)
+        with zipfile.ZipFile(tmp_zip) as archive:
+            archive.extractall(tmp_dir)
+        if not (tmp_dir / inner).is_dir():
+            raise ValueError(f"the zip holds no {inner}/ folder")
+        os.replace(tmp_dir / inner, destination)
+    finally:
+        tmp_zip.unlink(missing_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not destination.exists():
+            remove_empty_folders(created)
