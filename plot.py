@@ -99,7 +99,7 @@ def load_run(run_dir):
 def hellaswag_references(config):
     """{label: acc_norm} for the run's model size (OpenAI GPT-2, GPT-3 paper), or OpenAI GPT-2
     124M's for a model of no GPT-2 size."""
-    import hellaswag
+    from evaluation import hellaswag
 
     refs = hellaswag.references_for(config.get("n_layer", 12), config.get("n_embd", 768))
     return dict(refs or [("OpenAI GPT-2 124M", GPT2_124M_HELLASWAG)])

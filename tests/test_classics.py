@@ -5,7 +5,6 @@ import json
 import random
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,9 @@ from pipeline import shakespeare_char
 from pipeline.tokenizer import CharTokenizer, load_tokenizer
 from shards.__main__ import verify
 from shards.format import read_shard
+from shared_data import SHARED_DIR
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHARED = SHARED_DIR / "data" / "tinyshakespeare" / "input.txt"
 
 
 def make_text(chars=60_000, seed=0):

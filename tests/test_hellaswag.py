@@ -14,13 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import hellaswag
-from hellaswag import HellaSwagUnavailable, evaluate, render_example
+import hellaswag as hellaswag_cli
+from evaluation import download as downloads
+from evaluation import hellaswag
+from evaluation.hellaswag import HellaSwagUnavailable, evaluate, render_example
+from evaluation.models import load_checkpoint_fn, load_hf_model_fn
 from hf_gpt2 import export_hf, gpt_from_hf
 from pipeline.tokenizer import get_gpt2_encoding
+from shared_data import SHARED_DIR
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data" / "hellaswag_format"
+SHARED = SHARED_DIR / "data" / "hellaswag_format"
 DEAD_URL = "http://127.0.0.1:9/hellaswag_val.jsonl"  # the discard port: refused at once, offline-safe
 
 
@@ -51,6 +55,14 @@ WRITTEN = [
     example("A chef slices onions on a board.", "she",
             ["adds them to a pan.", "flies away.", "sings.", "is cooking dinner for her family tonight."], 0,
             activity_label="Cooking"),
+    # longer than a 40-token context in both styles (with ../shared absent too), short endings
+    example("A group of friends gather at the edge of a frozen lake early on a cold winter morning. "
+            "They lace up their skates, stretch their legs, and check the thickness of the ice with a "
+            "long wooden pole before anyone steps out.", "one of them",
+            ["glides out onto the ice.", "eats a sandwich.", "swims.", "climbs a very tall tree in the park."],
+            0, activity_label="Ice skating"),
+    example("A boy holds a kite.", "the wind", ["lifts it.", "stops.", "is blue.", "sings a song."], 0,
+            activity_label="Flying kite"),
 ]
 
 
@@ -137,7 +149,7 @@ def test_offline_without_cache_one_clear_line(tmp_path, capsys):
     assert "\n" not in message
     assert str(cache / hellaswag.VAL_FILE) in message and DEAD_URL in message and "--data" in message
     # the CLI: exit status 2, the same single line on stderr, nothing on stdout
-    status = hellaswag.main(["--model", "gpt2", "--cache-dir", str(cache), "--url", DEAD_URL])
+    status = hellaswag_cli.main(["--model", "gpt2", "--cache-dir", str(cache), "--url", DEAD_URL])
     out, errout = capsys.readouterr()
     assert status == 2 and out == ""
     assert errout.splitlines() == [f"error: {message}"]
@@ -261,7 +273,7 @@ def test_hf_folder_and_our_gpt_agree_with_direct_computation(style, hf_dir, exam
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
-    model_fn, max_length = hellaswag.load_hf_model_fn(str(hf_dir), "cpu")
+    model_fn, max_length = load_hf_model_fn(str(hf_dir), "cpu")
     via_hf = evaluate(model_fn, examples, enc, style, batch_size=3, max_length=max_length)
     assert (max_length, via_hf["truncated"]) == (128, 0)
     gpt = gpt_from_hf(hf_dir).train()
@@ -281,7 +293,7 @@ def test_hf_folder_and_our_gpt_agree_with_direct_computation(style, hf_dir, exam
         assert ll == pytest.approx(via_gpt["predictions"][i][2], rel=0.05)  # bf16: ~3 digits
 
     # the CLI on the same folder reports the same counts
-    assert hellaswag.main(["--model", str(hf_dir), "--data", str(data_file), "--style", style,
+    assert hellaswag_cli.main(["--model", str(hf_dir), "--data", str(data_file), "--style", style,
                            "--json", "--device", "cpu"]) == 0
     cli = json.loads(capsys.readouterr().out)
     assert {k: cli[k] for k in ("n", "correct", "correct_norm", "acc", "acc_norm")} == {
@@ -289,7 +301,7 @@ def test_hf_folder_and_our_gpt_agree_with_direct_computation(style, hf_dir, exam
 
 
 def test_two_ranks_under_torchrun_equal_one_process(hf_dir, examples, data_file, enc):
-    single = evaluate(hellaswag.load_hf_model_fn(str(hf_dir), "cpu")[0], examples, enc, batch_size=2)
+    single = evaluate(load_hf_model_fn(str(hf_dir), "cpu")[0], examples, enc, batch_size=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "hellaswag.py"), "--model", str(hf_dir), "--data", str(data_file),
@@ -313,13 +325,13 @@ def test_exported_checkpoint_matches_checkpoint(tmp_path, examples, data_file, e
     torch.save({"model": model.state_dict(), "config": {"model": model.config.to_dict()}, "step": 10}, ckpt)
     export_hf(model, tmp_path / "hf")
 
-    from_ckpt = evaluate(hellaswag.load_checkpoint_fn(str(ckpt), "cpu")[0], examples, enc, batch_size=4)
-    from_hf = evaluate(hellaswag.load_hf_model_fn(str(tmp_path / "hf"), "cpu")[0], examples, enc, batch_size=4)
+    from_ckpt = evaluate(load_checkpoint_fn(str(ckpt), "cpu")[0], examples, enc, batch_size=4)
+    from_hf = evaluate(load_hf_model_fn(str(tmp_path / "hf"), "cpu")[0], examples, enc, batch_size=4)
     for i in range(len(examples)):
         assert from_ckpt["predictions"][i][:2] == from_hf["predictions"][i][:2]
         assert from_ckpt["predictions"][i][2] == pytest.approx(from_hf["predictions"][i][2], abs=1e-4)
 
-    assert hellaswag.main(["--checkpoint", str(ckpt), "--data", str(data_file), "--device", "cpu"]) == 0
+    assert hellaswag_cli.main(["--checkpoint", str(ckpt), "--data", str(data_file), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert f"{len(examples)} examples, acc {from_hf['acc']:.4f}, acc_norm {from_hf['acc_norm']:.4f}" in out
     assert "124M" in out and "1558M" in out and "not the full set" in out
@@ -343,7 +355,7 @@ def harness_loglikelihood(hf, context_enc, continuation_enc, max_length):
 
 @pytest.fixture(scope="module")
 def short_context_hf_dir(tmp_path_factory):
-    """A random GPT-2 with a 40-token context: shorter than some examples (up to 57 tokens),
+    """A random GPT-2 with a 40-token context: shorter than some examples (up to 62 tokens),
     longer than every ending (up to 27)."""
     return random_hf_gpt2(tmp_path_factory.mktemp("hf") / "short-context", context=40, seed=2)
 
@@ -353,7 +365,7 @@ def test_long_examples_left_truncated_as_the_harness_does(style, short_context_h
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(short_context_hf_dir).eval()
-    model_fn, context = hellaswag.load_hf_model_fn(str(short_context_hf_dir), "cpu")
+    model_fn, context = load_hf_model_fn(str(short_context_hf_dir), "cpu")
     gpt = gpt_from_hf(short_context_hf_dir)
     assert context == gpt.config.block_size == 40
     rendered = [render_example(ex, enc, style) for ex in examples]
@@ -396,19 +408,34 @@ def test_ending_longer_than_context_refused_before_any_work(tmp_path, short_cont
         evaluate(model_fn, examples, enc, max_length=longest_ending - 1)
     assert calls == []
 
-    # the CLI: exit status 2 and one line, for a model whose context is shorter than an ending
+    # the CLI: exit status 2 and one line naming its own way out, for a model whose context (8)
+    # is shorter than some endings; these are the examples with an ending of 9+ tokens
+    too_long = [i for i, ex in enumerate(examples)
+                if any(sum(m) > 8 for m in render_example(ex, enc, "default").mask)]
+    assert 0 < len([i for i in too_long if i < len(WRITTEN)]) < len(WRITTEN)  # both cases, ../shared or not
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=8, n_embd=16, n_layer=1, n_head=1)
                     ).save_pretrained(tmp_path / "tiny-context")
+    tiny = ["--model", str(tmp_path / "tiny-context"), "--data", str(data_file), "--device", "cpu"]
     capsys.readouterr()  # transformers' own progress bar
-    status = hellaswag.main(["--model", str(tmp_path / "tiny-context"), "--data", str(data_file),
-                             "--device", "cpu"])
+    status = hellaswag_cli.main(tiny)
     out, err = capsys.readouterr()
     assert status == 2 and out == ""
     line = err.splitlines()[-1]  # after transformers' own "Loading weights" progress bar
-    assert err.count("error: ") == 1 and line.startswith("error: 8 HellaSwag examples have an ending")
-    assert "context of 8 tokens" in line and "--block-size" in line
+    assert err.count("error: ") == 1
+    assert line.startswith(f"error: {len(too_long)} of {len(examples)} HellaSwag examples have an ending")
+    assert "context of 8 tokens" in line and "--skip-too-long" in line and "--block-size" not in line
+
+    # --skip-too-long scores the others, and says how many were left out
+    assert hellaswag_cli.main(tiny + ["--skip-too-long", "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out.splitlines()[-1])
+    assert (result["n"], result["left_out"]) == (len(examples) - len(too_long), len(too_long))
+    assert f"{len(too_long)} of {len(examples)} examples left out: an ending is longer" in err
+    model_fn, _ = load_hf_model_fn(str(tmp_path / "tiny-context"), "cpu")
+    kept = [ex for i, ex in enumerate(examples) if i not in too_long]
+    assert result["correct_norm"] == evaluate(model_fn, kept, enc, max_length=8)["correct_norm"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -419,9 +446,9 @@ def test_temporary_download_name_unique_per_host_and_process(tmp_path, monkeypat
     final = tmp_path / hellaswag.VAL_FILE
     names = set()
     for host, pid in [("node1", 100), ("node2", 100), ("node1", 101)]:
-        monkeypatch.setattr(hellaswag.socket, "gethostname", lambda: host)
-        monkeypatch.setattr(hellaswag.os, "getpid", lambda: pid)
-        tmp = hellaswag.temporary_download_path(final)
+        monkeypatch.setattr(downloads.socket, "gethostname", lambda: host)
+        monkeypatch.setattr(downloads.os, "getpid", lambda: pid)
+        tmp = downloads.temporary_download_path(final)
         assert tmp.parent == final.parent and tmp.name.startswith(f".{final.name}.tmp-")
         assert host in tmp.name and str(pid) in tmp.name
         names.add(tmp.name)
@@ -431,7 +458,7 @@ def test_temporary_download_name_unique_per_host_and_process(tmp_path, monkeypat
 RANKS_SCRIPT = """
 import sys
 import torch.distributed as dist
-import hellaswag
+from evaluation import hellaswag
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

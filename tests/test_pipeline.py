@@ -15,9 +15,10 @@ from pipeline.fineweb import main as fineweb
 from pipeline.tokenizer import get_gpt2_encoding, load_tokenizer
 from shards.format import read_shard
 from shards.manifest import read_manifest
+from shared_data import SHARED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-WEBTEXT = ROOT.parent / "shared/data/webtext"
+WEBTEXT = SHARED_DIR / "data/webtext"
 EOT = 50256
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hellaswag
+import hellaswag as hellaswag_cli
+from evaluation import hellaswag
 import train_gpt2
 from conftest import tiny_train_flags, write_char_shards
 from shards.format import HEADER_BYTES, write_shard
@@ -218,7 +219,7 @@ def test_hellaswag_download_flag_fetches_what_training_then_finds(gpt2_data, tmp
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{hellaswag.VAL_FILE}"
-        assert hellaswag.main(["--download", "--cache-dir", str(tmp_path / "cache"), "--url", url]) == 0
+        assert hellaswag_cli.main(["--download", "--cache-dir", str(tmp_path / "cache"), "--url", url]) == 0
     finally:
         server.shutdown()
     assert (tmp_path / "cache" / hellaswag.VAL_FILE).read_bytes() == (served / hellaswag.VAL_FILE).read_bytes()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import hellaswag
+from evaluation import hellaswag
 from conftest import tiny_train_flags
 from trainer.report import main, write_report
 

@@ -6,8 +6,9 @@ import pytest
 
 from pipeline import tokenizer as tok
 from pipeline.tokenizer import CharTokenizer, GPT2Tokenizer, get_gpt2_encoding, load_tokenizer
+from shared_data import SHARED_DIR
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"
+SHAKESPEARE = SHARED_DIR / "data/tinyshakespeare/input.txt"
 
 
 def test_gpt2_pins():

@@ -70,7 +70,7 @@ class Evaluator:
         self.metrics.log({"step": step, f"{prefix}_acc_norm": result["acc_norm"],
                           f"{prefix}_acc": result["acc"], f"{prefix}_n": result["n"]})
         if self.runtime.master:
-            import hellaswag
+            from evaluation import hellaswag
 
             shape = self.parallel.module.config
             refs = "; ".join(f"{label}: {acc}" for label, acc in
@@ -132,7 +132,7 @@ class Evaluator:
         return [tokenizer.decode(row.tolist()) for row in out]
 
     def hellaswag(self, style):
-        import hellaswag
+        from evaluation import hellaswag
 
         # each rank scores its share, the counts are summed
         return hellaswag.evaluate_gpt(self.parallel.module, self.hellaswag_examples, style=style,
@@ -151,7 +151,7 @@ def load_hellaswag(cfg, tokenizer, runtime):
         reason = "it needs a GPT-2-tokenizer model and shards"
     else:
         try:
-            import hellaswag
+            from evaluation import hellaswag
 
             examples = hellaswag.load_examples(cfg.hellaswag_data or None,
                                                limit=cfg.hellaswag_limit or None, download=False)

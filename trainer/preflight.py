@@ -338,7 +338,7 @@ def check_hellaswag(cfg, tokenizer, report):
     """A local HellaSwag file when it is on, whose examples fit the model's context."""
     if not cfg.hellaswag_every:
         return
-    import hellaswag
+    from evaluation import hellaswag
 
     if cfg.vocab_size < GPT2_VOCAB_SIZE or (tokenizer is not None and tokenizer.name != "gpt2"):
         report.warn(f"--hellaswag-every {cfg.hellaswag_every}: HellaSwag needs a GPT-2-tokenizer "

@@ -149,7 +149,7 @@ def why_no_hellaswag(config, tokenizer=None):
 def hellaswag_results(records, run_dir, config):
     """[{style, source, step, acc_norm, acc, n, best_*, references}]: the in-training figures,
     then every hellaswag_*.json in the run folder (hellaswag.py --json)."""
-    import hellaswag
+    from evaluation import hellaswag
 
     def references(style):
         refs = hellaswag.references_for(config["n_layer"], config["n_embd"], style)

@@ -1,0 +1,115 @@
+"""CORE of OpenAI's GPT-2 or a training checkpoint, per task beside OpenAI GPT-2's of the same size.
+
+    python core_eval.py --download                        # once, where there is internet
+    python core_eval.py --model gpt2                      # OpenAI's 124M: CORE 0.1139 in nanochat
+    python core_eval.py --checkpoint runs/x --max-per-task 500
+    torchrun --standalone --nproc_per_node=8 core_eval.py --model gpt2-xl --json
+
+CORE (the DCLM paper's 22 in-context tasks, centered accuracy averaged) is computed as nanochat
+computes it: see evaluation/core.py. The bundle is nanochat's eval_bundle.zip, unpacked into
+data/eval_bundle/ by --download; scoring never downloads.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from evaluation import core
+from evaluation.download import fetch_zip_folder
+from evaluation.models import load_checkpoint_fn, load_hf_model_fn, start_ranks, stop_ranks
+from pipeline.tokenizer import get_gpt2_encoding
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="CORE of GPT-2 models and checkpoints, as nanochat computes it")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124m..1558m), "
+                       "a Hugging Face hub id, or a local GPT2LMHeadModel folder")
+    which.add_argument("--checkpoint", help="a train_gpt2.py checkpoint (ckpt_*.pt), or a run folder (its newest)")
+    which.add_argument("--download", action="store_true",
+                       help="only fetch nanochat's eval bundle into --bundle, then exit: training and "
+                            "scoring never download it")
+    parser.add_argument("--bundle", default=str(core.DEFAULT_BUNDLE),
+                        help="the eval bundle folder (core.yaml, eval_meta_data.csv, eval_data/)")
+    parser.add_argument("--url", default=core.BUNDLE_URL, help="where --download fetches eval_bundle.zip from")
+    parser.add_argument("--max-per-task", type=int, default=0,
+                        help="score the first K rows of each task after the shuffle (nanochat: 500 "
+                             "during training); 0 = all")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:1, mps (auto: cuda, else Apple's mps, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16 runs the forward under autocast")
+    parser.add_argument("--json", action="store_true",
+                        help='print one JSON object as the last line: {"tasks": {label: {"accuracy", '
+                             '"centered", "n"}}, "core", "missing", ...}')
+    args = parser.parse_args(argv)
+    if args.max_per_task < 0:
+        parser.error("--max-per-task must be 0 (all) or positive")
+    return args
+
+
+def download(args):
+    bundle = Path(args.bundle)
+    if (bundle / "core.yaml").is_file():
+        print(f"CORE eval bundle already at {bundle}")
+        return 0
+    try:
+        fetch_zip_folder(args.url, bundle, "eval_bundle")
+    except Exception as e:  # network, a bad zip, a full disk: nothing was left behind
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        print(f"error: the CORE eval bundle could not be fetched from {args.url} ({type(e).__name__}: "
+              f"{reason}); fetch eval_bundle.zip on a connected machine and unzip it to {bundle}, "
+              f"or pass --url", file=sys.stderr)
+        return 2
+    print(f"CORE eval bundle: {bundle}")
+    return 0
+
+
+def print_table(result, reference):
+    print(f"{'task':<33} {'n':>5} {'accuracy':>9} {'centered':>9} {reference['model'] + ' centered':>27}")
+    for label, r in result["tasks"].items():
+        theirs = reference["tasks"].get(label)
+        theirs = f"{theirs:27.4f}" if theirs is not None else f"{'-':>27}"
+        print(f"{label:<33} {r['n']:>5} {r['accuracy']:9.4f} {r['centered']:+9.4f} {theirs}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.download:
+        return download(args)
+    device, distributed, master = start_ranks(args.device)
+    result = None
+    try:
+        tasks, missing = core.load_tasks(args.bundle)
+        if master and missing:
+            print(f"CORE: {len(missing)} of {len(tasks) + len(missing)} tasks absent from {args.bundle} "
+                  f"(left out): {', '.join(missing)}", file=sys.stderr)
+        model_fn, context = (load_hf_model_fn(args.model, device) if args.model else
+                             load_checkpoint_fn(args.checkpoint, device, "CORE"))
+        autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+        result = core.evaluate(model_fn, tasks, get_gpt2_encoding(), context, args.max_per_task or None, device,
+                               autocast_dtype=autocast_dtype, report=print if master and not args.json else None)
+    except (core.CoreUnavailable, ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    finally:
+        stop_ranks(distributed)
+    if result is None:
+        return 2
+    if master:
+        name = core.gpt2_name_for(model_fn.config.n_layer, model_fn.config.n_embd) or "gpt2"
+        reference = core.gpt2_reference(list(result["tasks"]), args.bundle, name)
+        if args.json:
+            print(json.dumps({**result, "missing": missing, "reference": reference}))
+        else:
+            print()
+            print_table(result, reference)
+            print(core.core_line(result, missing, reference))
+            print(f"{result['examples_per_second']:.1f} examples/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""CORE: the DCLM paper's 22 in-context tasks, centered accuracy averaged, computed as nanochat
+computes it (nanochat/core_eval.py, scripts/base_eval.py), so its numbers compare with nanochat's.
+
+The bundle (nanochat's eval_bundle.zip, `python core_eval.py --download`) holds core.yaml (each
+task's file, type, shots and continuation delimiter), eval_meta_data.csv (random baselines, in
+percent) and eval_data/<category>/<task>.jsonl. Per task:
+
+- rows shuffled with random.Random(1337), then cut to max_per_task;
+- each row's few-shot examples drawn from the other kept rows with random.Random(1234 + index),
+  each rendered with its answer and followed by a blank line, then the row itself;
+- every sequence starts with <|endoftext|> (GPT-2's BOS) and keeps its last `context` tokens;
+- multiple_choice (one prompt per choice) and schema (one per context option, the same
+  continuation) pick the lowest mean loss over the continuation tokens; language_modeling counts
+  only when greedy decoding reproduces every continuation token;
+- centered = (accuracy - b) / (1 - b), b the random baseline / 100; CORE = the mean over tasks.
+
+A task whose file is absent is named and left out: CORE is then over the tasks present.
+"""
+
+import csv
+import json
+import random
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from evaluation.scoring import (check_gpt2_vocab, continuation_fits, crop_left, rank_and_world,
+                                score_rows, sum_over_ranks)
+from model import unwrap
+from pipeline.tokenizer import get_gpt2_encoding
+
+BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"  # nanochat's
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "data" / "eval_bundle"
+SHUFFLE_SEED, FEWSHOT_SEED = 1337, 1234
+TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+# OpenAI GPT-2's CORE over all 22 tasks, as nanochat reports it (dev/estimate_gpt3_core.ipynb,
+# from the bundle's openai-community-gpt2*.csv; 1.5B: 0.256525 in its README and LEADERBOARD)
+GPT2_CORE = {"gpt2": 0.1139, "gpt2-medium": 0.1849, "gpt2-large": 0.2146, "gpt2-xl": 0.2565}
+GPT2_RESULTS = {"gpt2": "openai-community-gpt2.csv", "gpt2-medium": "openai-community-gpt2-medium.csv",
+                "gpt2-large": "openai-community-gpt2-large.csv", "gpt2-xl": "openai-community-gpt2-xl.csv"}
+GPT2_LABELS = {"gpt2": "124M", "gpt2-medium": "350M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
+
+
+class CoreUnavailable(RuntimeError):
+    """The bundle cannot be read (absent, or a file malformed); the message is one line saying
+    what to do."""
+
+
+class Task(NamedTuple):
+    label: str
+    path: Path  # its jsonl
+    task_type: str  # one of TASK_TYPES
+    num_fewshot: int
+    delimiter: str  # between a query (or context) and its continuation
+    baseline: float  # random-guess accuracy, 0..1
+
+
+class Rendered(NamedTuple):
+    tokens: list  # one row of token ids per choice (language_modeling: one row)
+    mask: list  # per row, 1 on the continuation tokens
+    gold: int  # index of the right choice (language_modeling: 0)
+
+
+# -----------------------------------------------------------------------------------------
+# The bundle
+
+
+def load_tasks(bundle=DEFAULT_BUNDLE):
+    """(tasks whose file is present, labels of those whose file is absent), in core.yaml's order."""
+    import yaml
+
+    bundle = Path(bundle)
+    config, meta = bundle / "core.yaml", bundle / "eval_meta_data.csv"
+    for path in (config, meta):
+        if not path.is_file():
+            raise CoreUnavailable(f"CORE bundle: {path} not found; fetch the bundle with "
+                                  f"`python core_eval.py --download` where there is internet, or pass --bundle DIR")
+    try:
+        with open(meta, encoding="utf-8", newline="") as f:
+            baselines = {row["Eval Task"]: float(row["Random baseline"]) / 100 for row in csv.DictReader(f)}
+        entries = yaml.safe_load(config.read_text(encoding="utf-8"))["icl_tasks"]
+        tasks = [Task(e["label"], bundle / "eval_data" / e["dataset_uri"], e["icl_task_type"],
+                      int(e["num_fewshot"][0]), e.get("continuation_delimiter", " "),
+                      baselines[e["label"]]) for e in entries]
+    except (KeyError, TypeError, ValueError, IndexError, yaml.YAMLError) as e:
+        raise CoreUnavailable(f"CORE bundle {bundle}: core.yaml or eval_meta_data.csv malformed "
+                              f"({type(e).__name__}: {e}); fetch it again with `python core_eval.py --download`") from None
+    for task in tasks:
+        if task.task_type not in TASK_TYPES:
+            raise CoreUnavailable(f"{config}: task {task.label} has type {task.task_type!r}, not one of "
+                                  f"{', '.join(TASK_TYPES)}")
+    return [t for t in tasks if t.path.is_file()], [t.label for t in tasks if not t.path.is_file()]
+
+
+def load_rows(task, max_per_task=None):
+    """The task's rows, shuffled with Random(1337) and cut to max_per_task (None: all), as nanochat
+    subsamples them. Its shots come from the kept rows, so there must be more than num_fewshot."""
+    with open(task.path, encoding="utf-8") as f:
+        rows = [json.loads(line.strip()) for line in f]
+    random.Random(SHUFFLE_SEED).shuffle(rows)
+    if max_per_task:
+        rows = rows[:max_per_task]
+    if len(rows) <= task.num_fewshot:
+        raise CoreUnavailable(f"CORE task {task.label}: {len(rows)} rows kept, but its {task.num_fewshot}-shot "
+                              f"prompts draw their shots from the other kept rows; pass --max-per-task "
+                              f"{task.num_fewshot + 1} or more")
+    return rows
+
+
+def fewshot_rows(rows, index, k):
+    """The k shots of rows[index]: a sample of the other rows, seeded by the index."""
+    if k == 0:
+        return []
+    others = [i for i in range(len(rows)) if i != index]
+    return [rows[i] for i in random.Random(FEWSHOT_SEED + index).sample(others, k)]
+
+
+# -----------------------------------------------------------------------------------------
+# Rendering
+
+
+def render_prompts(task_type, item, delimiter, shots):
+    """The prompt texts of one row, as nanochat's templates render them: each shot with its
+    answer and a blank line, then the row. multiple_choice: one prompt per choice; schema: one per
+    context option; language_modeling: [prompt without its continuation (stripped), with it]."""
+    if task_type == "multiple_choice":
+        prefix = "".join(f"{s['query']}{delimiter}{s['choices'][s['gold']]}\n\n" for s in shots)
+        return [f"{prefix}{item['query']}{delimiter}{choice}" for choice in item["choices"]]
+    if task_type == "schema":
+        prefix = "".join(f"{s['context_options'][s['gold']]}{delimiter}{s['continuation']}\n\n" for s in shots)
+        return [f"{prefix}{option}{delimiter}{item['continuation']}" for option in item["context_options"]]
+    # contexts are trimmed (some carry trailing whitespace); the bare prompt is stripped so that
+    # its tokens are a prefix of the full prompt's
+    prefix = "".join(f"{s['context'].strip()}{delimiter}{s['continuation']}\n\n" for s in shots)
+    question = f"{prefix}{item['context'].strip()}{delimiter}"
+    return [question.strip(), question + item["continuation"]]
+
+
+def common_length(rows, from_end=False):
+    """Length of the prefix (or suffix) that all token rows share."""
+    n = 0
+    for tokens in zip(*(reversed(r) if from_end else r for r in rows)):
+        if any(t != tokens[0] for t in tokens):
+            break
+        n += 1
+    return n
+
+
+def render_example(task, rows, index, enc):
+    """The token rows of rows[index] and where each continuation starts (see Rendered)."""
+    item = rows[index]
+    prompts = render_prompts(task.task_type, item, task.delimiter, fewshot_rows(rows, index, task.num_fewshot))
+    tokens = [[enc.eot_token] + enc.encode_ordinary(p) for p in prompts]
+    if task.task_type == "multiple_choice":  # the choices differ after a shared context
+        starts = [common_length(tokens)] * len(tokens)
+    elif task.task_type == "schema":  # the contexts differ before a shared continuation
+        suffix = common_length(tokens, from_end=True)
+        starts = [len(t) - suffix for t in tokens]
+    else:
+        without, tokens = tokens[0], tokens[1:]
+        if tokens[0][: len(without)] != without or len(without) >= len(tokens[0]):
+            raise ValueError(f"CORE task {task.label}, row {index}: the prompt without its continuation "
+                             f"does not tokenize as a prefix of the prompt with it")
+        starts = [len(without)]
+    mask = [[0] * s + [1] * (len(t) - s) for t, s in zip(tokens, starts)]
+    return Rendered(tokens, mask, int(item.get("gold", 0)))
+
+
+# -----------------------------------------------------------------------------------------
+# Scoring
+
+
+def score_example(model_fn, task, rendered, enc, context, device="cpu", autocast_dtype=None):
+    """Whether the model gets one rendered row right: its rows (one per choice) in one forward,
+    each cropped to its last `context` tokens as nanochat crops them."""
+    tokens, mask = crop_left(rendered.tokens, rendered.mask, context)
+    scores = score_rows(model_fn, tokens, mask, device, enc.n_vocab, autocast_dtype)
+    if task.task_type == "language_modeling":
+        return bool(scores.greedy[0])
+    mean_loglik = scores.loglik / scores.n_tokens  # the lowest mean loss; the first of equals, as nanochat
+    return int(mean_loglik.argmax()) == rendered.gold
+
+
+def evaluate_task(model_fn, task, rows, enc, context, device="cpu", rank=0, world_size=1,
+                  autocast_dtype=None, lockstep=False):
+    """(correct, scored, left out) over `rows`, summed over ranks: rank r scores rows r,
+    r + world_size, ...; each row's choices go through the model in one batch. Rows are cropped
+    to their last `context` tokens; a row whose continuation does not fit is left out. `lockstep`: every rank makes the same number of forwards (FSDP)."""
+    counts = torch.zeros(3, dtype=torch.long)  # correct, scored, left out
+    rounds = -(-len(rows) // world_size)
+    for k in range(rounds):
+        index = rank + k * world_size
+        rendered = render_example(task, rows, index, enc) if index < len(rows) else None
+        if rendered is not None and not all(continuation_fits(m, context) for m in rendered.mask):
+            counts[2] += 1
+            rendered = None
+        if rendered is None:
+            if lockstep:  # a forward the others make too; its result is not used
+                score_rows(model_fn, [[enc.eot_token] * 2], [[0, 1]], device, enc.n_vocab, autocast_dtype)
+            continue
+        correct = score_example(model_fn, task, rendered, enc, context, device, autocast_dtype)
+        counts += torch.tensor([correct, 1, 0])
+    return tuple(sum_over_ranks(counts, device, world_size).tolist())
+
+
+def centered(accuracy, baseline):
+    return (accuracy - baseline) / (1 - baseline)
+
+
+def evaluate(model_fn, tasks, enc, context, max_per_task=None, device="cpu", rank=None,
+             world_size=None, autocast_dtype=None, lockstep=False, report=None):
+    """CORE over `tasks` (see load_tasks): {"tasks": {label: {accuracy, centered, n, left_out}},
+    "core", "examples_per_second"}. `report(line)` is called after each task, on every rank."""
+    rank, world_size = rank_and_world(rank, world_size)
+    results, start, scored = {}, time.time(), 0
+    for task in tasks:
+        task_start = time.time()
+        rows = load_rows(task, max_per_task)
+        correct, n, left_out = evaluate_task(model_fn, task, rows, enc, context, device, rank,
+                                             world_size, autocast_dtype, lockstep)
+        accuracy = correct / max(n, 1)
+        results[task.label] = {"accuracy": accuracy, "centered": centered(accuracy, task.baseline), "n": n,
+                               "left_out": left_out}
+        scored += n
+        if report:
+            skipped = f", {left_out} left out (continuation longer than the context)" if left_out else ""
+            report(f"{task.label:<33} {task.num_fewshot:>2}-shot {task.task_type:<17} accuracy {accuracy:.4f} "
+                   f"centered {results[task.label]['centered']:+.4f} ({n} examples{skipped}, "
+                   f"{time.time() - task_start:.1f}s)")
+    core = sum(r["centered"] for r in results.values()) / len(results) if results else float("nan")
+    return {"tasks": results, "core": core, "examples_per_second": scored / max(time.time() - start, 1e-9)}
+
+
+def evaluate_gpt(model, tasks, *, max_per_task=None, device="cpu", autocast_dtype=None, lockstep=False):
+    """CORE for our GPT during training: every rank must call it (the counts are summed across
+    ranks). The plain module is used, in eval mode, and its training mode is restored afterwards."""
+    raw = unwrap(model)
+    check_gpt2_vocab(raw, "evaluate_gpt", "CORE")
+    was_training = raw.training
+    raw.eval()
+    try:
+        return evaluate(lambda idx: raw(idx)[0], tasks, get_gpt2_encoding(), raw.config.block_size,
+                        max_per_task, device, autocast_dtype=autocast_dtype, lockstep=lockstep)
+    finally:
+        raw.train(was_training)
+
+
+# -----------------------------------------------------------------------------------------
+# OpenAI GPT-2's results, to compare with
+
+
+def gpt2_name_for(n_layer, n_embd):
+    """The OpenAI GPT-2 of this shape ("gpt2", ...), or None."""
+    from model import MODEL_CONFIGS
+
+    for name, shape in MODEL_CONFIGS.items():
+        if name in GPT2_LABELS and (shape.n_layer, shape.n_embd) == (n_layer, n_embd):
+            return name
+    return None
+
+
+def gpt2_results(bundle, name="gpt2"):
+    """{label: (accuracy, centered)} of OpenAI GPT-2 `name` as nanochat scored it, from the
+    bundle's openai-community-gpt2*.csv ("Task, Accuracy, Centered" rows, then a CORE row);
+    {} when the bundle lacks that file."""
+    path = Path(bundle) / GPT2_RESULTS[name]
+    if not path.is_file():
+        return {}
+    results = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        label, accuracy, centered_score = (field.strip() for field in line.split(","))
+        if label != "CORE":
+            results[label] = (float(accuracy), float(centered_score))
+    return results
+
+
+def gpt2_reference(labels, bundle, name="gpt2"):
+    """OpenAI GPT-2 `name` on the tasks `labels`, to print beside a result: {"model", "tasks":
+    {label: centered}, "core": their mean (None without the bundle's csv or one of the tasks),
+    "core_all": its CORE over all 22 tasks}."""
+    per_task = gpt2_results(bundle, name)
+    tasks = {label: per_task[label][1] for label in labels if label in per_task}
+    core = sum(tasks.values()) / len(tasks) if labels and len(tasks) == len(labels) else None
+    return {"model": f"OpenAI GPT-2 {GPT2_LABELS[name]}", "tasks": tasks, "core": core,
+            "core_all": GPT2_CORE[name]}
+
+
+def core_line(result, missing, reference):
+    """'CORE 0.1234 (OpenAI GPT-2 124M: 0.1139)', or over the tasks present when some are absent."""
+    n_tasks = len(result["tasks"]) + len(missing)
+    if not missing:
+        return f"CORE {result['core']:.4f} ({reference['model']}: {reference['core_all']:.4f})"
+    same = f"{reference['core']:.4f}" if reference["core"] is not None else "unknown"
+    return (f"CORE over {len(result['tasks'])} of {n_tasks} tasks {result['core']:.4f} ({reference['model']} over "
+            f"the same tasks: {same}; over all {n_tasks}: {reference['core_all']:.4f})")

@@ -1,0 +1,68 @@
+"""The models the evaluations score, each as `(model_fn, context length)` where
+`model_fn(idx (B, T) LongTensor) -> logits (B, T, V)`: OpenAI's GPT-2 (or any GPT2LMHeadModel
+folder) through transformers, or our GPT from a training checkpoint. Also the process group the
+command lines start under torchrun."""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from evaluation.scoring import check_gpt2_vocab
+from hf_gpt2 import load_hf_gpt2
+from trainer.checkpoint import load_model
+from trainer.distributed import pick_device_type
+
+
+def load_hf_model_fn(name_or_dir, device):
+    """(model_fn, context length) of a transformers GPT2LMHeadModel: OpenAI's sizes, a hub id
+    or a local folder. The context is config.n_positions, where the harness reads it."""
+    try:
+        hf = load_hf_gpt2(name_or_dir)
+    except ValueError as e:
+        raise ValueError(f"--model {name_or_dir}: {e}") from None
+    hf.to(device).eval()
+    return Logits(hf), hf.config.n_positions
+
+
+def load_checkpoint_fn(path, device, benchmark="HellaSwag"):
+    """(model_fn, context length) of our GPT from a training checkpoint (or a run folder: its
+    newest one)."""
+    model, _ = load_model(path, device)
+    check_gpt2_vocab(model, f"--checkpoint {path}", benchmark)
+    model.eval()
+    return Logits(model), model.config.block_size
+
+
+class Logits:
+    """The model_fn of a GPT or a GPT2LMHeadModel; `.config` is the model's (both name their
+    shape n_layer and n_embd, which finds the OpenAI GPT-2 of the same size)."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def __call__(self, idx):
+        out = self.model(idx)
+        return out[0] if isinstance(out, tuple) else out.logits
+
+
+def start_ranks(device_choice):
+    """(device, distributed, master) for a command line: under torchrun one process per device,
+    each scoring its share of the examples (gloo on CPU, NCCL on GPUs); else one process."""
+    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = device_choice if device_choice != "auto" else pick_device_type("auto")
+    if distributed:
+        use_cuda = torch.device(device).type == "cuda"
+        if use_cuda:
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if torch.device(device).type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32, as build-nanogpt's reference run
+    return device, distributed, not distributed or dist.get_rank() == 0
+
+
+def stop_ranks(distributed):
+    if distributed:
+        dist.barrier()  # gloo may abort at exit if one rank tears down while another works
+        dist.destroy_process_group()

@@ -1,0 +1,369 @@
+"""CORE: the bundle, nanochat's shuffle, few-shot draw and prompts, the three task types scored by
+hand-checked models, cropping, centered scores and CORE, 2 ranks, the command line, the download.
+
+The tests write a small bundle of their own (3 tasks, one of each type, and one absent); the real
+bundle in ../shared/core_bundle (18 of the 22 tasks) adds the checks that are about it.
+"""
+
+import functools
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import core_eval
+from evaluation import core
+from pipeline.tokenizer import get_gpt2_encoding
+from shared_data import SHARED_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_BUNDLE = SHARED_DIR / "core_bundle"
+EOT = 50256
+
+CORE_YAML = """icl_tasks:
+-
+  label: capitals
+  dataset_uri: world_knowledge/capitals.jsonl
+  num_fewshot: [1]
+  icl_task_type: multiple_choice
+  continuation_delimiter: "\\nAnswer: "
+-
+  label: pronouns
+  dataset_uri: language_understanding/pronouns.jsonl
+  num_fewshot: [0]
+  icl_task_type: schema
+-
+  label: absent_task
+  dataset_uri: reading_comprehension/absent.jsonl
+  num_fewshot: [0]
+  icl_task_type: language_modeling
+-
+  label: words
+  dataset_uri: language_understanding/words.jsonl
+  num_fewshot: [1]
+  icl_task_type: language_modeling
+"""
+META = ("Eval Task,Task Category,Task Type,#shots,#datapoints,Random baseline,Centered Metric?,Description\n"
+        "capitals,world knowledge,multiple choice,1,5,50,,Capitals\n"
+        "pronouns,language understanding,schema,0,3,50,,Pronouns\n"
+        "absent_task,reading comprehension,language modeling,0,0,0,,Absent\n"
+        "words,language understanding,language modeling,1,4,0,,\"Words, said again\"\n")
+CAPITALS = [
+    {"query": "Question: What is the capital of France?", "choices": ["Paris", "Rome"], "gold": 0},
+    {"query": "Question: What is the capital of Italy?", "choices": ["Paris", "Rome"], "gold": 1},
+    {"query": "Question: What is the capital of Spain?", "choices": ["Madrid", "Lisbon", "Rome"], "gold": 0},
+    {"query": "Question: What is the capital of Japan?", "choices": ["Kyoto", "Tokyo"], "gold": 1},
+    {"query": "Question: What is the capital of Peru?", "choices": ["Lima", "Quito"], "gold": 0},
+]
+PRONOUNS = [
+    {"context_options": ["The cat chased the dog because the cat", "The cat chased the dog because the dog"],
+     "continuation": "was hungry.", "gold": 0},
+    {"context_options": ["The cup fell off the table because the cup", "The cup fell off the table because the table"],
+     "continuation": "was tilted.", "gold": 1},
+    {"context_options": ["Anna thanked Maria because Anna", "Anna thanked Maria because Maria"],
+     "continuation": "had helped her.", "gold": 1},
+]
+WORDS = [
+    {"context": "Say hello: ", "continuation": "hello"},
+    {"context": "Say the sky is blue:", "continuation": "the sky is blue"},
+    {"context": "Say yes: ", "continuation": "yes"},
+    {"context": "Say good night:", "continuation": "good night"},
+]
+GPT2_CSV = ("Task                               , Accuracy  , Centered  \n"
+            "capitals                           , 0.600000  , 0.200000  \n"
+            "pronouns                           , 0.700000  , 0.400000  \n"
+            "absent_task                        , 0.100000  , 0.100000  \n"
+            "words                              , 0.300000  , 0.300000  \n"
+            "CORE                               ,           , 0.250000  \n")
+
+def write_bundle(d):
+    """The test's own bundle, laid out as nanochat's eval_bundle/."""
+    d = Path(d)
+    files = {"core.yaml": CORE_YAML, "eval_meta_data.csv": META, "openai-community-gpt2.csv": GPT2_CSV}
+    for name, text in files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(text)
+    for rel, rows in (("world_knowledge/capitals.jsonl", CAPITALS), ("language_understanding/pronouns.jsonl", PRONOUNS),
+                      ("language_understanding/words.jsonl", WORDS)):
+        path = d / "eval_data" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_gpt2_encoding()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return write_bundle(tmp_path_factory.mktemp("bundle") / "eval_bundle")
+
+
+@pytest.fixture(scope="module")
+def tasks(bundle):
+    present, missing = core.load_tasks(bundle)
+    assert missing == ["absent_task"]
+    return {t.label: t for t in present}
+
+
+def bigram_model_fn(boosts, n_vocab=50257):
+    """A model whose logits after token `prev` are 0 but `boost` for `next`: {(prev, next): boost}."""
+    def model_fn(idx):
+        logits = torch.zeros(*idx.shape, n_vocab)
+        for (prev, nxt), boost in boosts.items():
+            logits[..., nxt] += boost * (idx == prev)
+        return logits
+    return model_fn
+
+
+def random_hf_gpt2(path, context, seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=context, n_embd=32, n_layer=2, n_head=2,
+                               initializer_range=0.2)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return random_hf_gpt2(tmp_path_factory.mktemp("hf") / "tiny", context=64)
+
+
+# ----------------------------------------------------------------------------------------
+# the bundle, the shuffle and the few-shot draw
+
+
+def test_tasks_read_from_core_yaml_and_baselines(tasks):
+    assert [(t.label, t.task_type, t.num_fewshot, t.delimiter, t.baseline) for t in tasks.values()] == [
+        ("capitals", "multiple_choice", 1, "\nAnswer: ", 0.5),
+        ("pronouns", "schema", 0, " ", 0.5),  # no delimiter in core.yaml: a space, as nanochat
+        ("words", "language_modeling", 1, " ", 0.0)]
+
+
+def test_shuffle_with_1337_then_cut_and_shots_from_the_kept_rows(tasks):
+    capitals = core.load_rows(tasks["capitals"])
+    # random.Random(1337).shuffle of the file's 5 rows: Italy, France, Japan, Spain, Peru
+    assert capitals == [CAPITALS[i] for i in (1, 0, 3, 2, 4)]
+    assert core.load_rows(tasks["capitals"], max_per_task=3) == capitals[:3]
+    assert core.load_rows(tasks["words"]) == [WORDS[i] for i in (1, 0, 3, 2)]
+    # the shots of row i: random.Random(1234 + i).sample of the other kept rows
+    assert [core.fewshot_rows(capitals, i, 1) for i in range(5)] == [
+        [capitals[4]], [capitals[4]], [capitals[4]], [capitals[1]], [capitals[0]]]
+    assert core.fewshot_rows(capitals, 2, 3) == [capitals[i] for i in (4, 3, 1)]
+    assert core.fewshot_rows(capitals, 2, 0) == []
+    with pytest.raises(core.CoreUnavailable, match="capitals: 1 rows kept, but its 1-shot prompts .* "
+                                                   "--max-per-task 2 or more"):
+        core.load_rows(tasks["capitals"], max_per_task=1)
+
+
+@pytest.mark.skipif(not REAL_BUNDLE.is_dir(), reason=f"{REAL_BUNDLE} absent (shared real-data folder)")
+def test_real_bundle_18_of_22_tasks_and_gpt2_reference():
+    present, missing = core.load_tasks(REAL_BUNDLE)
+    assert missing == ["hellaswag_zeroshot", "hellaswag", "squad", "coqa"]
+    assert len(present) == 18 and {t.task_type for t in present} == set(core.TASK_TYPES)
+    copa = next(t for t in present if t.label == "copa")
+    assert (copa.num_fewshot, copa.baseline) == (0, 0.5)
+    reference = core.gpt2_reference([t.label for t in present], REAL_BUNDLE, "gpt2")
+    assert reference["core"] == pytest.approx(0.1199143, abs=1e-6)  # the csv's 18 centered scores
+    assert reference["tasks"]["piqa"] == 0.245919 and reference["core_all"] == 0.1139
+    # all 22 csv rows average to the csv's own CORE row, 0.113891: nanochat's 0.1139
+    all22 = core.gpt2_results(REAL_BUNDLE, "gpt2")
+    assert sum(c for _, c in all22.values()) / 22 == pytest.approx(0.113891, abs=1e-6)
+    rows = core.load_rows(copa, max_per_task=2)
+    assert [r["query"][:30] for r in rows] == ["Political violence broke out i", "The kidnappers released the ho"]
+
+
+# ----------------------------------------------------------------------------------------
+# prompts, tokens, continuation spans and choices, one hand-checked example per task type
+
+
+def test_multiple_choice_prompt_tokens_and_lowest_mean_loss(tasks, enc):
+    task = tasks["capitals"]
+    rows = core.load_rows(task)
+    r = core.render_example(task, rows, 4, enc)  # Peru; its shot is row 0, Italy, with its answer
+    prompts = ["Question: What is the capital of Italy?\nAnswer: Rome\n\n"
+               "Question: What is the capital of Peru?\nAnswer: " + choice for choice in ("Lima", "Quito")]
+    assert r.tokens == [[EOT] + enc.encode_ordinary(p) for p in prompts]
+    # the continuation: the tokens after the prefix the choices share
+    assert [row[m.index(1):] for row, m in zip(r.tokens, r.mask)] == [[41578], [2264, 10094]]  # " Lima", " Qu"+"ito"
+    assert [m.index(1) for m in r.mask] == [28, 28] and r.gold == 0
+    # after ":" the model likes " Lima" (logit 5) a bit more than " Qu" (4), and "ito" after " Qu"
+    # a lot (12): " Quito" costs more in total (6.83 + 0.27 > 5.83 nats) but less per token
+    model_fn = bigram_model_fn({(25, 41578): 5.0, (25, 2264): 4.0, (2264, 10094): 12.0})
+    assert core.score_example(model_fn, task, r, enc, context=64) is False  # chose Quito
+    assert core.score_example(bigram_model_fn({(25, 41578): 5.0}), task, r, enc, context=64) is True
+
+
+def test_schema_prompt_tokens_and_choice(tasks, enc):
+    task = tasks["pronouns"]
+    rows = core.load_rows(task)
+    r = core.render_example(task, rows, 0, enc)
+    assert [enc.decode(row[1:]) for row in r.tokens] == [
+        "The cat chased the dog because the cat was hungry.", "The cat chased the dog because the dog was hungry."]
+    assert all(row[0] == EOT for row in r.tokens)
+    # the continuation: the tokens the options share at their end, " was hungry."
+    assert [row[m.index(1):] for row, m in zip(r.tokens, r.mask)] == [[373, 14720, 13]] * 2
+    assert [m.index(1) for m in r.mask] == [9, 9] and r.gold == 0
+    assert core.score_example(bigram_model_fn({(3797, 373): 6.0}), task, r, enc, 64) is True  # " cat" -> " was"
+    assert core.score_example(bigram_model_fn({(3290, 373): 6.0}), task, r, enc, 64) is False  # " dog" -> " was"
+
+
+def test_language_modeling_prompt_tokens_and_greedy_match(tasks, enc):
+    task = tasks["words"]
+    rows = core.load_rows(task)
+    r = core.render_example(task, rows, 1, enc)
+    # contexts trimmed ("Say hello: " has a trailing space), the bare prompt stripped
+    assert core.render_prompts(task.task_type, rows[1], " ", core.fewshot_rows(rows, 1, 1)) == [
+        "Say yes: yes\n\nSay hello:", "Say yes: yes\n\nSay hello: hello"]
+    assert r.tokens == [[EOT] + enc.encode_ordinary("Say yes: yes\n\nSay hello: hello")]
+    assert r.mask[0].index(1) == 10 and r.tokens[0][10:] == [23748]  # " hello"
+    assert core.score_example(bigram_model_fn({(25, 23748): 20.0}), task, r, enc, 64) is True
+    assert core.score_example(bigram_model_fn({}), task, r, enc, 64) is False
+    # two tokens: right only when greedy decoding reproduces both
+    night = core.render_example(task, rows, 2, enc)
+    assert night.tokens[0][night.mask[0].index(1):] == [922, 1755]  # " good night"
+    assert core.score_example(bigram_model_fn({(25, 922): 20.0}), task, night, enc, 64) is False
+    assert core.score_example(bigram_model_fn({(25, 922): 20.0, (922, 1755): 20.0}), task, night, enc, 64) is True
+
+
+def test_rows_cropped_from_the_left_to_the_context_or_left_out(tasks, enc):
+    task = tasks["words"]
+    rows = core.load_rows(task)
+    r = core.render_example(task, rows, 0, enc)  # 19 tokens, the last 4 the continuation
+    assert len(r.tokens[0]) == 19 and sum(r.mask[0]) == 4
+    seen = []
+    base = bigram_model_fn({})
+
+    def spy(idx):
+        seen.append(idx.clone())
+        return base(idx)
+
+    core.score_example(spy, task, r, enc, context=8)
+    assert seen[0].tolist() == [r.tokens[0][-8:-1]]  # the last 8 tokens as nanochat keeps them; the 8th is only a target
+    # a context of 4 leaves 3 tokens to predict from: the 4-token continuation cannot be scored
+    assert core.evaluate_task(base, task, rows, enc, context=4) == (0, 3, 1)  # correct, scored, left out
+
+
+# ----------------------------------------------------------------------------------------
+# centered scores and CORE
+
+
+def test_centered_scores_and_core_from_the_baselines(tasks, bundle, enc):
+    # all logits equal: every choice ties and the first wins (capitals: 3 of 5 golds are 0;
+    # pronouns: 1 of 3), and greedy decoding says token 0 ("!"), never a continuation
+    result = core.evaluate(bigram_model_fn({}), list(tasks.values()), enc, context=64)
+    assert {label: (r["accuracy"], r["n"]) for label, r in result["tasks"].items()} == {
+        "capitals": (3 / 5, 5), "pronouns": (1 / 3, 3), "words": (0.0, 4)}
+    assert [r["centered"] for r in result["tasks"].values()] == pytest.approx(
+        [(0.6 - 0.5) / 0.5, (1 / 3 - 0.5) / 0.5, 0.0])  # (accuracy - b) / (1 - b), b = the csv's % / 100
+    assert result["core"] == pytest.approx((0.2 - 1 / 3 + 0.0) / 3)
+    reference = core.gpt2_reference(list(result["tasks"]), bundle)
+    assert reference["core"] == pytest.approx((0.2 + 0.4 + 0.3) / 3)  # the csv's rows for these 3 tasks
+    assert core.core_line(result, ["absent_task"], reference) == (
+        "CORE over 3 of 4 tasks -0.0444 (OpenAI GPT-2 124M over the same tasks: 0.3000; over all 4: 0.1139)")
+
+
+def run_cli(capsys, *args):
+    status = core_eval.main([*map(str, args)])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_command_line_json_table_and_absent_task_named(bundle, hf_dir, enc, capsys):
+    from evaluation.models import load_hf_model_fn
+
+    status, out, err = run_cli(capsys, "--model", hf_dir, "--bundle", bundle, "--json", "--device", "cpu")
+    assert status == 0
+    assert f"CORE: 1 of 4 tasks absent from {bundle} (left out): absent_task" in err
+    result = json.loads(out.splitlines()[-1])
+    assert result["missing"] == ["absent_task"] and list(result["tasks"]) == ["capitals", "pronouns", "words"]
+    baselines = {"capitals": 0.5, "pronouns": 0.5, "words": 0.0}
+    for label, r in result["tasks"].items():
+        assert r["centered"] == pytest.approx((r["accuracy"] - baselines[label]) / (1 - baselines[label]))
+    assert [r["n"] for r in result["tasks"].values()] == [5, 3, 4]
+    assert result["core"] == pytest.approx(sum(r["centered"] for r in result["tasks"].values()) / 3)
+    model_fn, context = load_hf_model_fn(str(hf_dir), "cpu")
+    direct = core.evaluate(model_fn, core.load_tasks(bundle)[0], enc, context)
+    assert {k: v["accuracy"] for k, v in direct["tasks"].items()} == {
+        k: v["accuracy"] for k, v in result["tasks"].items()}
+
+    status, out, err = run_cli(capsys, "--model", hf_dir, "--bundle", bundle, "--max-per-task", 2, "--device", "cpu")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[-2].startswith("CORE over 3 of 4 tasks ") and "OpenAI GPT-2 124M over the same tasks: 0.3000" in lines[-2]
+    assert lines[-1].endswith(" examples/s")
+    assert any(line.split()[:2] == ["capitals", "2"] and line.endswith("0.2000") for line in lines)  # n, GPT-2's
+
+    status, out, err = run_cli(capsys, "--model", hf_dir, "--bundle", bundle.parent / "nowhere", "--device", "cpu")
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: CORE bundle: {bundle.parent / 'nowhere' / 'core.yaml'} not found")
+    assert "python core_eval.py --download" in err
+
+
+def test_two_ranks_under_torchrun_equal_one_process(bundle, hf_dir, capsys):
+    status, out, _ = run_cli(capsys, "--model", hf_dir, "--bundle", bundle, "--json", "--device", "cpu")
+    single = json.loads(out.splitlines()[-1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "core_eval.py"), "--model", str(hf_dir), "--bundle", str(bundle), "--json", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]  # rank 0 prints once
+    both = json.loads(line)
+    assert [r["n"] for r in both["tasks"].values()] == [5, 3, 4]  # odd counts: unequal shares
+    assert (both["tasks"], both["core"], both["missing"]) == (single["tasks"], single["core"], single["missing"])
+
+
+# ----------------------------------------------------------------------------------------
+# --download
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve(folder):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=folder))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, bundle, capsys):
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "eval_bundle.zip", "w") as archive:
+        for path in bundle.rglob("*"):
+            archive.write(path, Path("eval_bundle") / path.relative_to(bundle))
+    with zipfile.ZipFile(served / "other.zip", "w") as archive:
+        archive.writestr("something_else/core.yaml", "icl_tasks: []\n")
+    (served / "broken.zip").write_bytes(b"PK\x03\x04 not a zip")
+    server, url = serve(served)
+    try:
+        target = tmp_path / "clone" / "data" / "eval_bundle"
+        for name in ("other.zip", "broken.zip", "missing.zip"):
+            status, out, err = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/{name}")
+            assert status == 2 and out == "" and err.count("\n") == 1
+            assert err.startswith(f"error: the CORE eval bundle could not be fetched from {url}/{name} (")
+            assert not (tmp_path / "clone").exists()  # no zip, no partial folder, no empty data/
+        status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip")
+        assert status == 0 and out == f"CORE eval bundle: {target}\n"
+        assert sorted(p.relative_to(target) for p in target.rglob("*")) == sorted(
+            p.relative_to(bundle) for p in bundle.rglob("*"))
+        assert sorted(p.name for p in target.parent.iterdir()) == ["eval_bundle"]  # no temporary left
+        assert core.load_tasks(target)[1] == ["absent_task"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip")
+    assert status == 0 and out == f"CORE eval bundle already at {target}\n"  # once: the server is gone
