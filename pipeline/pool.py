@@ -1,0 +1,142 @@
+"""The tokenizer worker pool: chunks of documents in, their tokens out, in source order.
+
+Ordered: results come back in the order the documents went in, whatever worker finished first,
+so the token stream is the same for any number of workers. Bounded: a fixed window of chunks is in
+flight, never the whole (streamed, 10B-token) source. Loud: a worker that dies (the kernel's OOM
+killer, a segfault) stops the run within a second with one line saying which worker, how it died
+and what to do; `multiprocessing.Pool` would quietly replace it and wait forever for its task,
+which is why this is a `concurrent.futures.ProcessPoolExecutor` (BrokenProcessPool on a death).
+"""
+
+import multiprocessing as mp
+import signal
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from pipeline.killpoints import kill_point
+
+# A worker task is a chunk of whole documents, cut at whichever limit comes first: large enough
+# that inter-process overhead is noise (~60k tokens for FineWeb-Edu's ~4 KB documents), small
+# enough that the chunks in flight are a few MB whatever the source.
+CHUNK_DOCS = 64
+CHUNK_CHARS = 1 << 20
+TASKS_PER_WORKER = 2  # in flight per worker: keeps every worker busy while the main process writes
+
+
+class WorkerDied(Exception):
+    """A tokenizer process ended without finishing its chunk; the message says which and why."""
+
+
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer):
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+    # The executor stops workers with SIGTERM: a handler inherited from the forking process
+    # (a trainer's, say) would leave them alive and the pool's exit hanging
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def tokenize_chunk(texts):
+    """Token ids of a chunk of documents, concatenated, and the number of tokens of each."""
+    kill_point("tokenize")
+    tokens, lengths = [], []
+    for text in texts:
+        ids = _worker_tokenizer.encode_doc(text)
+        tokens.extend(ids)
+        lengths.append(len(ids))
+    return np.array(tokens, dtype=np.uint16), np.array(lengths, dtype=np.int64)
+
+
+def chunked(documents):
+    chunk, chars = [], 0
+    for text in documents:
+        chunk.append(text)
+        chars += len(text)
+        if len(chunk) == CHUNK_DOCS or chars >= CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+class _RecordingContext:
+    """A multiprocessing context that remembers the processes it starts: the executor's
+    BrokenProcessPool does not say which worker died or how, their exit codes do."""
+
+    def __init__(self, base):
+        self.base, self.processes = base, []
+
+    def Process(self, *args, **kwargs):  # noqa: N802 (the context API's name)
+        process = self.base.Process(*args, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+
+class TokenizerPool:
+    """`workers` processes tokenizing with `tokenizer`; a context manager."""
+
+    def __init__(self, tokenizer, workers):
+        # fork: workers inherit the loaded tokenizer at once. They only tokenize, so threads the
+        # parent may already run (fsspec's IO loop for hub files) are of no concern to them.
+        base = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self.context = _RecordingContext(base)
+        self.workers = workers
+        self.executor = ProcessPoolExecutor(workers, mp_context=self.context,
+                                            initializer=_init_worker, initargs=(tokenizer,))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        # on an error, chunks not yet started are dropped rather than tokenized for nothing
+        self.executor.shutdown(wait=True, cancel_futures=error is not None)
+
+    def tokenized_chunks(self, documents, first_doc=0):
+        """Yield (index of the chunk's first document, tokens, tokens per document) in order.
+
+        A bounded window of tasks, not Executor.map: map submits its whole input at once, which
+        for a streamed source means unbounded memory whenever reading outpaces tokenizing.
+        """
+        pending = deque()
+        for chunk in chunked(documents):
+            pending.append((first_doc, self.executor.submit(tokenize_chunk, chunk)))
+            first_doc += len(chunk)
+            if len(pending) > TASKS_PER_WORKER * self.workers:
+                yield self._result(*pending.popleft())
+        while pending:
+            yield self._result(*pending.popleft())
+
+    def _result(self, first_doc, future):
+        try:
+            return (first_doc, *future.result())
+        except BrokenProcessPool:
+            raise WorkerDied(self._death()) from None
+
+    def _death(self):
+        """One line: which worker died, how, the likely cause and what to do."""
+        self.executor.shutdown(wait=True)  # the others are stopped (SIGTERM) and every one reaped
+        ended = [(i, p) for i, p in enumerate(self.context.processes, 1) if p.exitcode]
+        # the first to die is the one not stopped by the executor's SIGTERM afterwards
+        number, process = next(((i, p) for i, p in ended if p.exitcode != -signal.SIGTERM),
+                               ended[0] if ended else (0, None))
+        code = process.exitcode if process else None
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+            why = ("likely the kernel's OOM killer (out of memory)" if code == -signal.SIGKILL else
+                   "a crash" if code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT) else
+                   "stopped from outside")
+        else:
+            how, why = f"exited with status {code}", "a crash in the tokenizer"
+        pid = f" (pid {process.pid})" if process else ""
+        return (f"tokenizer worker {number} of {self.workers}{pid} {how}: {why}; finished shards "
+                f"are kept: run the same command again, with fewer --workers (now {self.workers}) "
+                "if it ran out of memory")
