@@ -29,7 +29,7 @@ from email.utils import parsedate_to_datetime
 DEFAULT_RETRY_FOR = "30m"
 EXIT_RETRIES_EXHAUSTED = 75  # EX_TEMPFAIL (sysexits.h): try again later; bad input exits 1
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
-FIRST_DELAY_S = 1.0
+FIRST_DELAY_S = 0.25  # then 0.5, 1, 2, ...: a lone reset costs little, an outage backs off
 MAX_DELAY_S = 60.0
 RESOLVE_FOR_S = 120  # a host name that does not resolve: a DNS hiccup passes in this time
 DESCRIBE_CHARS = 200
