@@ -10,19 +10,29 @@ same command resumes. The library's own retries are turned off so the bound mean
 
 Only transient failures are retried: network errors, timeouts, HTTP 408/429/5xx, and
 `TransientError` (a hub file whose bytes did not parse: a truncated or corrupt range read, since
-the hub serves files that parsed when uploaded). Anything else (404, a bad record) is raised as is.
+the hub serves files that parsed when uploaded). A host name that does not resolve is retried for
+a few minutes only (RESOLVE_FOR_S): on a compute node without internet it never will. Trouble
+in this machine's set-up (offline mode, an endpoint without a scheme, a proxy that refuses, a TLS
+certificate not trusted) raises `HubUnreachable` at once, with what to change. Anything else (404,
+a bad record) is raised as is.
 """
 
 import random
 import re
+import socket
+import ssl
 import sys
 import time
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 DEFAULT_RETRY_FOR = "30m"
 EXIT_RETRIES_EXHAUSTED = 75  # EX_TEMPFAIL (sysexits.h): try again later; bad input exits 1
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
-FIRST_DELAY_S = 1.0
+FIRST_DELAY_S = 0.25  # then 0.5, 1, 2, ...: a lone reset costs little, an outage backs off
 MAX_DELAY_S = 60.0
+RESOLVE_FOR_S = 120  # a host name that does not resolve: a DNS hiccup passes in this time
+DESCRIBE_CHARS = 200
 
 
 class TransientError(Exception):
@@ -31,6 +41,11 @@ class TransientError(Exception):
 
 class RetriesExhausted(Exception):
     """The hub kept failing for longer than --retry-for."""
+
+
+class HubUnreachable(RuntimeError):
+    """Retrying cannot help: this machine's set-up keeps it from the hub. The message says what
+    to change. (A RuntimeError: the CLI reports it as one line and exits 1.)"""
 
 
 def parse_duration(text):
@@ -54,52 +69,96 @@ def http_status(error):
 
 
 def retry_after_s(error):
-    """The server's Retry-After in seconds (the delay-seconds form), else None."""
+    """The server's Retry-After in seconds (delay-seconds, or an HTTP-date), else None."""
     response = getattr(error, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    return float(value) if value and value.strip().isdigit() else None
+    value = (response.headers.get("Retry-After") or "").strip() if response is not None else ""
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)  # "Wed, 21 Oct 2026 07:28:00 GMT"
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def is_transient(error):
-    """True for failures that say nothing about the input: retry them. Looks through the chain
-    of causes, since `datasets` and pyarrow wrap the network error they met."""
-    import httpx2
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
+def causes(error, hidden=False):
+    """`error` and the errors behind it: its cause, else its context. `raise X from None` hides
+    the context on purpose (X is then the whole story) unless `hidden`: `datasets` raises a failed
+    hub request as FileNotFoundError ... from None, and only the hidden context says it was a 429."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OfflineModeIsEnabled):  # a ConnectionError, but the user's choice
-            return False
-        status = http_status(error)
+        yield error
+        hide = error.__suppress_context__ and not hidden
+        error = error.__cause__ or (None if hide else error.__context__)
+
+
+def transient_cause(error, hidden=False):
+    """The failure behind `error` that says nothing about the input (retry it), else None. Looks
+    through the chain of causes, since `datasets` and pyarrow wrap the network error they met;
+    the first HTTP status found decides."""
+    import httpx2
+
+    for cause in causes(error, hidden):
+        status = http_status(cause)
         if status is not None:
-            return status in TRANSIENT_STATUS
-        if isinstance(error, (TransientError, httpx2.TransportError, ConnectionError, TimeoutError)):
-            return True
-        # `raise X from None` hides the context on purpose: X is the whole story then
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-    return False
+            return cause if status in TRANSIENT_STATUS else None
+        if isinstance(cause, (TransientError, httpx2.TransportError, ConnectionError, TimeoutError)):
+            return cause
+    return None
+
+
+def is_transient(error):
+    return transient_cause(error) is not None and setup_problem(error) is None
+
+
+def setup_problem(error):
+    """What in this machine's set-up keeps it from the hub, as a line saying what to change;
+    None if nothing is known to. Retrying any of these only repeats it."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    for cause in causes(error, hidden=True):
+        if isinstance(cause, OfflineModeIsEnabled):
+            return ("HF_HUB_OFFLINE is set, so no hub request is made: unset HF_HUB_OFFLINE (and "
+                    "HF_DATASETS_OFFLINE), or pass a local --source")
+        if isinstance(cause, httpx2.UnsupportedProtocol):
+            return (f"HF_ENDPOINT={constants.ENDPOINT} is not a URL the client can use "
+                    f"({describe(cause)}): write it with its scheme, e.g. https://HOST")
+        if isinstance(cause, httpx2.ProxyError):
+            return (f"the proxy refused the connection ({describe(cause)}): check HTTPS_PROXY, "
+                    "HTTP_PROXY and NO_PROXY (and the proxy's credentials)")
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (f"the hub's TLS certificate is not trusted here ({cause.verify_message}): "
+                    "point SSL_CERT_FILE at your CA bundle (a proxy that inspects TLS needs "
+                    "its certificate there)")
+    return None
+
+
+def resolution_failure(error):
+    """The host name did not resolve (no DNS, no internet): the socket.gaierror behind it."""
+    return next((c for c in causes(error) if isinstance(c, socket.gaierror)), None)
+
+
+def host_of(error):
+    try:
+        return error.request.url.host
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError when no request is set
+        return "the hub"
 
 
 def describe(error):
-    first_line = (str(error).strip().splitlines() or [""])[0][:160]
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+    """`Type: first line`, cut at a word near DESCRIBE_CHARS, never mid-word."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    if len(text) > DESCRIBE_CHARS:
+        text = text[:DESCRIBE_CHARS].rsplit(" ", 1)[0] + " ..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def log(message):
     from tqdm import tqdm
     tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
-
-
-def quiet_library_retries():
-    """huggingface_hub's http_backoff tries 5 more times (~23 s, two warnings each) before we see a
-    failure; our loop does the retrying, within --retry-for and with one line each."""
-    import logging
-
-    from huggingface_hub.utils import _http
-
-    _http.http_backoff.__kwdefaults__["max_retries"] = 0
-    logging.getLogger(_http.__name__).setLevel(logging.ERROR)
 
 
 class Retry:
@@ -141,17 +200,26 @@ class Retry:
         self.failing_since, self.attempt = None, 0
 
     def wait_or_raise(self, what, error):
-        """Sleep before the next attempt, or raise: `error` itself if it is not transient,
-        RetriesExhausted once the failures have lasted --retry-for."""
+        """Sleep before the next attempt, or raise: HubUnreachable for trouble in the set-up,
+        `error` itself if it is not transient, RetriesExhausted once the failures have lasted
+        --retry-for (or RESOLVE_FOR_S, for a host name that does not resolve)."""
+        problem = setup_problem(error)
+        if problem:
+            raise HubUnreachable(f"{what}: {problem}") from None
         if not is_transient(error):
             raise error
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
-        left = self.retry_for_s - (now - self.failing_since)
+        bound = self.retry_for_s
+        if resolution_failure(error):
+            bound = min(bound, RESOLVE_FOR_S)
+            if self.attempt == 0:
+                self.log(self.resolution_advice(error, bound))
+        left = bound - (now - self.failing_since)
         if left <= 0:
             raise RetriesExhausted(
-                f"{what}: still failing after {format_duration(self.retry_for_s)} of retries "
+                f"{what}: still failing after {format_duration(bound)} of retries "
                 f"({describe(error)}); every finished shard is kept: run the same command again "
                 "to resume (--retry-for sets how long to keep trying)") from None
         backoff = min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** self.attempt) * random.uniform(0.5, 1.0)
@@ -159,3 +227,11 @@ class Retry:
         self.attempt += 1
         self.log(f"retry {self.attempt}: {what}: {describe(error)}; next attempt in {delay:.1f} s")
         self.sleep(delay)
+
+    def resolution_advice(self, error, bound):
+        return (f"note: {host_of(error)} does not resolve ({resolution_failure(error)}): this "
+                "machine cannot look up the hub's address, and a compute node without internet "
+                f"access never will; retrying for {format_duration(bound)} only, in case DNS is "
+                "down for a moment (--retry-for shortens it). To stop waiting, download the "
+                "dataset where there is internet (`hf download --repo-type dataset NAME "
+                "--local-dir DIR`) and pass --source DIR")

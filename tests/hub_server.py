@@ -1,19 +1,29 @@
 """A local Hugging Face hub for tests: the real `huggingface_hub` and `datasets` clients talk to it
 through HF_ENDPOINT, and it fails on demand the way real networks fail.
 
-It answers the requests those clients send (measured, see ENVIRONMENT.md): dataset info and
-revision, tree listings, and `resolve` with HEAD, ETag, X-Repo-Commit and Range. Every repository
-has one commit, whose sha is derived from its files.
+It answers the requests those clients send (measured, see ENVIRONMENT.md) the way the hub does:
+dataset info and revision, tree listings (paginated by a `Link` header), `paths-info`, and
+`resolve` with HEAD, ETag, X-Repo-Commit and Range, over HTTP/1.1 keep-alive. Every repository
+has one commit, whose sha is derived from its files; a request for any other revision gets the
+hub's 404 (`X-Error-Code: RevisionNotFound`). LFS files (parquet) are not served by the hub
+itself: `resolve` answers 302 to a second server on another port (the hub's CDN), which serves
+the bytes and the ranges, so clients must follow the redirect.
 
 Faults are deterministic: `Fault("00001.parquet", "reset", nth=2)` resets the connection halfway
-through the body of the second request whose path contains "00001.parquet". Kinds:
+through the body of the second request whose path contains "00001.parquet"; `times=2, every=3`
+makes it the 2nd and 3rd of every 3 such requests, `times=None` every one from the nth on. A
+fault that falls due on a request another (earlier) rule already took fires on the next matching
+request instead, so none is lost. A redirect is never faulted: the request it leads to is.
+Kinds:
 - "reset": headers and half of the body, then the connection is closed;
 - "corrupt": the whole body, every byte zero (a transfer that went wrong silently);
 - "429": Too Many Requests with `Retry-After: 1`;
 - "500": Internal Server Error;
 - "stall": nothing is sent for `stall_s` seconds (clients time out), then the request is dropped;
-- "stop": the server shuts down (new connections are refused until `start()` is called again,
-  on the same port) and drops this request.
+- "trickle": headers, then the body a few bytes at a time, too slowly to ever finish (each piece
+  arrives well within a read timeout);
+- "stop": the servers shut down (new connections are refused and open ones closed until
+  `start()` is called again, on the same ports) and drop this request.
 
     with HubServer({"me/corpus": {"README.md": b"...", "data/a.parquet": b"..."}}) as hub:
         hub.inject(Fault("a.parquet", "429"))
@@ -26,35 +36,56 @@ import re
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
+
+LFS_SUFFIXES = (".parquet",)  # stored in LFS, as the hub's default .gitattributes does
+TRICKLE_BYTES, TRICKLE_EVERY_S = 16, 0.2
 
 
 @dataclass
 class Fault:
     path_contains: str
-    kind: str          # reset | corrupt | 429 | 500 | stall | stop
-    nth: int = 1       # the nth matching request (counted from 1) gets the fault
+    kind: str          # reset | corrupt | 429 | 500 | stall | trickle | stop
+    nth: int = 1       # the first matching request (counted from 1) that gets the fault
+    times: int | None = 1  # that many in a row (None: all from the nth on) ...
+    every: int | None = None  # ... repeated every `every` matching requests
     stall_s: float = 3.0
+
+    def due(self, count):
+        """Does the `count`th matching request get this fault?"""
+        since = count - self.nth
+        if since < 0:
+            return False
+        if self.every:
+            since %= self.every
+        return self.times is None or since < self.times
 
 
 def git_blob_sha1(data):
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def is_lfs(path):
+    return path.endswith(LFS_SUFFIXES)
+
+
 class HubServer:
-    def __init__(self, repos, faults=(), port=0):
+    def __init__(self, repos, faults=(), port=0, tree_page_size=3):
         self.repos = repos
         self.shas = {name: hashlib.sha1(json.dumps(sorted(
             (path, git_blob_sha1(data)) for path, data in files.items())).encode()).hexdigest()
             for name, files in repos.items()}
+        self.tree_page_size = tree_page_size
         self.faults = list(faults)
         self.requests = []  # (method, path, Range, Authorization) of every request, in order
         self._lock = threading.Lock()
-        self._counts = {}
-        self._port = port
-        self._server = None
+        self._counts, self._owed = {}, {}
+        self._ports = {"hub": port, "cdn": 0}
+        self._servers = {}
+        self._connections = set()  # open keep-alive connections, closed by stop()
         self._lifetime = threading.Lock()  # a start waits for a stop a fault began
 
     def inject(self, *faults):
@@ -62,6 +93,7 @@ class HubServer:
         with self._lock:
             self.faults = list(faults)
             self._counts.clear()
+            self._owed.clear()
             self.requests.clear()
 
     # ------------------------------------------------------------------------------------------
@@ -69,19 +101,28 @@ class HubServer:
 
     def start(self):
         with self._lifetime:
-            if self._server is None:
-                handler = type("Handler", (_Handler,), {"hub": self})
-                self._server = _QuietServer(("127.0.0.1", self._port), handler)
-                self._port = self._server.server_address[1]  # a restart reuses the port
-                threading.Thread(target=self._server.serve_forever, daemon=True).start()
+            for role in ("hub", "cdn"):
+                if role not in self._servers:
+                    handler = type("Handler", (_Handler,), {"hub": self, "role": role})
+                    server = _QuietServer(("127.0.0.1", self._ports[role]), handler)
+                    self._ports[role] = server.server_address[1]  # a restart reuses the port
+                    self._servers[role] = server
+                    threading.Thread(target=server.serve_forever, daemon=True).start()
         return self
 
     def stop(self):
         with self._lifetime:
-            if self._server is not None:
-                self._server.shutdown()
-                self._server.server_close()
-                self._server = None
+            for server in self._servers.values():
+                server.shutdown()
+                server.server_close()
+            self._servers.clear()
+            with self._lock:
+                connections, self._connections = list(self._connections), set()
+            for connection in connections:  # keep-alive: clients would still be answered
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def __enter__(self):
         return self.start()
@@ -91,7 +132,11 @@ class HubServer:
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://127.0.0.1:{self._ports['hub']}"
+
+    @property
+    def cdn_url(self):
+        return f"http://127.0.0.1:{self._ports['cdn']}"
 
     def client_env(self, home):
         """Environment for a child process whose hub clients must use this server (read when
@@ -102,14 +147,22 @@ class HubServer:
                 "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
     def fault_for(self, path):
+        """The fault this request gets: the first rule, in order, that owes one."""
         with self._lock:
-            for fault in self.faults:
+            for index, fault in enumerate(self.faults):
                 if fault.path_contains in path:
-                    key = id(fault)
-                    self._counts[key] = self._counts.get(key, 0) + 1
-                    if self._counts[key] == fault.nth:
-                        return fault
+                    self._counts[index] = self._counts.get(index, 0) + 1
+                    if fault.due(self._counts[index]):
+                        self._owed[index] = self._owed.get(index, 0) + 1
+            for index, fault in enumerate(self.faults):
+                if self._owed.get(index) and fault.path_contains in path:
+                    self._owed[index] -= 1
+                    return fault
         return None
+
+    def track(self, connection, opened):
+        with self._lock:
+            (self._connections.add if opened else self._connections.discard)(connection)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -121,8 +174,17 @@ class _QuietServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     hub: HubServer
+    role: str  # "hub", or "cdn": the host LFS files are redirected to
+    protocol_version = "HTTP/1.1"  # keep-alive, as the hub
     fault = None
-    protocol_version = "HTTP/1.0"  # one request per connection: a stopped server stops at once
+
+    def setup(self):
+        super().setup()
+        self.hub.track(self.connection, opened=True)
+
+    def finish(self):
+        self.hub.track(self.connection, opened=False)
+        super().finish()
 
     def log_message(self, *args):  # keep pytest's output clean; hub.requests has the record
         pass
@@ -133,94 +195,151 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.answer(head=False)
 
+    def do_POST(self):
+        self.answer(head=False)
+
     def answer(self, head):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.form = parse_qs(self.rfile.read(length).decode()) if length else {}
         path = unquote(urlparse(self.path).path)
         self.hub.requests.append((self.command, path, self.headers.get("Range"),
                                   self.headers.get("Authorization")))
-        fault = self.hub.fault_for(path)
-        if fault and fault.kind == "stop":
+        self.fault = None if self.redirected(path) else self.hub.fault_for(path)
+        kind = self.fault.kind if self.fault else None
+        if kind == "stop":
             threading.Thread(target=self.hub.stop).start()
-            self.drop()
-            return
-        if fault and fault.kind == "stall":
-            threading.Event().wait(fault.stall_s)
-            self.drop()
-            return
-        if fault and fault.kind in ("429", "500"):
-            status = int(fault.kind)
-            self.send_json({"error": "injected"}, status=status,
-                           headers={"Retry-After": "1"} if status == 429 else {})
-            return
-        self.fault = fault
+            return self.drop()
+        if kind == "stall":
+            threading.Event().wait(self.fault.stall_s)
+            return self.drop()
+        if kind in ("429", "500"):
+            return self.send_json({"error": "injected"}, status=int(kind),
+                                  headers={"Retry-After": "1"} if kind == "429" else {})
+        if self.role == "cdn":
+            return self.cdn(path, head)
         self.route(path, head)
+
+    def redirected(self, path):
+        m = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/[^/]+/(.+)", path)
+        return self.role == "hub" and m is not None and is_lfs(m.group(2))
 
     def route(self, path, head):
         if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
-            return self.dataset_info(m.group(1))
+            return self.dataset_info(m.group(1), m.group(2) or "main")
         if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)/?(.*)", path):
-            recursive = parse_qs(urlparse(self.path).query).get("recursive", [""])[0].lower()
-            return self.tree(m.group(1), m.group(3), recursive == "true")
+            return self.tree(m.group(1), m.group(2), m.group(3))
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/paths-info/([^/]+)", path):
+            return self.paths_info(m.group(1), m.group(2))
         if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
-            return self.resolve(m.group(1), m.group(3), head)
+            return self.resolve(m.group(1), m.group(2), m.group(3), head)
         self.send_json({"error": f"unknown route {path}"}, status=404)
 
-    def repo(self, name):
+    def repo(self, name, revision):
+        """The repository's files at `revision` (its sha or "main"), else the hub's 404, None."""
         if name not in self.hub.repos:
             self.send_json({"error": "Repository not found"}, status=404,
                            headers={"X-Error-Code": "RepoNotFound"})
             return None
+        if revision not in ("main", self.hub.shas[name]):
+            self.send_json({"error": f"Invalid rev id: {revision}"}, status=404,
+                           headers={"X-Error-Code": "RevisionNotFound"})
+            return None
         return self.hub.repos[name]
 
-    def dataset_info(self, name):
-        files = self.repo(name)
+    def dataset_info(self, name, revision):
+        files = self.repo(name, revision)
         if files is not None:
             self.send_json({"id": name, "sha": self.hub.shas[name], "private": False,
                             "siblings": [{"rfilename": p} for p in sorted(files)], "cardData": {}})
 
-    def tree(self, name, folder, recursive):
-        """The entries right below `folder` (with `recursive`, every entry below it)."""
-        files = self.repo(name)
+    @staticmethod
+    def entry(path, files):
+        """A tree / paths-info entry, as the hub writes it."""
+        if path not in files:
+            return {"type": "directory", "path": path, "size": 0,
+                    "oid": git_blob_sha1(path.encode())}
+        data = files[path]
+        entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
+        if is_lfs(path):
+            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
+                            "pointerSize": 132}
+        return entry
+
+    def tree(self, name, revision, folder):
+        """The entries right below `folder` (with recursive=true, every entry below it), a page
+        at a time: `Link: <...cursor=N>; rel="next"` points at the next page, as on the hub."""
+        files = self.repo(name, revision)
         if files is None:
             return
+        query = parse_qs(urlparse(self.path).query)
+        recursive = query.get("recursive", [""])[0].lower() == "true"
         folder = folder.strip("/")
         prefix = folder + "/" if folder else ""
-        entries = {}
-        for path, data in sorted(files.items()):
-            if not path.startswith(prefix):
-                continue
-            parts = path[len(prefix):].split("/")
-            for depth in range(1, len(parts) if recursive else min(len(parts), 1)):
-                directory = prefix + "/".join(parts[:depth])
-                entries.setdefault(directory, {"type": "directory", "path": directory, "size": 0,
-                                               "oid": git_blob_sha1(directory.encode())})
-            if recursive or len(parts) == 1:
-                entries[path] = {"type": "file", "path": path, "size": len(data),
-                                 "oid": git_blob_sha1(data)}
-            else:
-                directory = prefix + parts[0]
-                entries.setdefault(directory, {"type": "directory", "path": directory, "size": 0,
-                                               "oid": git_blob_sha1(directory.encode())})
-        if not entries and folder:
+        paths = {}
+        for path in sorted(files):
+            if path.startswith(prefix):
+                parts = path[len(prefix):].split("/")
+                depths = range(1, len(parts) + 1) if recursive else [1]
+                paths.update(dict.fromkeys(prefix + "/".join(parts[:d]) for d in depths))
+        if not paths and folder:
             return self.send_json({"error": "Entry not found"}, status=404,
                                   headers={"X-Error-Code": "EntryNotFound"})
-        self.send_json(list(entries.values()))
+        start = int(query.get("cursor", ["0"])[0])
+        end = start + self.hub.tree_page_size
+        headers = {}
+        if end < len(paths):
+            next_page = (f"{self.hub.url}/api/datasets/{name}/tree/{revision}/{quote(folder)}"
+                         f"?recursive={str(recursive).lower()}&cursor={end}")
+            headers["Link"] = f'<{next_page}>; rel="next"'
+        self.send_json([self.entry(p, files) for p in list(paths)[start:end]], headers=headers)
 
-    def resolve(self, name, path, head):
-        files = self.repo(name)
+    def paths_info(self, name, revision):
+        files = self.repo(name, revision)
+        if files is not None:  # paths that do not exist are left out, as on the hub
+            folders = {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
+            wanted = [p.strip("/") for p in self.form.get("paths", [])]
+            self.send_json([self.entry(p, files) for p in wanted if p in files or p in folders])
+
+    def resolve(self, name, revision, path, head):
+        files = self.repo(name, revision)
         if files is None:
             return
         if path not in files:
             return self.send_json({"error": "Entry not found"}, status=404,
                                   headers={"X-Error-Code": "EntryNotFound"})
         data = files[path]
+        headers = {"X-Repo-Commit": self.hub.shas[name], "Accept-Ranges": "bytes"}
+        if is_lfs(path):  # to the CDN, which serves the bytes; the size and hash are told here
+            sha256 = hashlib.sha256(data).hexdigest()
+            headers.update({"Location": f"{self.hub.cdn_url}/lfs/{sha256}/{name}/{quote(path)}",
+                            "ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"',
+                            "X-Linked-Size": str(len(data))})
+            return self.send_bytes(302, b"", headers, head)
+        headers["ETag"] = f'"{git_blob_sha1(data)}"'
+        self.send_range(data, headers, head)
+
+    def cdn(self, path, head):
+        m = re.fullmatch(r"/lfs/([0-9a-f]{64})/([^/]+/[^/]+)/(.+)", path)
+        data = self.hub.repos.get(m.group(2), {}).get(m.group(3)) if m else None
+        if data is None or hashlib.sha256(data).hexdigest() != m.group(1):
+            return self.send_bytes(404, b"NoSuchKey", {}, head)
+        self.send_range(data, {"ETag": f'"{m.group(1)}"', "Accept-Ranges": "bytes"}, head)
+
+    def send_range(self, data, headers, head):
         status, body = 200, data
-        headers = {"X-Repo-Commit": self.hub.shas[name], "ETag": f'"{git_blob_sha1(data)}"',
-                   "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         if m := re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or ""):
             start = int(m.group(1))
             end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
             status, body = 206, data[start:end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        self.send_bytes(status, body, {"Content-Type": "application/octet-stream", **headers}, head)
+
+    def send_json(self, obj, status=200, headers=None):
+        self.send_bytes(status, json.dumps(obj).encode(),
+                        {"Content-Type": "application/json", **(headers or {})},
+                        head=self.command == "HEAD")
+
+    def send_bytes(self, status, body, headers, head):
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -229,23 +348,17 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.write_body(body)
 
-    def send_json(self, obj, status=200, headers=None):
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.write_body(body)
-
     def write_body(self, body):
         kind = self.fault.kind if self.fault else None
         if kind == "reset":  # half of it, then the connection breaks
             self.wfile.write(body[:len(body) // 2])
             self.wfile.flush()
             self.drop()
+        elif kind == "trickle":  # until the client gives up (or, after minutes, the body ends)
+            for i in range(0, len(body), TRICKLE_BYTES):
+                self.wfile.write(body[i:i + TRICKLE_BYTES])
+                self.wfile.flush()
+                time.sleep(TRICKLE_EVERY_S)
         else:
             self.wfile.write(bytes(len(body)) if kind == "corrupt" else body)
 

@@ -1,10 +1,16 @@
 """pipeline/retry.py: which failures are retried, for how long, and how long it waits between."""
 
+import socket
+import ssl
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
 import httpx2
 import pytest
 from huggingface_hub.errors import HfHubHTTPError
 
-from pipeline.retry import (RetriesExhausted, Retry, TransientError, is_transient, parse_duration)
+from pipeline.retry import (FIRST_DELAY_S, RESOLVE_FOR_S, HubUnreachable, RetriesExhausted, Retry,
+                            TransientError, describe, is_transient, parse_duration)
 
 
 def http_error(status, retry_after=None):
@@ -65,7 +71,8 @@ def test_backoff_grows_with_jitter_honours_retry_after_and_logs_each_retry(monke
     assert retry.call("dataset info of me/x", failing(errors)) == "ok"
     assert len(clock.sleeps) == len(lines) == 6
     for attempt, slept in enumerate(clock.sleeps[:5]):
-        assert 0.5 * 2 ** attempt <= slept <= 2 ** attempt  # exponential, jittered down to half
+        first = FIRST_DELAY_S * 2 ** attempt
+        assert 0.5 * first <= slept <= first  # exponential, jittered down to half
     assert clock.sleeps[5] >= 7  # Retry-After
     assert lines[0].startswith("retry 1: dataset info of me/x: ConnectError: refused; next attempt in")
 
@@ -77,19 +84,20 @@ def test_gives_up_after_the_bound_and_a_success_restarts_the_count(monkeypatch):
                                                r"HfHubHTTPError: 503.*run the same command again"):
         retry.call("reading f.parquet", failing([http_error(503)] * 100))
     assert sum(clock.sleeps) == pytest.approx(60)  # the last attempt is made at the bound
-    # up to 31 s of failures (1+2+4+8+16, jittered), a success, as many again: more than the
-    # 40 s bound in all, but never in a row
+    # runs of 6 failures (FIRST_DELAY_S x 63 s at most, jittered down to half) with a success
+    # between them: more than the bound in all, but never in a row
     clock.sleeps.clear()
-    items = iter([http_error(500)] * 5 + ["a"] + [http_error(500)] * 5 + ["b"])
+    bound = FIRST_DELAY_S * 64
+    items = iter(([http_error(500)] * 6 + ["a"]) * 3)
 
     def read(start):
         for item in items:
             if isinstance(item, Exception):
                 raise item
             yield item
-    retry = Retry(40, log=lambda line: None, sleep=clock.sleep)
-    assert list(retry.stream("reading g.parquet", read)) == ["a", "b"]
-    assert sum(clock.sleeps) > 31
+    retry = Retry(bound, log=lambda line: None, sleep=clock.sleep)
+    assert list(retry.stream("reading g.parquet", read)) == ["a"] * 3
+    assert sum(clock.sleeps) > bound
 
 
 def test_stream_reopens_at_the_first_unread_item():
@@ -112,3 +120,62 @@ def test_bad_input_is_not_retried():
         retry.call("x", failing([KeyError("text")]))
     with pytest.raises(HfHubHTTPError):
         retry.call("x", failing([http_error(404)]))
+
+
+def test_retry_after_as_an_http_date(monkeypatch):
+    clock = Clock(monkeypatch)
+    retry = Retry(600, log=lambda line: None, sleep=clock.sleep)
+    in_a_minute = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
+    assert retry.call("x", failing([http_error(503, retry_after=in_a_minute)])) == "ok"
+    assert 58 <= clock.sleeps[0] <= 60
+    retry.call("x", failing([http_error(503, retry_after="Wed, 21 Oct 2015 07:28:00 GMT")]))
+    assert clock.sleeps[1] <= FIRST_DELAY_S  # a date gone by: the backoff alone
+
+
+def raised(error, cause):
+    """`error` raised from `cause`, as httpx raises its errors from the socket's."""
+    try:
+        raise error from cause
+    except type(error) as e:
+        return e
+
+
+def test_a_name_that_does_not_resolve_has_a_short_budget_and_says_why_at_once(monkeypatch):
+    clock, lines = Clock(monkeypatch), []
+    request = httpx2.Request("GET", "https://hub.example/api/datasets/me/x")
+    unresolved = raised(httpx2.ConnectError("[Errno -2] Name or service not known", request=request),
+                        socket.gaierror(-2, "Name or service not known"))
+    retry = Retry(1800, log=lines.append, sleep=clock.sleep)
+    with pytest.raises(RetriesExhausted, match="still failing after 2m"):
+        retry.call("dataset info of me/x", failing([unresolved] * 1000))
+    assert sum(clock.sleeps) == pytest.approx(RESOLVE_FOR_S) and RESOLVE_FOR_S < 1800
+    assert lines[0].startswith("note: hub.example does not resolve") and "--source DIR" in lines[0]
+    assert "--retry-for" in lines[0] and lines[1].startswith("retry 1: ")
+    assert sum(line.startswith("note:") for line in lines) == 1
+
+
+def test_trouble_in_the_set_up_is_not_retried():
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    request = httpx2.Request("GET", "https://hub.example/x")
+    certificate = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    certificate.verify_message = "self-signed certificate"
+    for error, says in [
+            (OfflineModeIsEnabled("offline mode is enabled"), "unset HF_HUB_OFFLINE"),
+            (httpx2.UnsupportedProtocol("Request URL is missing an 'http://' or 'https://' "
+                                        "protocol.", request=request), "HF_ENDPOINT="),
+            (httpx2.ProxyError("407 Proxy Authentication Required", request=request), "HTTPS_PROXY"),
+            (raised(httpx2.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]", request=request),
+                    certificate), "SSL_CERT_FILE")]:
+        retry = Retry(600, log=pytest.fail, sleep=pytest.fail)
+        with pytest.raises(HubUnreachable, match=f"^dataset info of me/x: .*{says}"):
+            retry.call("dataset info of me/x", failing([error]))
+        assert not is_transient(error)
+
+
+def test_a_long_message_is_cut_between_words():
+    text = "Cannot reach https://hub.example/api/datasets/x: offline mode is enabled. " * 3
+    described = describe(OSError(text))
+    assert described.endswith(" ...") and len(described) < len(text)
+    words = described.removeprefix("OSError: ").removesuffix(" ...").split(" ")
+    assert words == text.split(" ")[:len(words)]  # whole words only
