@@ -179,8 +179,8 @@ DATA_COMMANDS = {
                     "data/tinystories --prefix tinystories --shard-tokens 10000000", ""),
 }
 # where those commands write without --out
-_DEFAULT_OUT = {"pipeline.fineweb": "data/edu_fineweb10B", "pipeline.shakespeare_char": "data/shakespeare_char",
-                "demo": "data/demo"}
+_DEFAULT_OUT = {"pipeline.fineweb": "data/edu_fineweb10B",
+                "pipeline.shakespeare_char": "data/shakespeare_char", "demo": "data/demo"}
 
 
 def data_command(cfg):
@@ -194,6 +194,7 @@ def data_command(cfg):
     elif words[0] == "python" and cfg.data != _DEFAULT_OUT[words[2]]:
         words += ["--out", cfg.data]
     return f"`{' '.join(words)}`" + (f" ({note.format(data=cfg.data)})" if note else "")
+
 
 def _bool(text):
     if text.lower() in ("1", "true", "yes", "on"):
@@ -275,7 +276,8 @@ def build_parser():
     return parser
 
 
-ACTIONS = ("preset", "config", "dry_run", "world_size", "gpu_memory", "preflight")  # not TrainConfig fields
+# flags that are not TrainConfig fields
+ACTIONS = ("preset", "config", "dry_run", "world_size", "gpu_memory", "preflight")
 
 
 def _memory_size(text):
