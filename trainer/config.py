@@ -67,7 +67,9 @@ class TrainConfig:
                                           "recompute each block's activations in backward: less "
                                           "memory, ~1/3 more compute")
     dist_timeout_min: int = flag(30, "distributed and hardware",
-                                 "minutes a collective waits for a slow rank (e.g. one checkpointing)")
+                                 "minutes a collective waits for a slow rank (e.g. one checkpointing); "
+                                 "a hung rank (alive but stuck) holds every rank and its GPU this long "
+                                 "before the job fails")
     peak_flops: float = flag(0.0, "logging", "peak FLOP/s of one device, for MFU; 0 = known GPUs")
     eval_every: int = flag(250, "evaluation", "validation loss, bits per byte and samples every N "
                                               "steps and at the end; 0 = never")
