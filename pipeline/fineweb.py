@@ -83,7 +83,7 @@ def warn_whole_documents(args, source):
     if big:
         path, size = big[0]
         more = f" (and {len(big) - 1} more such files)" if len(big) > 1 else ""
-        print(f"warning: {path} ({size / 1e9:.1f} GB){more} is read as ONE document, held whole "
+        print(f"warning: {path} ({size / 1e6:,.0f} MB){more} is read as ONE document, held whole "
               "in memory; if it holds many, pass --doc-separator TEXT (TinyStories: "
               "'<|endoftext|>')", file=sys.stderr)
 
@@ -167,12 +167,12 @@ def run(args):
     """A single run, or the array's --pack: the only writer of OUT while it runs."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out / LOCK, "a --pack run" if args.pack else "a pipeline run"):
+    with FolderLock(out / LOCK, "a --pack run" if args.pack else "a pipeline run") as lock:
         try:
             write_output(args, out)
         except BaseException as e:
             # Every finished shard stays, whatever the error: the same command continues from them.
-            forget_unfinished_output(out)
+            forget_unfinished_output(out, lock)
             if isinstance(e, ValueError):  # a character outside the char vocabulary, say
                 die(e)
             raise

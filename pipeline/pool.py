@@ -9,7 +9,10 @@ which is why this is a `concurrent.futures.ProcessPoolExecutor` (BrokenProcessPo
 """
 
 import multiprocessing as mp
+import os
 import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -24,6 +27,7 @@ from pipeline.killpoints import kill_point
 CHUNK_DOCS = 64
 CHUNK_CHARS = 1 << 20
 TASKS_PER_WORKER = 2  # in flight per worker: keeps every worker busy while the main process writes
+ORPHAN_CHECK_S = 0.5
 
 
 class WorkerDied(Exception):
@@ -40,6 +44,15 @@ def _init_worker(tokenizer):
     # The executor stops workers with SIGTERM: a handler inherited from the forking process
     # (a trainer's, say) would leave them alive and the pool's exit hanging
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A run killed outright (kill -9, the OOM killer) cannot stop its workers; they would wait
+    # for work forever, holding their memory: each leaves once its parent is gone.
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_when_orphaned(parent):
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(1)
 
 
 def tokenize_chunk(texts):
@@ -107,18 +120,17 @@ class TokenizerPool:
         for a streamed source means unbounded memory whenever reading outpaces tokenizing.
         """
         pending = deque()
-        for chunk in chunked(documents):
-            pending.append((first_doc, self.executor.submit(tokenize_chunk, chunk)))
-            first_doc += len(chunk)
-            if len(pending) > TASKS_PER_WORKER * self.workers:
-                yield self._result(*pending.popleft())
-        while pending:
-            yield self._result(*pending.popleft())
-
-    def _result(self, first_doc, future):
         try:
-            return (first_doc, *future.result())
-        except BrokenProcessPool:
+            for chunk in chunked(documents):
+                pending.append((first_doc, self.executor.submit(tokenize_chunk, chunk)))
+                first_doc += len(chunk)
+                if len(pending) > TASKS_PER_WORKER * self.workers:
+                    doc, future = pending.popleft()
+                    yield (doc, *future.result())
+            while pending:
+                doc, future = pending.popleft()
+                yield (doc, *future.result())
+        except BrokenProcessPool:  # from submit() or result(), whichever comes first
             raise WorkerDied(self._death()) from None
 
     def _death(self):

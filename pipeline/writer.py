@@ -13,7 +13,6 @@ from contextlib import suppress
 import numpy as np
 
 from pipeline.killpoints import kill_point
-from pipeline.lock import LOCK
 from pipeline.tokenizer import CHAR_TOKENIZER_FILE
 from shards.format import ShardError, read_shard, write_shard
 from shards.manifest import (MANIFEST, ManifestError, file_sha256, read_manifest, shard_name,
@@ -132,9 +131,9 @@ def remove_stale_temporaries(out):
         tmp.unlink(missing_ok=True)
 
 
-def forget_unfinished_output(out):
+def forget_unfinished_output(out, lock):
     """After an error, if no shard is finished: remove what the run started (manifest, char
-    vocabulary, lock file) and the folder if it is then empty. Anything finished keeps it all: a
+    vocabulary, the files of our `lock`) and the folder if it is then empty. Anything finished keeps it all: a
     listed shard, a shard written but not yet listed (the resume writes it again), the parts."""
     try:
         if read_manifest(out)["shards"]:
@@ -144,7 +143,8 @@ def forget_unfinished_output(out):
             return
     if any(out.glob("*_val_*")) or any(out.glob("*_train_*")):
         return
-    for path in (out / MANIFEST, out / CHAR_TOKENIZER_FILE, out / LOCK):
+    for path in (out / MANIFEST, out / CHAR_TOKENIZER_FILE):
         path.unlink(missing_ok=True)
+    lock.remove_files()
     with suppress(OSError):
         out.rmdir()
