@@ -22,6 +22,10 @@ from shards.manifest import (MANIFEST, ManifestError, file_sha256, read_manifest
 IDENTITY = ("fingerprint", "tokenizer", "format", "prefix", "shard_tokens")
 
 
+class OutputError(Exception):
+    """The output folder cannot be continued by this command; the message says what to do."""
+
+
 class ShardWriter:
     """Cuts the token stream into shards of exactly `shard_tokens` (the last may be shorter).
 
@@ -92,7 +96,7 @@ def resume_manifest(out, old, identity, limit):
     different = [k for k in IDENTITY if old.get(k) != identity[k]]
     if different:
         what = "; ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in different)
-        raise ShardError(f"{out} was made with different settings ({what}); use another --out "
+        raise OutputError(f"{out} was made with different settings ({what}); use another --out "
                          "or delete it")
     for index, shard in enumerate(old["shards"]):
         problem = damaged(out / shard["name"], shard)
