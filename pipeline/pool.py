@@ -94,6 +94,13 @@ class _RecordingContext:
         return getattr(self.base, name)
 
 
+def signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal
+        return f"signal {number}"
+
+
 class TokenizerPool:
     """`workers` processes tokenizing with `tokenizer`; a context manager."""
 
@@ -138,17 +145,20 @@ class TokenizerPool:
         self.executor.shutdown(wait=True)  # the others are stopped (SIGTERM) and every one reaped
         ended = [(i, p) for i, p in enumerate(self.context.processes, 1) if p.exitcode]
         # the first to die is the one not stopped by the executor's SIGTERM afterwards
-        number, process = next(((i, p) for i, p in ended if p.exitcode != -signal.SIGTERM),
-                               ended[0] if ended else (0, None))
-        code = process.exitcode if process else None
-        if code is not None and code < 0:
-            how = f"was killed by {signal.Signals(-code).name}"
+        first = next(((i, p) for i, p in ended if p.exitcode != -signal.SIGTERM),
+                     ended[0] if ended else None)
+        fix = (f"finished shards are kept: run the same command again, with fewer --workers (now "
+               f"{self.workers}) if it ran out of memory")
+        if first is None:
+            return f"a tokenizer worker ended unexpectedly; {fix}"
+        number, process = first
+        code = process.exitcode
+        if code < 0:
+            name = signal_name(-code)
             why = ("likely the kernel's OOM killer (out of memory)" if code == -signal.SIGKILL else
                    "a crash" if code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT) else
                    "stopped from outside")
+            how = f"was killed by {name}: {why}"
         else:
-            how, why = f"exited with status {code}", "a crash in the tokenizer"
-        pid = f" (pid {process.pid})" if process else ""
-        return (f"tokenizer worker {number} of {self.workers}{pid} {how}: {why}; finished shards "
-                f"are kept: run the same command again, with fewer --workers (now {self.workers}) "
-                "if it ran out of memory")
+            how = f"exited with status {code}: a crash in the tokenizer"
+        return f"tokenizer worker {number} of {self.workers} (pid {process.pid}) {how}; {fix}"
