@@ -10,17 +10,23 @@ across interruptions.
     python -m pipeline.fineweb --source data/my.jsonl --out data/mine --shard-tokens 10_000_000
     python -m pipeline.fineweb --source input.txt --tokenizer char --out data/shakespeare_char
 
-Resuming: manifest.json is rewritten atomically after every finished shard and records where in
-the document stream the next shard starts, so the same command run again after any crash
-(kill -9 included) skips the finished shards (rebuilding any that was damaged since) and ends
-with the bytes of an uninterrupted run. No error deletes a finished shard. Hub requests are
-retried through outages for --retry-for; after that the run stops with exit status 75
-(EXIT_RETRIES_EXHAUSTED; bad input exits 1) and the same command resumes.
+The recipe: open the source (pipeline/sources.py), tokenize it in a pool of worker processes
+(pipeline/pool.py), cut the stream into shards (pipeline/writer.py); Slurm arrays make parts and
+pack them (pipeline/array.py); one writer per folder at a time (pipeline/lock.py).
+
+Resuming: manifest.json is written before the first shard and rewritten atomically after every
+finished shard, recording where in the document stream the next shard starts, so the same command
+run again after a crash at any step (kill -9 included) skips the finished shards (rebuilding any
+that was damaged since) and ends with the bytes of an uninterrupted run; a complete folder is left
+as it is. No error deletes a finished shard. A tokenizer worker that dies (the OOM killer) stops
+the run at once with one line. Hub requests are retried through outages for --retry-for; after
+that the run stops with exit status 75 (EXIT_RETRIES_EXHAUSTED; bad input exits 1) and the same
+command resumes.
 
 Slurm job arrays (slurm/fineweb.sbatch): task I of N tokenizes every Nth source file into
-OUT/parts/part_{file:06d}.bin, then one --pack run cuts the parts, in source order, into the same
-shards and manifest a single streaming run writes (making any part still missing itself), and
-deletes the parts:
+OUT/parts/part_{file:06d}.bin, all tasks at the dataset commit the first of them pinned; then one
+--pack run cuts the parts, in source order, into the same shards and manifest a single streaming
+run writes (making any part still missing itself), and deletes the parts:
 
     python -m pipeline.fineweb --source SRC --out OUT --num-tasks N --task-index I   # each task
     python -m pipeline.fineweb --source SRC --out OUT --pack                        # afterwards
@@ -43,8 +49,8 @@ from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesEx
                             parse_duration)
 from pipeline.sources import FINEWEB_EDU, SourceError, file_kind, is_hub_path, open_source
 from pipeline.tokenizer import CharTokenizer, GPT2Tokenizer
-from pipeline.writer import (ShardWriter, forget_unfinished_output, remove_stale_temporaries,
-                             resume_manifest)
+from pipeline.writer import (OutputError, ShardWriter, forget_unfinished_output,
+                             remove_stale_temporaries, resume_manifest)
 from shards.format import FORMATS, ShardError
 from shards.manifest import MANIFEST, MANIFEST_VERSION, ManifestError, read_manifest, write_manifest
 
@@ -83,7 +89,7 @@ def warn_whole_documents(args, source):
     if big:
         path, size = big[0]
         more = f" (and {len(big) - 1} more such files)" if len(big) > 1 else ""
-        print(f"warning: {path} ({size / 1e9:.1f} GB){more} is read as ONE document, held whole "
+        print(f"warning: {path} ({size / 1e6:,.0f} MB){more} is read as ONE document, held whole "
               "in memory; if it holds many, pass --doc-separator TEXT (TinyStories: "
               "'<|endoftext|>')", file=sys.stderr)
 
@@ -167,12 +173,12 @@ def run(args):
     """A single run, or the array's --pack: the only writer of OUT while it runs."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out / LOCK, "a --pack run" if args.pack else "a pipeline run"):
+    with FolderLock(out / LOCK, "a --pack run" if args.pack else "a pipeline run") as lock:
         try:
             write_output(args, out)
         except BaseException as e:
             # Every finished shard stays, whatever the error: the same command continues from them.
-            forget_unfinished_output(out)
+            forget_unfinished_output(out, lock)
             if isinstance(e, ValueError):  # a character outside the char vocabulary, say
                 die(e)
             raise
@@ -181,7 +187,7 @@ def run(args):
 def write_output(args, out):
     old = read_manifest(out) if (out / MANIFEST).exists() else None
     if old is None and (any(out.glob("*_val_*")) or any(out.glob("*_train_*"))):
-        die(f"{out} holds shards but no {MANIFEST}; use an empty --out")
+        raise OutputError(f"{out} holds shards but no {MANIFEST}; use an empty --out")
     source = open_args_source(args, revision_pin(args, out, old))
     limit = stream_limit(args)
     manifest = resume_manifest(out, old, identity(args, source), limit) if old else None
@@ -221,11 +227,12 @@ def run_task(args):
     if not 0 <= args.task_index < args.num_tasks:
         die(f"--task-index {args.task_index} must be in [0, {args.num_tasks})")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    old = read_manifest(out) if (out / MANIFEST).exists() else None
+    source = open_args_source(args, revision_pin(args, out, old))  # bad input: before any file
     role = f"array task {args.task_index} of {args.num_tasks}"
-    with FolderLock(out / LOCK, role, shared=True):  # tasks share OUT; a --pack waits for them all
+    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out / LOCK, role, shared=True):  # shared by tasks; a --pack refuses meanwhile
         old = read_manifest(out) if (out / MANIFEST).exists() else None
-        source = open_args_source(args, revision_pin(args, out, old))
         if old and resume_manifest(out, copy.deepcopy(old), identity(args, source),
                                    stream_limit(args)) is None:
             say_complete(out, old)  # packed already: tokenizing again would only make parts
@@ -313,7 +320,8 @@ def main(argv=None):
         die("--pack runs after the array tasks, not as one of them")
     try:
         run_task(args) if args.num_tasks else run(args)
-    except (SourceError, ManifestError, ShardError, RuntimeError, Locked, WorkerDied) as e:
+    except (SourceError, ManifestError, ShardError, OutputError, Locked, WorkerDied,
+            RuntimeError) as e:
         die(e)
     except RetriesExhausted as e:  # not bad input: the network; the same command resumes
         print(f"error: {e}", file=sys.stderr)

@@ -9,7 +9,10 @@ which is why this is a `concurrent.futures.ProcessPoolExecutor` (BrokenProcessPo
 """
 
 import multiprocessing as mp
+import os
 import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -24,6 +27,7 @@ from pipeline.killpoints import kill_point
 CHUNK_DOCS = 64
 CHUNK_CHARS = 1 << 20
 TASKS_PER_WORKER = 2  # in flight per worker: keeps every worker busy while the main process writes
+ORPHAN_CHECK_S = 0.5
 
 
 class WorkerDied(Exception):
@@ -40,6 +44,15 @@ def _init_worker(tokenizer):
     # The executor stops workers with SIGTERM: a handler inherited from the forking process
     # (a trainer's, say) would leave them alive and the pool's exit hanging
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A run killed outright (kill -9, the OOM killer) cannot stop its workers; they would wait
+    # for work forever, holding their memory: each leaves once its parent is gone.
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_when_orphaned(parent):
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(1)
 
 
 def tokenize_chunk(texts):
@@ -81,6 +94,13 @@ class _RecordingContext:
         return getattr(self.base, name)
 
 
+def signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal
+        return f"signal {number}"
+
+
 class TokenizerPool:
     """`workers` processes tokenizing with `tokenizer`; a context manager."""
 
@@ -107,18 +127,17 @@ class TokenizerPool:
         for a streamed source means unbounded memory whenever reading outpaces tokenizing.
         """
         pending = deque()
-        for chunk in chunked(documents):
-            pending.append((first_doc, self.executor.submit(tokenize_chunk, chunk)))
-            first_doc += len(chunk)
-            if len(pending) > TASKS_PER_WORKER * self.workers:
-                yield self._result(*pending.popleft())
-        while pending:
-            yield self._result(*pending.popleft())
-
-    def _result(self, first_doc, future):
         try:
-            return (first_doc, *future.result())
-        except BrokenProcessPool:
+            for chunk in chunked(documents):
+                pending.append((first_doc, self.executor.submit(tokenize_chunk, chunk)))
+                first_doc += len(chunk)
+                if len(pending) > TASKS_PER_WORKER * self.workers:
+                    doc, future = pending.popleft()
+                    yield (doc, *future.result())
+            while pending:
+                doc, future = pending.popleft()
+                yield (doc, *future.result())
+        except BrokenProcessPool:  # from submit() or result(), whichever comes first
             raise WorkerDied(self._death()) from None
 
     def _death(self):
@@ -126,17 +145,20 @@ class TokenizerPool:
         self.executor.shutdown(wait=True)  # the others are stopped (SIGTERM) and every one reaped
         ended = [(i, p) for i, p in enumerate(self.context.processes, 1) if p.exitcode]
         # the first to die is the one not stopped by the executor's SIGTERM afterwards
-        number, process = next(((i, p) for i, p in ended if p.exitcode != -signal.SIGTERM),
-                               ended[0] if ended else (0, None))
-        code = process.exitcode if process else None
-        if code is not None and code < 0:
-            how = f"was killed by {signal.Signals(-code).name}"
+        first = next(((i, p) for i, p in ended if p.exitcode != -signal.SIGTERM),
+                     ended[0] if ended else None)
+        fix = (f"finished shards are kept: run the same command again, with fewer --workers (now "
+               f"{self.workers}) if it ran out of memory")
+        if first is None:
+            return f"a tokenizer worker ended unexpectedly; {fix}"
+        number, process = first
+        code = process.exitcode
+        if code < 0:
+            name = signal_name(-code)
             why = ("likely the kernel's OOM killer (out of memory)" if code == -signal.SIGKILL else
                    "a crash" if code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT) else
                    "stopped from outside")
+            how = f"was killed by {name}: {why}"
         else:
-            how, why = f"exited with status {code}", "a crash in the tokenizer"
-        pid = f" (pid {process.pid})" if process else ""
-        return (f"tokenizer worker {number} of {self.workers}{pid} {how}: {why}; finished shards "
-                f"are kept: run the same command again, with fewer --workers (now {self.workers}) "
-                "if it ran out of memory")
+            how = f"exited with status {code}: a crash in the tokenizer"
+        return f"tokenizer worker {number} of {self.workers} (pid {process.pid}) {how}; {fix}"

@@ -13,7 +13,6 @@ from contextlib import suppress
 import numpy as np
 
 from pipeline.killpoints import kill_point
-from pipeline.lock import LOCK
 from pipeline.tokenizer import CHAR_TOKENIZER_FILE
 from shards.format import ShardError, read_shard, write_shard
 from shards.manifest import (MANIFEST, ManifestError, file_sha256, read_manifest, shard_name,
@@ -21,6 +20,10 @@ from shards.manifest import (MANIFEST, ManifestError, file_sha256, read_manifest
 
 # Fields that must match for a rerun to continue an existing output folder.
 IDENTITY = ("fingerprint", "tokenizer", "format", "prefix", "shard_tokens")
+
+
+class OutputError(Exception):
+    """The output folder cannot be continued by this command; the message says what to do."""
 
 
 class ShardWriter:
@@ -93,7 +96,7 @@ def resume_manifest(out, old, identity, limit):
     different = [k for k in IDENTITY if old.get(k) != identity[k]]
     if different:
         what = "; ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in different)
-        raise ShardError(f"{out} was made with different settings ({what}); use another --out "
+        raise OutputError(f"{out} was made with different settings ({what}); use another --out "
                          "or delete it")
     for index, shard in enumerate(old["shards"]):
         problem = damaged(out / shard["name"], shard)
@@ -132,9 +135,9 @@ def remove_stale_temporaries(out):
         tmp.unlink(missing_ok=True)
 
 
-def forget_unfinished_output(out):
+def forget_unfinished_output(out, lock):
     """After an error, if no shard is finished: remove what the run started (manifest, char
-    vocabulary, lock file) and the folder if it is then empty. Anything finished keeps it all: a
+    vocabulary, the files of our `lock`) and the folder if it is then empty. Anything finished keeps it all: a
     listed shard, a shard written but not yet listed (the resume writes it again), the parts."""
     try:
         if read_manifest(out)["shards"]:
@@ -144,7 +147,8 @@ def forget_unfinished_output(out):
             return
     if any(out.glob("*_val_*")) or any(out.glob("*_train_*")):
         return
-    for path in (out / MANIFEST, out / CHAR_TOKENIZER_FILE, out / LOCK):
+    for path in (out / MANIFEST, out / CHAR_TOKENIZER_FILE):
         path.unlink(missing_ok=True)
+    lock.remove_files()
     with suppress(OSError):
         out.rmdir()
