@@ -23,6 +23,7 @@ import pytest
 from tqdm import tqdm
 
 from hub_server import Fault, HubServer
+from pipeline.retry import FIRST_DELAY_S
 from test_pipeline import expected_stream, make_docs, stream
 from shards.manifest import read_manifest
 
@@ -168,10 +169,18 @@ def test_hub_token_note_only_without_a_token(hub, faults, tmp_path):
     assert any(r[3] == "Bearer hf_test" for r in hub.requests), "the token is sent"
 
 
-def test_hub_file_order_is_the_configs(hub, faults, tmp_path):
-    faults()
-    ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:reversed", "--out", tmp_path / "out", *FLAGS))
-    assert stream(tmp_path / "out")[0] == expected_stream(EXTRA + SAMPLE[0])
+@pytest.fixture(scope="module")
+def reversed_run(hub, tmp_path_factory):
+    """The `reversed` config through the fault-free hub: its output, and how long it took."""
+    tmp = tmp_path_factory.mktemp("reversed")
+    hub.inject()
+    started = time.monotonic()
+    ok(fineweb(hub, tmp, "--source", "hf:me/edu:reversed", "--out", tmp / "out", *FLAGS))
+    return tmp / "out", time.monotonic() - started
+
+
+def test_hub_file_order_is_the_configs(reversed_run):
+    assert stream(reversed_run[0])[0] == expected_stream(EXTRA + SAMPLE[0])
 
 
 def test_hub_txt_is_a_document_per_line_as_in_datasets(hub, faults, tmp_path):
@@ -364,3 +373,35 @@ def test_a_hub_name_that_does_not_resolve_says_so_at_the_first_failure(hub, faul
     assert lines[0].startswith("note: hub.invalid does not resolve (") and "retrying for 1s" in lines[0]
     assert "a compute node without internet" in lines[0] and "--source DIR" in lines[0]
     assert lines[1].startswith("retry 1: dataset info of me/lines: ConnectError")
+
+
+# ----------------------------------------------------------------------------------------------
+# A flaky network: progress at the pace of the requests that succeed
+
+def test_most_data_requests_failing_only_slows_the_run_down(hub, faults, reversed_run, tmp_path):
+    # two of every three requests for parquet bytes (at the CDN the hub redirects to) fail
+    faults(Fault("/lfs/", "reset", every=3), Fault("/lfs/", "500", nth=2, every=3))
+    started = time.monotonic()
+    result = ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:reversed", "--out", tmp_path / "out",
+                        *FLAGS))
+    took = time.monotonic() - started
+    clean_out, clean_took = reversed_run
+    assert stream(tmp_path / "out")[1] == stream(clean_out)[1]
+    data = [r for r in hub.requests if r[1].startswith("/lfs/")]
+    assert len(data) >= 3 * 7 - 2, "7 ranged reads, each failing twice"
+    delays = [float(m) for m in re.findall(r"next attempt in ([\d.]+) s", result.stderr)]
+    assert len(delays) >= 2 * 7 - 1 and max(delays) <= 2 * FIRST_DELAY_S, \
+        "the backoff starts again whenever bytes arrive"
+    assert took < 4 * clean_took + 10, (took, clean_took)  # + 10 s: a busy machine's noise
+
+
+def test_a_trickle_is_cut_and_retried(hub, faults, clean_run, tmp_path):
+    # the second ranged read of the first file sends 80 bytes/s: each piece within the 1 s read
+    # timeout, the whole never
+    faults(Fault("/lfs/", "trickle", nth=2))
+    result = ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out",
+                        tmp_path / "out", *FLAGS))
+    assert stream(tmp_path / "out")[1] == stream(clean_run)[1]
+    retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
+    assert len(retries) == 1 and "000_00000.parquet" in retries[0] and \
+        "ReadTimeout: the body arrived at under 1024 bytes/s for 3 s" in retries[0], result.stderr
