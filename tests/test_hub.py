@@ -5,6 +5,7 @@ of a fault-free run, and a run that gives up must keep every finished shard and 
 The CLI runs in a child process: HF_ENDPOINT is read when the hub libraries are imported.
 """
 
+import hashlib
 import io
 import os
 import re
@@ -275,6 +276,45 @@ def test_array_task_and_pack_survive_a_stopped_server(hub, faults, clean_run, tm
     assert stream(out)[1] == stream(clean_run)[1]
     assert read_manifest(out)["shards"] == read_manifest(clean_run)["shards"]
     assert not (out / "parts").exists() and "deleted" in result.stderr
+
+
+def test_the_test_hub_answers_as_the_hub_does(hub, faults):
+    """In this process, through the real client: revisions, pages, paths-info, LFS redirects,
+    keep-alive, and faults that never go missing."""
+    import httpx2
+    from huggingface_hub import HfApi, HfFileSystem
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    faults()
+    api, sha, repo = HfApi(endpoint=hub.url), hub.shas["me/edu"], edu_repo()
+    assert api.dataset_info("me/edu", revision=sha).sha == sha
+    with pytest.raises(RevisionNotFoundError):
+        api.dataset_info("me/edu", revision="0" * 40)
+
+    tree = list(api.list_repo_tree("me/edu", repo_type="dataset", revision=sha, recursive=True))
+    assert sorted(e.path for e in tree if type(e).__name__ == "RepoFile") == sorted(repo)
+    assert sum("/tree/" in r[1] for r in hub.requests) == -(-len(tree) // hub.tree_page_size)
+
+    parquet = "sample/10BT/001_00000.parquet"
+    info = api.get_paths_info("me/edu", ["README.md", "sample/10BT", parquet, "missing.txt"],
+                              repo_type="dataset", revision=sha)
+    assert [i.path for i in info] == ["README.md", "sample/10BT", parquet]
+    assert info[2].lfs.sha256 == hashlib.sha256(repo[parquet]).hexdigest() and info[0].lfs is None
+
+    hub.inject()  # LFS bytes come from the CDN the hub redirects to, ranges and all
+    fs = HfFileSystem(endpoint=hub.url, skip_instance_cache=True)
+    with fs.open(f"datasets/me/edu@{sha}/{parquet}", "rb", cache_type="none") as f:
+        f.seek(1000)
+        assert f.read(500) == repo[parquet][1000:1500]
+    resolve, cdn = [r for r in hub.requests if r[0] == "GET"][-2:]
+    assert resolve[1].endswith(f"/resolve/{sha}/{parquet}") and cdn[1].startswith("/lfs/")
+    assert resolve[2] == cdn[2] == "bytes=1000-1499"
+    assert hub.connections_opened < len(hub.requests), "keep-alive: connections are reused"
+
+    # two rules due on the first request: the second fires on the next one, not never
+    faults(Fault("README.md", "500"), Fault("README.md", "429"))
+    url = f"{hub.url}/datasets/me/edu/resolve/main/README.md"
+    assert [httpx2.get(url).status_code for _ in range(3)] == [500, 429, 200]
 
 
 # ----------------------------------------------------------------------------------------------
