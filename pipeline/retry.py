@@ -138,7 +138,7 @@ def setup_problem(error):
 
 def resolution_failure(error):
     """The host name did not resolve (no DNS, no internet): the socket.gaierror behind it."""
-    return next((c for c in causes(error) if isinstance(c, socket.gaierror)), None)
+    return next((c for c in causes(error, hidden=True) if isinstance(c, socket.gaierror)), None)
 
 
 def host_of(error):
@@ -150,7 +150,7 @@ def host_of(error):
 
 def describe(error):
     """`Type: first line`, cut at a word near DESCRIBE_CHARS, never mid-word."""
-    text = (str(error).strip().splitlines() or [""])[0]
+    text = "".join(c if c.isprintable() else "?" for c in (str(error).strip().splitlines() or [""])[0])
     if len(text) > DESCRIBE_CHARS:
         text = text[:DESCRIBE_CHARS].rsplit(" ", 1)[0] + " ..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

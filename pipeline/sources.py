@@ -21,7 +21,6 @@ Files are read with plain readers rather than `datasets` builders: faster (measu
 of a bad record.
 """
 
-import bisect
 import glob
 import hashlib
 import itertools
@@ -306,15 +305,7 @@ class FileSource:
                 skip -= pf.metadata.row_group(group).num_rows
                 row += pf.metadata.row_group(group).num_rows
                 group += 1
-            batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[self.text_field],
-                                      row_groups=range(group, pf.num_row_groups), use_threads=False)
-            group_ends = list(itertools.accumulate(pf.metadata.row_group(g).num_rows
-                                                   for g in range(pf.num_row_groups)))
-            while True:
-                with self._parquet_errors(path, f"row group {bisect.bisect_right(group_ends, row)}"):
-                    batch = next(batches, None)
-                if batch is None:
-                    return
+            for batch in self._batches(path, pf, group):
                 texts = batch.column(0).to_pylist()
                 for i in range(min(skip, len(texts)), len(texts)):
                     if not isinstance(texts[i], str):
@@ -324,6 +315,19 @@ class FileSource:
                 skip = max(0, skip - len(texts))
                 row += len(texts)
                 self._position = (self._position[0], row / max(1, pf.metadata.num_rows))
+
+    def _batches(self, path, pf, first_group):
+        """The text column in batches, from row group `first_group` on, a row group at a time so
+        that bytes that do not parse can be named by their row group."""
+        for group in range(first_group, pf.num_row_groups):
+            batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[self.text_field],
+                                      row_groups=[group], use_threads=False)
+            while True:
+                with self._parquet_errors(path, f"row group {group}"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                yield batch
 
     def _read_txt(self, path, skip):
         try:

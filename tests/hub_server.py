@@ -86,15 +86,17 @@ class HubServer:
         self._ports = {"hub": port, "cdn": 0}
         self._servers = {}
         self._connections = set()  # open keep-alive connections, closed by stop()
+        self.connections_opened = 0
         self._lifetime = threading.Lock()  # a start waits for a stop a fault began
 
     def inject(self, *faults):
-        """Replace the faults; counting (`nth`) and the request log start again."""
+        """Replace the faults; counting (`nth`), the request log and connection count start again."""
         with self._lock:
             self.faults = list(faults)
             self._counts.clear()
             self._owed.clear()
             self.requests.clear()
+            self.connections_opened = 0
 
     # ------------------------------------------------------------------------------------------
     # lifetime
@@ -163,6 +165,7 @@ class HubServer:
     def track(self, connection, opened):
         with self._lock:
             (self._connections.add if opened else self._connections.discard)(connection)
+            self.connections_opened += opened
 
 
 class _QuietServer(ThreadingHTTPServer):

@@ -5,11 +5,17 @@ of a fault-free run, and a run that gives up must keep every finished shard and 
 The CLI runs in a child process: HF_ENDPOINT is read when the hub libraries are imported.
 """
 
+import hashlib
 import io
 import os
 import re
+import ssl
 import subprocess
 import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +24,7 @@ import pytest
 from tqdm import tqdm
 
 from hub_server import Fault, HubServer
+from pipeline.retry import FIRST_DELAY_S
 from test_pipeline import expected_stream, make_docs, stream
 from shards.manifest import read_manifest
 
@@ -73,6 +80,16 @@ def csv_repo():
                          b"    path: data/*.csv\n---\n", "data/a.csv": ("id,text\n" + rows).encode()}
 
 
+def damaged_repo():
+    """One parquet file whose row group 1 has a page header that no reader can parse."""
+    data = bytearray(parquet_bytes(SAMPLE[0]))
+    column = pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(1).column(0)
+    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+    data[start:start + 16] = b"\xff" * 16
+    return {"README.md": b"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                         b"    path: data/*.parquet\n---\n", "data/a.parquet": bytes(data)}
+
+
 def lines_repo():
     return {"README.md": b"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
                          b"    path: data/*.txt\n---\n", "data/a.txt": "\n".join(LINES).encode()}
@@ -80,7 +97,8 @@ def lines_repo():
 
 @pytest.fixture(scope="module")
 def hub():
-    with HubServer({"me/edu": edu_repo(), "me/csv": csv_repo(), "me/lines": lines_repo()}) as server:
+    with HubServer({"me/edu": edu_repo(), "me/csv": csv_repo(), "me/lines": lines_repo(),
+                    "me/damaged": damaged_repo()}) as server:
         yield server
 
 
@@ -152,10 +170,18 @@ def test_hub_token_note_only_without_a_token(hub, faults, tmp_path):
     assert any(r[3] == "Bearer hf_test" for r in hub.requests), "the token is sent"
 
 
-def test_hub_file_order_is_the_configs(hub, faults, tmp_path):
-    faults()
-    ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:reversed", "--out", tmp_path / "out", *FLAGS))
-    assert stream(tmp_path / "out")[0] == expected_stream(EXTRA + SAMPLE[0])
+@pytest.fixture(scope="module")
+def reversed_run(hub, tmp_path_factory):
+    """The `reversed` config through the fault-free hub: its output, and how long it took."""
+    tmp = tmp_path_factory.mktemp("reversed")
+    hub.inject()
+    started = time.monotonic()
+    ok(fineweb(hub, tmp, "--source", "hf:me/edu:reversed", "--out", tmp / "out", *FLAGS))
+    return tmp / "out", time.monotonic() - started
+
+
+def test_hub_file_order_is_the_configs(reversed_run):
+    assert stream(reversed_run[0])[0] == expected_stream(EXTRA + SAMPLE[0])
 
 
 def test_hub_txt_is_a_document_per_line_as_in_datasets(hub, faults, tmp_path):
@@ -250,3 +276,172 @@ def test_array_task_and_pack_survive_a_stopped_server(hub, faults, clean_run, tm
     assert stream(out)[1] == stream(clean_run)[1]
     assert read_manifest(out)["shards"] == read_manifest(clean_run)["shards"]
     assert not (out / "parts").exists() and "deleted" in result.stderr
+
+
+def test_the_test_hub_answers_as_the_hub_does(hub, faults):
+    """In this process, through the real client: revisions, pages, paths-info, LFS redirects,
+    keep-alive, and faults that never go missing."""
+    import httpx2
+    from huggingface_hub import HfApi, HfFileSystem
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    faults()
+    api, sha, repo = HfApi(endpoint=hub.url), hub.shas["me/edu"], edu_repo()
+    assert api.dataset_info("me/edu", revision=sha).sha == sha
+    with pytest.raises(RevisionNotFoundError):
+        api.dataset_info("me/edu", revision="0" * 40)
+
+    tree = list(api.list_repo_tree("me/edu", repo_type="dataset", revision=sha, recursive=True))
+    assert sorted(e.path for e in tree if type(e).__name__ == "RepoFile") == sorted(repo)
+    assert sum("/tree/" in r[1] for r in hub.requests) == -(-len(tree) // hub.tree_page_size)
+
+    parquet = "sample/10BT/001_00000.parquet"
+    info = api.get_paths_info("me/edu", ["README.md", "sample/10BT", parquet, "missing.txt"],
+                              repo_type="dataset", revision=sha)
+    assert [i.path for i in info] == ["README.md", "sample/10BT", parquet]
+    assert info[2].lfs.sha256 == hashlib.sha256(repo[parquet]).hexdigest() and info[0].lfs is None
+
+    hub.inject()  # LFS bytes come from the CDN the hub redirects to, ranges and all
+    fs = HfFileSystem(endpoint=hub.url, skip_instance_cache=True)
+    with fs.open(f"datasets/me/edu@{sha}/{parquet}", "rb", cache_type="none") as f:
+        f.seek(1000)
+        assert f.read(500) == repo[parquet][1000:1500]
+    resolve, cdn = [r for r in hub.requests if r[0] == "GET"][-2:]
+    assert resolve[1].endswith(f"/resolve/{sha}/{parquet}") and cdn[1].startswith("/lfs/")
+    assert resolve[2] == cdn[2] == "bytes=1000-1499"
+    assert hub.connections_opened < len(hub.requests), "keep-alive: connections are reused"
+
+    # two rules due on the first request: the second fires on the next one, not never
+    faults(Fault("README.md", "500"), Fault("README.md", "429"))
+    url = f"{hub.url}/datasets/me/edu/resolve/main/README.md"
+    assert [httpx2.get(url).status_code for _ in range(3)] == [500, 429, 200]
+
+
+# ----------------------------------------------------------------------------------------------
+# Transient or permanent: each the right way round
+
+def test_rate_limited_dataset_card_is_retried_not_called_a_wrong_name(hub, faults, tmp_path):
+    # datasets HEADs README.md twice, then raises FileNotFoundError "from None", erasing the status:
+    # the 429s are found behind it; the 500s, when the hub is asked again directly
+    for fault, why in [(Fault("README.md", "429", times=2), "429 Too Many Requests"),
+                       (Fault("README.md", "500", times=3), "500 Internal Server Error")]:
+        faults(fault)
+        home = tmp_path / fault.kind  # and a cache of its own: a cached card would do instead
+        out = home / "out"
+        result = ok(fineweb(hub, home, "--source", "hf:me/lines", "--out", out, *FLAGS))
+        retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
+        assert len(retries) == 1 and retries[0].startswith("retry 1: config of me/lines: ") \
+            and why in retries[0], result.stderr
+        assert stream(out)[0] == expected_stream(LINES)
+
+
+def test_damaged_parquet_on_the_hub_is_bad_data_naming_file_and_row_group(hub, faults, tmp_path):
+    faults()
+    started = time.monotonic()
+    result = fineweb(hub, tmp_path, "--source", "hf:me/damaged", "--out", tmp_path / "out", *FLAGS,
+                     retry_for="5m")
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 60
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: hf://datasets/me/damaged@") and "data/a.parquet: row group 1 " \
+        "does not parse, the same way on a fresh read" in last, last
+    assert sum(line.startswith("retry ") for line in result.stderr.splitlines()) == 1
+
+
+@contextmanager
+def serving(handler, tls_files=None):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls_files:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls_files)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class RefusingProxy(BaseHTTPRequestHandler):
+    """A proxy that wants credentials nobody gave it."""
+
+    def do_CONNECT(self):
+        self.send_response(407)
+        self.send_header("Proxy-Authenticate", 'Basic realm="proxy"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def self_signed_certificate(folder):
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-days", "1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+def test_trouble_in_the_set_up_fails_in_one_line_at_once(hub, faults, tmp_path):
+    faults()
+    args = ["--source", "hf:me/lines", "--out", tmp_path / "out", *FLAGS]
+    with serving(RefusingProxy) as proxy, \
+            serving(BaseHTTPRequestHandler, self_signed_certificate(tmp_path)) as tls:
+        for env, says in [
+                ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set, so no hub request is made: "
+                                          "unset HF_HUB_OFFLINE"),
+                ({"HF_ENDPOINT": hub.url.removeprefix("http://")}, "has no http:// or https://"),
+                ({"HF_ENDPOINT": "https://hub.example", "HTTPS_PROXY": f"http://{proxy}"},
+                 "the proxy refused the connection (ProxyError: 407"),
+                ({"HF_ENDPOINT": f"https://{tls}"}, "TLS certificate is not trusted here "
+                                                    "(self-signed certificate): point SSL_CERT_FILE")]:
+            started = time.monotonic()
+            result = fineweb(hub, tmp_path, *args, retry_for="5m", **env)
+            assert result.returncode == 1 and time.monotonic() - started < 30, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_name_that_does_not_resolve_says_so_at_the_first_failure(hub, faults, tmp_path):
+    result = fineweb(hub, tmp_path, "--source", "hf:me/lines", "--out", tmp_path / "out", *FLAGS,
+                     retry_for="1s", HF_ENDPOINT="http://hub.invalid")
+    assert result.returncode == 75, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("note: hub.invalid does not resolve (") and "retrying for 1s" in lines[0]
+    assert "a compute node without internet" in lines[0] and "--source DIR" in lines[0]
+    assert lines[1].startswith("retry 1: dataset info of me/lines: ConnectError")
+
+
+# ----------------------------------------------------------------------------------------------
+# A flaky network: progress at the pace of the requests that succeed
+
+def test_most_data_requests_failing_only_slows_the_run_down(hub, faults, reversed_run, tmp_path):
+    # two of every three requests for parquet bytes (at the CDN the hub redirects to) fail
+    faults(Fault("/lfs/", "reset", every=3), Fault("/lfs/", "500", nth=2, every=3))
+    started = time.monotonic()
+    result = ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:reversed", "--out", tmp_path / "out",
+                        *FLAGS))
+    took = time.monotonic() - started
+    clean_out, clean_took = reversed_run
+    assert stream(tmp_path / "out")[1] == stream(clean_out)[1]
+    data = [r for r in hub.requests if r[1].startswith("/lfs/")]
+    assert len(data) >= 3 * 7 - 2, "7 ranged reads, each failing twice"
+    delays = [float(m) for m in re.findall(r"next attempt in ([\d.]+) s", result.stderr)]
+    assert len(delays) >= 2 * 7 - 1 and max(delays) <= 2 * FIRST_DELAY_S, \
+        "the backoff starts again whenever bytes arrive"
+    assert took < 4 * clean_took + 10, (took, clean_took)  # + 10 s: a busy machine's noise
+
+
+def test_a_trickle_is_cut_and_retried(hub, faults, clean_run, tmp_path):
+    # the second ranged read of the first file sends 80 bytes/s: each piece within the 1 s read
+    # timeout, the whole never
+    faults(Fault("/lfs/", "trickle", nth=2))
+    result = ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out",
+                        tmp_path / "out", *FLAGS))
+    assert stream(tmp_path / "out")[1] == stream(clean_run)[1]
+    retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
+    assert len(retries) == 1 and "000_00000.parquet" in retries[0] and \
+        "ReadTimeout: the body arrived at under 1024 bytes/s for 3 s" in retries[0], result.stderr
