@@ -44,9 +44,10 @@ class StopRequest:
             self.first_signal_at = time.monotonic()
             self.reason = self.reason or signal.Signals(signum).name
             if self.announce:  # os.write: a print() interrupted mid-print would raise
-                os.write(2, f"{self.reason}: finishing this step, then a checkpoint and exit 3 (a "
-                            f"second Ctrl-C more than {self.SAME_REQUEST_S:.0f} s from now ends the "
-                            f"process at once, without a checkpoint)\n".encode())
+                now = (f" (Ctrl-C again after {self.SAME_REQUEST_S:.0f} s ends the process at once, "
+                       f"without a checkpoint)" if signum == signal.SIGINT else "")
+                os.write(2, f"{self.reason}: finishing this step, then a checkpoint and exit 3{now}\n"
+                         .encode())
         elif signum == signal.SIGINT and time.monotonic() - self.first_signal_at > self.SAME_REQUEST_S:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)  # ends the process as a Ctrl-C does, skipping clean-up
