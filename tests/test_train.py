@@ -214,6 +214,7 @@ def test_sigterm_exit_status_3_single_process(data, tmp_path):
     assert f"checkpoint at step {step} saved" in output
 
 
+@pytest.mark.slow
 def test_sigterm_storm_from_slurm_and_torchrun_still_checkpoints_and_resumes(data, reference, tmp_path):
     """What one scancel does to a torchrun job: Slurm sends SIGTERM to every process of the step
     (the workers too), and torchrun, on its own SIGTERM, sends the workers another one a moment
