@@ -18,7 +18,7 @@ def init_calls(monkeypatch, device, world_size=4):
 
 def test_nccl_process_group_binds_each_rank_to_its_gpu(monkeypatch):
     """device_id on CUDA: NCCL forms the communicator at start-up on this rank's GPU (an NCCL
-    problem fails there, not at the first collective), and barrier() uses that GPU."""
+    problem fails there, not at the first collective)."""
     gpu = torch.device("cuda", 1)
     assert init_calls(monkeypatch, gpu) == {"set_device": gpu, "backend": "nccl", "device_id": gpu,
                                             "timeout": timedelta(minutes=7)}

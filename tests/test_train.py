@@ -214,6 +214,7 @@ def test_sigterm_exit_status_3_single_process(data, tmp_path):
     assert f"checkpoint at step {step} saved" in output
 
 
+@pytest.mark.slow
 def test_sigterm_storm_from_slurm_and_torchrun_still_checkpoints_and_resumes(data, reference, tmp_path):
     """What one scancel does to a torchrun job: Slurm sends SIGTERM to every process of the step
     (the workers too), and torchrun, on its own SIGTERM, sends the workers another one a moment
@@ -413,25 +414,31 @@ def stop_request_process(tmp_path, same_request_s):
     return proc
 
 
-def test_second_ctrl_c_after_the_window_ends_the_process_at_once(tmp_path):
+@pytest.mark.parametrize("later", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_second_ctrl_c_after_the_window_ends_the_process_at_once(tmp_path, later):
     """Ctrl-C asks for a checkpoint; another within the window (torchrun or srun passing the
-    same Ctrl-C on) is the same request; one after it is a person meaning "now"."""
+    same Ctrl-C on) is the same request; one after it is a person meaning "now". Under torchrun
+    that second Ctrl-C reaches the workers as SIGTERM."""
     proc = stop_request_process(tmp_path, same_request_s=1.0)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)  # within the window
+    proc.send_signal(later)  # within the window
     time.sleep(1.2)
     assert proc.poll() is None, "a repeat within the window only records the request"
-    proc.send_signal(signal.SIGINT)  # after it
-    assert proc.wait(timeout=10) == -signal.SIGINT
+    proc.send_signal(later)  # after it
+    assert proc.wait(timeout=10) == -later
 
 
-def test_repeated_sigterm_never_ends_the_process(tmp_path):
+@pytest.mark.parametrize("signals", [
+    (signal.SIGTERM, signal.SIGUSR1, signal.SIGTERM, signal.SIGTERM),
+    (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR1)], ids=["sigterm", "ctrl-c-then-usr1"])
+def test_repeated_sigterm_never_ends_the_process(tmp_path, signals):
     """A GraceTime preemption sends SIGTERM at once and again when the grace time ends, then
-    allows KillWait seconds: the repeat must not cut the checkpoint short. SIGUSR1 alike."""
+    allows KillWait seconds: the repeat must not cut the checkpoint short. SIGUSR1 (Slurm's
+    warning) never hurries a stop either."""
     proc = stop_request_process(tmp_path, same_request_s=0.2)
     try:
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGTERM, signal.SIGTERM):
+        for sig in signals:
             proc.send_signal(sig)
             time.sleep(0.3)  # each past the window
         assert proc.poll() is None

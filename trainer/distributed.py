@@ -96,17 +96,15 @@ class Runtime:
 
     def init_process_group(self, timeout_min=30):
         """Join the job's process group (NCCL on CUDA, gloo otherwise). The timeout bounds how
-        long a collective waits for a slow rank, e.g. rank 0 writing a large checkpoint; it is
-        also how long a hung (alive but stuck) rank holds every other rank and its GPU."""
-        cuda = self.device.type == "cuda"
-        if cuda:
+        long a collective waits for a slow rank, e.g. rank 0 writing a large checkpoint."""
+        if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.distributed:
-            # device_id binds NCCL to this rank's GPU: its communicator is made here, so a
-            # broken NCCL set-up fails at start-up, and no collective guesses the GPU from the rank
-            dist.init_process_group(backend="nccl" if cuda else "gloo",
+            # device_id binds NCCL to this rank's GPU: its communicator is made here, so a broken
+            # NCCL set-up fails at start-up rather than at the first collective
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo",
                                     timeout=timedelta(minutes=timeout_min),
-                                    device_id=self.device if cuda else None)
+                                    device_id=self.device if self.device.type == "cuda" else None)
 
     def all_reduce(self, tensor, op=dist.ReduceOp.SUM):
         """In place over all ranks (nothing to do in a world of one); returns the tensor."""

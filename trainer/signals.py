@@ -13,10 +13,14 @@ checkpoint is written:
   SIGTERM on to its workers: each rank gets SIGTERM twice, a fraction of a second apart;
 - a preemption with GraceTime sends SIGTERM at once and again when the grace time ends, and only
   then allows KillWait seconds before SIGKILL.
-So a repeated SIGTERM (or SIGUSR1) is always the same request: the machinery that sends it
-follows up with SIGKILL when it means "now" (Slurm after KillWait, torchrun after its
---shutdown-timeout). Only a person at a terminal asks for "now" with a signal: a second Ctrl-C
-(SIGINT) ends the process at once, if it comes more than SAME_REQUEST_S seconds after the first.
+So a stop that a scheduler or launcher started (SIGTERM, SIGUSR1) is never hurried by another
+SIGTERM: the machinery that sends them follows up with SIGKILL when it means "now" (Slurm after
+KillWait, torchrun after its --shutdown-timeout). Only a person at a terminal asks for "now"
+with a signal: a Ctrl-C more than SAME_REQUEST_S seconds after the first signal ends the process
+at once, and so does a SIGTERM after a first Ctrl-C, since torchrun passes a person's second
+Ctrl-C on to its workers as SIGTERM. (Python runs a handler between bytecodes: a rank blocked
+inside a collective hears nothing until it returns; its launcher's SIGKILL or
+--dist-timeout-min ends it.)
 """
 
 import os
@@ -27,29 +31,31 @@ from pathlib import Path
 
 class StopRequest:
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
-    # SIGINTs this close together are one request: torchrun (polling every 0.1 s) and srun pass a
-    # Ctrl-C on within a second, a few seconds on a loaded node; a person who means "now" presses
-    # again after seeing the step not end for some seconds.
+    # Signals this close to the first are one request: torchrun (polling every 0.1 s) and srun
+    # pass a Ctrl-C on within a second, a few seconds on a loaded node; a person who means "now"
+    # presses again after seeing the step not end for some seconds.
     SAME_REQUEST_S = 5.0
 
     def __init__(self, stop_file, announce=False):
         self.stop_file = Path(stop_file)
         self.announce = announce  # one process (rank 0) says what a signal started
         self.reason = None
-        self.first_signal_at = None
+        self.first_signal_at, self.first_signal = None, None
         self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame):
         if self.first_signal_at is None:
-            self.first_signal_at = time.monotonic()
+            self.first_signal_at, self.first_signal = time.monotonic(), signum
             self.reason = self.reason or signal.Signals(signum).name
             if self.announce:  # os.write: a print() interrupted mid-print would raise
-                os.write(2, f"{self.reason}: finishing this step, then a checkpoint and exit 3 (a "
-                            f"second Ctrl-C more than {self.SAME_REQUEST_S:.0f} s from now ends the "
-                            f"process at once, without a checkpoint)\n".encode())
-        elif signum == signal.SIGINT and time.monotonic() - self.first_signal_at > self.SAME_REQUEST_S:
+                now = (f" (Ctrl-C again after {self.SAME_REQUEST_S:.0f} s ends the process at once, "
+                       f"without a checkpoint)" if signum == signal.SIGINT else "")
+                os.write(2, f"{self.reason}: finishing this step, then a checkpoint and exit 3{now}\n"
+                         .encode())
+        elif (signal.SIGINT in (signum, self.first_signal) and signum != signal.SIGUSR1
+              and time.monotonic() - self.first_signal_at > self.SAME_REQUEST_S):
             signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)  # ends the process as a Ctrl-C does, skipping clean-up
+            os.kill(os.getpid(), signum)  # ends the process as the signal does, skipping clean-up
 
     def requested(self):
         """Whether this rank was asked to stop (a signal, or RUN/STOP exists)."""
