@@ -364,17 +364,12 @@ def join_group_of_one(device, folder):
 
 
 def print_table(rows):
-    def value(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
     width = max(len(r["row"]) for r in rows)
-    print(f"\n{'measurement':<{width}} | result")
-    print(f"{'-' * width}-|-------")
+    print(f"\n{'measurement':<{width}} | result\n{'-' * width}-|-------")
     for r in rows:
-        fields = ", ".join(f"{k} {value(v)}" for k, v in r.items() if k not in ("bench", "row"))
-        print(f"{r['row']:<{width}} | {fields}")
+        fields = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                  for k, v in r.items() if k not in ("bench", "row"))
+        print(f"{r['row']:<{width}} | {', '.join(fields)}")
 
 
 def parse_args(argv):
@@ -391,6 +386,10 @@ def parse_args(argv):
     unknown = set(args.only.split(",")) - set(KINDS)
     if unknown:
         parser.error(f"--only {','.join(sorted(unknown))}: choose from {', '.join(KINDS)}")
+    if args.out_dir and not Path(args.out_dir).is_dir():
+        parser.error(f"--out-dir {args.out_dir}: no such folder; create it or pick another")
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file or run folder")
     return args
 
 
