@@ -4,26 +4,21 @@
     python bench/gpu.py --only memory,checkpoint --budget-min 3
     python bench/gpu.py --smoke          # the same code on CPU with a tiny model (the suite runs it)
 
-Rows, each measured with the trainer's own code (ParallelModel, configure_optimizer,
-train_gpt2.prepare_data / optimization_step / fit_micro_batch, save_training_state):
-- throughput: gpt2-124m, T=1024, bf16, tokens/s and MFU, eager vs compiled, DDP vs FSDP (a
+Measured with the trainer's own code (ParallelModel, configure_optimizer, train_gpt2's
+prepare_data, optimization_step and fit_micro_batch, save_training_state):
+- throughput: gpt2-124m, T=1024, bf16: tokens/s and MFU, eager vs compiled, DDP vs FSDP (in a
   process group of one rank, so both wrap the model as on N GPUs), with and without activation
-  checkpointing; the first step's seconds (compilation) apart;
-- memory: peak GPU memory (torch.cuda.max_memory_allocated) of one real training step of each
-  preset at the fit table's micro-batch for this GPU (DDP, bf16, eager), beside
-  trainer/preflight.py's memory_plan for the same shape;
-- checkpoint: seconds to gather and write each preset's training checkpoint (--out-dir's disk);
-- probe: what --micro-batch-size auto picks on this GPU, and how long the probe takes;
+  checkpointing; the first step (compilation) timed apart;
+- memory: torch.cuda.max_memory_allocated of one training step of each preset at the fit table's
+  micro-batch for this GPU (DDP, bf16, eager), beside trainer/preflight.py's memory_plan;
+- checkpoint: seconds to gather and write each preset's training checkpoint (on --out-dir);
+- probe: the micro-batch --micro-batch-size auto picks, the probe's seconds, one step at it;
 - fp16: one step of the float16 + GradScaler path;
-- hellaswag: the ending chosen (acc_norm) in bf16 against fp32, per example. It scores
-  data/hellaswag/hellaswag_val.jsonl when present (and the GPT-2 tokenizer loads), else
-  synthetic examples; the model is random unless --checkpoint names a trained one.
+- hellaswag: the ending chosen (acc_norm) in bf16 and in fp32, per example.
 
-Every measurement prints one JSON line as it ends ({"bench": "gpu", "row": ..., ...}) and the
-table follows at the end. A failure (out of memory, anything) is a row with "error", and the
-next measurement runs; the exit status is 1 when any row failed. Needs torch, numpy and
-tiktoken only. --smoke compiles with the aot_eager backend ($TRAIN_COMPILE_BACKEND): inductor
-on CPU takes minutes.
+One JSON line per measurement as it ends ({"bench": "gpu", "row": ..., ...}), then a table. A
+failure (an out-of-memory, anything) is a row with "error" and the next measurement runs; the
+exit status is then 1. Needs torch, numpy and tiktoken only.
 """
 
 import argparse
@@ -47,6 +42,7 @@ import torch.distributed as dist  # noqa: E402
 import train_gpt2  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from shards.format import write_shard  # noqa: E402
+from trainer import batch_size  # noqa: E402
 from trainer.checkpoint import load_model, save_training_state  # noqa: E402
 from trainer.config import parse_config  # noqa: E402
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype  # noqa: E402
@@ -184,8 +180,6 @@ def checkpoint(s, name):
 def probe(s, name):
     """--micro-batch-size auto as train_gpt2.main and train() run it, then one real step (two
     micro-steps) at the micro-batch picked."""
-    from trainer import batch_size
-
     runtime = Runtime(0, 0, 1, s.device)
     cfg = s.config(s.presets[name], micro_batch_size="auto")
     start, _ = batch_size.choose(cfg, runtime)  # main()'s arithmetic, before any model
@@ -370,17 +364,12 @@ def join_group_of_one(device, folder):
 
 
 def print_table(rows):
-    def value(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
     width = max(len(r["row"]) for r in rows)
-    print(f"\n{'measurement':<{width}} | result")
-    print(f"{'-' * width}-|-------")
+    print(f"\n{'measurement':<{width}} | result\n{'-' * width}-|-------")
     for r in rows:
-        fields = ", ".join(f"{k} {value(v)}" for k, v in r.items() if k not in ("bench", "row"))
-        print(f"{r['row']:<{width}} | {fields}")
+        fields = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                  for k, v in r.items() if k not in ("bench", "row"))
+        print(f"{r['row']:<{width}} | {', '.join(fields)}")
 
 
 def parse_args(argv):
@@ -397,6 +386,10 @@ def parse_args(argv):
     unknown = set(args.only.split(",")) - set(KINDS)
     if unknown:
         parser.error(f"--only {','.join(sorted(unknown))}: choose from {', '.join(KINDS)}")
+    if args.out_dir and not Path(args.out_dir).is_dir():
+        parser.error(f"--out-dir {args.out_dir}: no such folder; create it or pick another")
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file or run folder")
     return args
 
 
@@ -406,7 +399,7 @@ def main(argv=None):
         print("error: no CUDA GPU here: bench/gpu.py measures a GPU (--smoke runs the same code on "
               "CPU with a tiny model)", file=sys.stderr)
         return 2
-    if args.smoke:  # inductor takes minutes on CPU; Dynamo's work is the same
+    if args.smoke:  # inductor takes minutes on CPU; Dynamo's part (breaks, guards) is the same
         os.environ.setdefault("TRAIN_COMPILE_BACKEND", "aot_eager")
     with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=args.out_dir) as folder:
         data = write_random_shards(Path(folder) / "data", parse_config(TINY if args.smoke else []).vocab_size)

@@ -179,9 +179,8 @@ class ParallelModel:
                  param_dtype=None):
         self.module, self.runtime, self.fsdp = model, runtime, fsdp
         model.activation_checkpointing = activation_checkpointing
-        if compile:  # before sharding, as torchtitan: the compiled blocks then get FSDP's hooks
+        if compile:  # before sharding, as torchtitan does
             compile_regions(model)
-        self.train_module = model
         if fsdp:
             # param_dtype: weights gathered and computed in bf16, gradients reduced in fp32; the
             # sharded master weights and AdamW state stay fp32
@@ -191,10 +190,14 @@ class ParallelModel:
             # the root holds the embeddings, ln_f and lm_head: the tied wte/lm_head weight is one
             # parameter there, so it stays tied
             fully_shard(model, mp_policy=policy)
-        elif runtime.distributed:
-            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            # gradients live in DDP's reduction buckets: no second copy of them
-            self.train_module = DDP(model, device_ids=device_ids, gradient_as_bucket_view=True)
+            wrapped = model
+        else:
+            wrapped = model
+            if runtime.distributed:
+                device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+                # gradients live in DDP's reduction buckets: no second copy of them
+                wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
+        self.train_module = wrapped
 
     def eager(self):
         """A context in which the compiled regions run uncompiled. Evaluation and generation use
