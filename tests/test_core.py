@@ -15,10 +15,16 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import core_eval
+import hellaswag as hellaswag_cli
+import plot
+import train_gpt2
+from conftest import tiny_train_flags
+from shards.format import write_shard
 from evaluation import core
 from pipeline.tokenizer import get_gpt2_encoding
 from shared_data import SHARED_DIR
@@ -367,3 +373,57 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
         server.server_close()
     status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip")
     assert status == 0 and out == f"CORE eval bundle already at {target}\n"  # once: the server is gone
+
+
+# ----------------------------------------------------------------------------------------
+# during training
+
+
+def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys):
+    """A GPT-2-vocabulary model (context 64) on GPT-2-token shards with --core-every 2 over 3 steps:
+    CORE at steps 0, 2 and 3 (the last) in log.jsonl, the plot and the run report with its per-task
+    table; the report's HellaSwag command, run as written, works for this short-context model."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, n in enumerate([1024, 4096]):
+        write_shard(data / f"g_{'val' if i == 0 else 'train'}_{i:06d}.bin", rng.integers(0, 50257, n))
+    long_ending = {"ctx": "A man sits down.", "ctx_a": "A man sits down.", "ctx_b": "", "label": 1,
+                   "activity_label": "Sitting",
+                   "endings": ["He flies.", "He rests.", "He sings.", " ".join(["and then he rests"] * 20)]}
+    short = dict(long_ending, endings=["He flies.", "He rests.", "He sings.", "He runs."])
+    hs = tmp_path / "hs.jsonl"
+    hs.write_text("".join(json.dumps(ex) + "\n" for ex in (short, long_ending, short)))
+    run = tmp_path / "run"
+    argv = tiny_train_flags(steps=3, total_batch_size=128, eval_every=0) + [
+        "--data", str(data), "--out-dir", str(run), "--vocab-size", "50304", "--block-size", "64",
+        "--seq-len", "16", "--micro-batch-size", "4", "--checkpoint-every", "0", "--num-samples", "0",
+        "--core-every", "2", "--core-bundle", str(bundle), "--core-max-per-task", "3",
+        "--hellaswag-data", str(hs)]
+    assert train_gpt2.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"CORE: 3 of 4 tasks in {bundle}; 1 absent: absent_task; run every 2 steps and at the last" in out
+    assert "| CORE over 3 of 4 tasks " in out.replace("step     0 | ", "| ")
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "core" in r]
+    assert [r["step"] for r in scored] == [0, 2, 3]  # every 2 steps, and the last
+    last = scored[-1]
+    assert [t["n"] for t in last["core_tasks"].values()] == [3, 3, 3] and last["core_missing"] == "absent_task"
+    assert last["core"] == pytest.approx(sum(t["centered"] for t in last["core_tasks"].values()) / 3)
+    assert last["core_gpt2"] == pytest.approx(0.3) and last["core_gpt2_model"] == "OpenAI GPT-2 124M"
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["core"]["core"] == last["core"] and report["core"]["missing"] == ["absent_task"]
+    md = (run / "report.md").read_text()
+    assert "## CORE" in md and "CORE over 3 of 4 tasks (absent: absent_task) at step 3" in md
+    assert f"| capitals | 3 | {last['core_tasks']['capitals']['accuracy']:.4f} |" in md
+    _, drawn = plot.plot([run], tmp_path / "plot.png")
+    assert drawn["CORE"]["CORE"] == ([0, 2, 3], [r["core"] for r in scored])
+    assert drawn["CORE"]["OpenAI GPT-2 124M, same tasks"] == ([], [last["core_gpt2"]])
+
+    command = report["commands"]["hellaswag"]
+    assert "--skip-too-long" in command and f"--data {hs}" in command
+    args = command.split(" > ")[0].split()[2:]  # what follows `python hellaswag.py`
+    assert hellaswag_cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (result["n"], result["left_out"]) == (2, 1)
