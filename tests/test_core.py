@@ -189,6 +189,33 @@ def test_real_bundle_18_of_22_tasks_and_gpt2_reference():
     assert [r["query"][:30] for r in rows] == ["Political violence broke out i", "The kidnappers released the ho"]
 
 
+@pytest.mark.skipif(not REAL_BUNDLE.is_dir(), reason=f"{REAL_BUNDLE} absent (shared real-data folder)")
+def test_real_rows_rendered_as_nanochat_renders_them(enc):
+    """The first kept row of a real task of each type: its prompts, and the continuation span."""
+    tasks = {t.label: t for t in core.load_tasks(REAL_BUNDLE)[0]}
+
+    def spans(label):
+        task = tasks[label]
+        r = core.render_example(task, core.load_rows(task, 11), 0, enc)
+        assert all(row[0] == EOT for row in r.tokens)
+        return r, [(enc.decode(row[1:m.index(1)]), enc.decode(row[m.index(1):])) for row, m in zip(r.tokens, r.mask)]
+
+    # multiple choice, 0-shot: the choices share " many citizens", which is context (the common prefix)
+    r, parts = spans("copa")
+    assert parts == [("Political violence broke out in the nation, therefore many citizens", " relocated to the capitol."),
+                     ("Political violence broke out in the nation, therefore many citizens",
+                      " took refuge in other territories.")]
+    assert r.gold == 1 and [m.index(1) for m in r.mask] == [12, 12]
+    # schema: the options differ at their end, the shared continuation is scored
+    r, parts = spans("winograd")
+    assert [cont for _, cont in parts] == [" repaired.", " repaired."] and r.gold == 1
+    assert [ctx[-12:] for ctx, _ in parts] == ["get the tree", "get the roof"]
+    # language modeling: the last word, after a space delimiter, one token
+    r, parts = spans("lambada_openai")
+    assert parts[0][1] == " Zhang" and len(r.tokens) == 1 and r.tokens[0][-1] == enc.encode_ordinary(" Zhang")[0]
+    assert parts[0][0].endswith('her mother said, "Please don\'t deny it,')
+
+
 # ----------------------------------------------------------------------------------------
 # prompts, tokens, continuation spans and choices, one hand-checked example per task type
 
@@ -316,6 +343,16 @@ def test_command_line_json_table_and_absent_task_named(bundle, hf_dir, enc, caps
     assert "python core_eval.py --download" in err
 
 
+def test_a_malformed_row_is_named_in_one_line(tmp_path, hf_dir, capsys):
+    broken = write_bundle(tmp_path / "broken")
+    rows = broken / "eval_data" / "world_knowledge" / "capitals.jsonl"
+    rows.write_text(rows.read_text() + json.dumps({"query": "Question: No choices?", "gold": 0}) + "\n")
+    status, out, err = run_cli(capsys, "--model", hf_dir, "--bundle", broken, "--device", "cpu")
+    assert status == 2 and err.splitlines()[-1] == (
+        f"error: {rows}:6: not a multiple_choice row (need query, choices, gold); fetch the bundle again "
+        f"with `python core_eval.py --download`")
+
+
 def test_two_ranks_under_torchrun_equal_one_process(bundle, hf_dir, capsys):
     status, out, _ = run_cli(capsys, "--model", hf_dir, "--bundle", bundle, "--json", "--device", "cpu")
     single = json.loads(out.splitlines()[-1])
@@ -379,7 +416,7 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
 # during training
 
 
-def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys):
+def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys, monkeypatch, read_wandb_runs):
     """A GPT-2-vocabulary model (context 64) on GPT-2-token shards with --core-every 2 over 3 steps:
     CORE at steps 0, 2 and 3 (the last) in log.jsonl, the plot and the run report with its per-task
     table; the report's HellaSwag command, run as written, works for this short-context model."""
@@ -399,7 +436,8 @@ def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys):
         "--data", str(data), "--out-dir", str(run), "--vocab-size", "50304", "--block-size", "64",
         "--seq-len", "16", "--micro-batch-size", "4", "--checkpoint-every", "0", "--num-samples", "0",
         "--core-every", "2", "--core-bundle", str(bundle), "--core-max-per-task", "3",
-        "--hellaswag-data", str(hs)]
+        "--hellaswag-data", str(hs), "--wandb"]
+    monkeypatch.setenv("WANDB_MODE", "offline")
     assert train_gpt2.main(argv) == 0
     out = capsys.readouterr().out
     assert f"CORE: 3 of 4 tasks in {bundle}; 1 absent: absent_task; run every 2 steps and at the last" in out
@@ -411,6 +449,11 @@ def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys):
     assert [t["n"] for t in last["core_tasks"].values()] == [3, 3, 3] and last["core_missing"] == "absent_task"
     assert last["core"] == pytest.approx(sum(t["centered"] for t in last["core_tasks"].values()) / 3)
     assert last["core_gpt2"] == pytest.approx(0.3) and last["core_gpt2_model"] == "OpenAI GPT-2 124M"
+    (wandb_run,) = read_wandb_runs(run)
+    logged = [h for h in wandb_run["history"] if "core" in h]
+    assert [(h["_step"], h["core"]) for h in logged] == [(r["step"], r["core"]) for r in scored]
+    assert logged[-1]["core_tasks.capitals.centered"] == last["core_tasks"]["capitals"]["centered"]
+    assert wandb_run["summary"]["report/core"] == last["core"]
 
     report = json.loads((run / "report.json").read_text())
     assert report["core"]["core"] == last["core"] and report["core"]["missing"] == ["absent_task"]
