@@ -416,15 +416,45 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
 # during training
 
 
+def gpt2_shards(folder):
+    """GPT-2-token shards (no manifest, no tokenizer.json: GPT-2 is assumed)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, n in enumerate([1024, 4096]):
+        write_shard(folder / f"g_{'val' if i == 0 else 'train'}_{i:06d}.bin", rng.integers(0, 50257, n))
+    return folder
+
+
+def test_preflight_checks_the_bundle_like_the_hellaswag_file(tmp_path, bundle, capsys, monkeypatch):
+    data = gpt2_shards(tmp_path / "data")
+    base = tiny_train_flags(steps=3, total_batch_size=128, eval_every=0) + [
+        "--data", str(data), "--out-dir", str(tmp_path / "run"), "--vocab-size", "50304", "--block-size", "64",
+        "--seq-len", "16", "--preflight"]  # cpu-smoke's --core-every 0, overridden below
+
+    def preflight(*flags):
+        status = train_gpt2.main(base + list(flags))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    monkeypatch.setattr(core, "DEFAULT_BUNDLE", tmp_path / "no-bundle")
+    status, out, err = preflight("--core-every", "auto")  # no bundle: CORE is simply not run
+    assert status == 0 and f"CORE: no bundle at {tmp_path / 'no-bundle'}: not run" in out
+    status, out, err = preflight("--core-every", "5")  # asked for: refused before any work
+    assert status == 2 and f"CORE bundle: {tmp_path / 'no-bundle' / 'core.yaml'} not found" in err
+    assert "or pass --core-every 0" in err
+    status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle), "--core-max-per-task", "1")
+    assert status == 2 and "--core-max-per-task 1: CORE draws each row's 1 shots from the other kept rows" in err
+    status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle))
+    assert status == 0 and f"CORE: 3 of 4 tasks in {bundle}; 1 absent: absent_task; run at the last step" in out
+    status, out, err = preflight("--core-every", "0", "--core-bundle", str(tmp_path / "no-bundle"))
+    assert status == 0 and "CORE" not in out
+
+
 def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys, monkeypatch, read_wandb_runs):
     """A GPT-2-vocabulary model (context 64) on GPT-2-token shards with --core-every 2 over 3 steps:
     CORE at steps 0, 2 and 3 (the last) in log.jsonl, the plot and the run report with its per-task
     table; the report's HellaSwag command, run as written, works for this short-context model."""
-    rng = np.random.default_rng(0)
-    data = tmp_path / "data"
-    data.mkdir()
-    for i, n in enumerate([1024, 4096]):
-        write_shard(data / f"g_{'val' if i == 0 else 'train'}_{i:06d}.bin", rng.integers(0, 50257, n))
+    data = gpt2_shards(tmp_path / "data")
     long_ending = {"ctx": "A man sits down.", "ctx_a": "A man sits down.", "ctx_b": "", "label": 1,
                    "activity_label": "Sitting",
                    "endings": ["He flies.", "He rests.", "He sings.", " ".join(["and then he rests"] * 20)]}
