@@ -1,4 +1,4 @@
-"""Plot training runs: loss against steps and tokens, and HellaSwag accuracy.
+"""Plot training runs: loss against steps and tokens, HellaSwag accuracy and CORE.
 
     python plot.py runs/gpt2-124m                        # writes runs/gpt2-124m/plot.png
     python plot.py runs/a runs/b -o compare.png          # several runs overlaid
@@ -10,8 +10,9 @@ the tokens axis; the shard folder, to decide whether OpenAI GPT-2 124M's referen
 Reference lines: OpenAI GPT-2 124M's validation loss 3.2924 on the FineWeb-Edu val shard (as
 measured by build-nanogpt), drawn only for runs on FineWeb-Edu with the GPT-2 tokenizer (a loss
 on other text is not comparable); HellaSwag acc_norm of OpenAI's GPT-2 and the GPT-3 paper's
-model of the run's size (124M's for other sizes), drawn whenever a run has HellaSwag. Validation
-bits per byte get their own panel: they compare across tokenizers.
+model of the run's size (124M's for other sizes), drawn whenever a run has HellaSwag; CORE of
+OpenAI's GPT-2 over the same tasks (logged beside the run's CORE). Validation bits per byte get
+their own panel: they compare across tokenizers.
 """
 
 import argparse
@@ -34,13 +35,14 @@ GPT2_124M_HELLASWAG = GPT2_124M_REFERENCE["hellaswag_acc_norm"]
 
 def read_log(path):
     """{"train": [(step, loss)], "val": [(step, val_loss)], "bpb": [(step, val_bpb)],
-    "hellaswag": [(step, acc_norm)]}.
+    "hellaswag": [(step, acc_norm)], "core": [(step, CORE)], "core_gpt2": [(step, GPT-2's CORE)]}.
 
     Later lines win for a repeated step (a resumed run logs the steps after its checkpoint
     again); lines of other kinds (samples, ...) and a torn last line are ignored.
     """
-    series = {"train": {}, "val": {}, "bpb": {}, "hellaswag": {}}
-    keys = {"train": "loss", "val": "val_loss", "bpb": "val_bpb", "hellaswag": "hellaswag_acc_norm"}
+    keys = {"train": "loss", "val": "val_loss", "bpb": "val_bpb", "hellaswag": "hellaswag_acc_norm",
+            "core": "core", "core_gpt2": "core_gpt2"}
+    series = {name: {} for name in keys}
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -146,7 +148,8 @@ def make_figure(runs, smoothing=None):
     has_tokens = any(run["tokens_per_step"] for run in runs)
     has_bpb = any(run["bpb"] for run in runs)
     panels = ["loss vs steps"] + (["loss vs tokens"] if has_tokens else []) + \
-             (["bits per byte"] if has_bpb else []) + (["HellaSwag"] if has_hellaswag else [])
+             (["bits per byte"] if has_bpb else []) + (["HellaSwag"] if has_hellaswag else []) + \
+             (["CORE"] if any(run["core"] for run in runs) else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     axes = dict(zip(panels, axes[0]))
     drawn = {title: {} for title in panels}
@@ -183,6 +186,9 @@ def make_figure(runs, smoothing=None):
             steps, accs = zip(*run["hellaswag"])
             line("HellaSwag", f"{prefix}acc_norm", steps, accs, color=color, marker="o",
                  markersize=3)
+        if run["core"]:
+            steps, cores = zip(*run["core"])
+            line("CORE", f"{prefix}CORE", steps, cores, color=color, marker="o", markersize=3)
 
     for title in ("loss vs steps", "loss vs tokens"):
         if title in axes:
@@ -192,6 +198,8 @@ def make_figure(runs, smoothing=None):
                     "validation bits per byte (tokenizer-independent)")
     if "HellaSwag" in axes:
         label_hellaswag_axis(axes["HellaSwag"], runs, drawn["HellaSwag"])
+    if "CORE" in axes:
+        label_core_axis(axes["CORE"], runs, drawn["CORE"])
     fig.suptitle(", ".join(run["name"] for run in runs))
     fig.tight_layout()
     return fig, drawn
@@ -246,6 +254,21 @@ def missing_hellaswag(runs):
             lines.append(f"{run['name']}: no HellaSwag panel: not run: "
                          f"{why_no_hellaswag(run['config'], tokenizer)}")
     return lines
+
+
+def label_core_axis(ax, runs, drawn):
+    """OpenAI GPT-2's CORE over the tasks each run was scored on (once each), labels."""
+    from evaluation import core
+
+    refs = {}
+    for run in runs:
+        if run["core"] and run["core_gpt2"]:
+            name = core.gpt2_name_for(run["config"].get("n_layer", 12), run["config"].get("n_embd", 768))
+            refs[f"OpenAI GPT-2 {core.GPT2_LABELS[name or 'gpt2']}, same tasks"] = run["core_gpt2"][-1][1]
+    for (label, value), style in zip(refs.items(), ("dotted", "dashdot", (0, (5, 2)), (0, (1, 3)))):
+        ax.axhline(value, color="red", linestyle=style, linewidth=1.2, label=f"{label} ({value:.4f})")
+        drawn[label] = ([], [value])
+    finish_axis(ax, "step", "CORE (centered accuracy, mean over tasks)", "CORE")
 
 
 def plot(run_dirs, out=None, smoothing=None):

@@ -35,6 +35,8 @@ BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "data" / "eval_bundle"
 SHUFFLE_SEED, FEWSHOT_SEED = 1337, 1234
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+ROW_FIELDS = {"multiple_choice": ("query", "choices", "gold"), "schema": ("context_options", "continuation", "gold"),
+              "language_modeling": ("context", "continuation")}
 # OpenAI GPT-2's CORE over all 22 tasks, as nanochat reports it (dev/estimate_gpt3_core.ipynb,
 # from the bundle's openai-community-gpt2*.csv; 1.5B: 0.256525 in its README and LEADERBOARD)
 GPT2_CORE = {"gpt2": 0.1139, "gpt2-medium": 0.1849, "gpt2-large": 0.2146, "gpt2-xl": 0.2565}
@@ -91,14 +93,29 @@ def load_tasks(bundle=DEFAULT_BUNDLE):
         if task.task_type not in TASK_TYPES:
             raise CoreUnavailable(f"{config}: task {task.label} has type {task.task_type!r}, not one of "
                                   f"{', '.join(TASK_TYPES)}")
-    return [t for t in tasks if t.path.is_file()], [t.label for t in tasks if not t.path.is_file()]
+    present = [t for t in tasks if t.path.is_file()]
+    if not present:
+        raise CoreUnavailable(f"CORE bundle {bundle}: none of the {len(tasks)} task files of core.yaml is under "
+                              f"{bundle / 'eval_data'}; fetch the bundle with `python core_eval.py --download`")
+    return present, [t.label for t in tasks if not t.path.is_file()]
 
 
 def load_rows(task, max_per_task=None):
     """The task's rows, shuffled with Random(1337) and cut to max_per_task (None: all), as nanochat
     subsamples them. Its shots come from the kept rows, so there must be more than num_fewshot."""
+    rows = []
     with open(task.path, encoding="utf-8") as f:
-        rows = [json.loads(line.strip()) for line in f]
+        for lineno, line in enumerate(f, 1):
+            try:
+                row = json.loads(line.strip())
+                ok = all(key in row for key in ROW_FIELDS[task.task_type])
+            except (ValueError, TypeError):
+                ok = False
+            if not ok:
+                raise CoreUnavailable(f"{task.path}:{lineno}: not a {task.task_type} row (need "
+                                      f"{', '.join(ROW_FIELDS[task.task_type])}); fetch the bundle again "
+                                      f"with `python core_eval.py --download`")
+            rows.append(row)
     random.Random(SHUFFLE_SEED).shuffle(rows)
     if max_per_task:
         rows = rows[:max_per_task]
@@ -187,7 +204,9 @@ def evaluate_task(model_fn, task, rows, enc, context, device="cpu", rank=0, worl
                   autocast_dtype=None, lockstep=False):
     """(correct, scored, left out) over `rows`, summed over ranks: rank r scores rows r,
     r + world_size, ...; each row's choices go through the model in one batch. Rows are cropped
-    to their last `context` tokens; a row whose continuation does not fit is left out. `lockstep`: every rank makes the same number of forwards (FSDP)."""
+    to their last `context` tokens; a row whose continuation does not fit is left out.
+    `lockstep`: every rank makes the same number of forwards (an FSDP model gathers its weights
+    from all ranks in each)."""
     counts = torch.zeros(3, dtype=torch.long)  # correct, scored, left out
     rounds = -(-len(rows) // world_size)
     for k in range(rounds):
@@ -229,7 +248,7 @@ def evaluate(model_fn, tasks, enc, context, max_per_task=None, device="cpu", ran
             report(f"{task.label:<33} {task.num_fewshot:>2}-shot {task.task_type:<17} accuracy {accuracy:.4f} "
                    f"centered {results[task.label]['centered']:+.4f} ({n} examples{skipped}, "
                    f"{time.time() - task_start:.1f}s)")
-    core = sum(r["centered"] for r in results.values()) / len(results) if results else float("nan")
+    core = sum(r["centered"] for r in results.values()) / len(results)
     return {"tasks": results, "core": core, "examples_per_second": scored / max(time.time() - start, 1e-9)}
 
 

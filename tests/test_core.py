@@ -15,10 +15,16 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import core_eval
+import hellaswag as hellaswag_cli
+import plot
+import train_gpt2
+from conftest import tiny_train_flags
+from shards.format import write_shard
 from evaluation import core
 from pipeline.tokenizer import get_gpt2_encoding
 from shared_data import SHARED_DIR
@@ -183,6 +189,33 @@ def test_real_bundle_18_of_22_tasks_and_gpt2_reference():
     assert [r["query"][:30] for r in rows] == ["Political violence broke out i", "The kidnappers released the ho"]
 
 
+@pytest.mark.skipif(not REAL_BUNDLE.is_dir(), reason=f"{REAL_BUNDLE} absent (shared real-data folder)")
+def test_real_rows_rendered_as_nanochat_renders_them(enc):
+    """The first kept row of a real task of each type: its prompts, and the continuation span."""
+    tasks = {t.label: t for t in core.load_tasks(REAL_BUNDLE)[0]}
+
+    def spans(label):
+        task = tasks[label]
+        r = core.render_example(task, core.load_rows(task, 11), 0, enc)
+        assert all(row[0] == EOT for row in r.tokens)
+        return r, [(enc.decode(row[1:m.index(1)]), enc.decode(row[m.index(1):])) for row, m in zip(r.tokens, r.mask)]
+
+    # multiple choice, 0-shot: the choices share " many citizens", which is context (the common prefix)
+    r, parts = spans("copa")
+    assert parts == [("Political violence broke out in the nation, therefore many citizens", " relocated to the capitol."),
+                     ("Political violence broke out in the nation, therefore many citizens",
+                      " took refuge in other territories.")]
+    assert r.gold == 1 and [m.index(1) for m in r.mask] == [12, 12]
+    # schema: the options differ at their end, the shared continuation is scored
+    r, parts = spans("winograd")
+    assert [cont for _, cont in parts] == [" repaired.", " repaired."] and r.gold == 1
+    assert [ctx[-12:] for ctx, _ in parts] == ["get the tree", "get the roof"]
+    # language modeling: the last word, after a space delimiter, one token
+    r, parts = spans("lambada_openai")
+    assert parts[0][1] == " Zhang" and len(r.tokens) == 1 and r.tokens[0][-1] == enc.encode_ordinary(" Zhang")[0]
+    assert parts[0][0].endswith('her mother said, "Please don\'t deny it,')
+
+
 # ----------------------------------------------------------------------------------------
 # prompts, tokens, continuation spans and choices, one hand-checked example per task type
 
@@ -310,6 +343,16 @@ def test_command_line_json_table_and_absent_task_named(bundle, hf_dir, enc, caps
     assert "python core_eval.py --download" in err
 
 
+def test_a_malformed_row_is_named_in_one_line(tmp_path, hf_dir, capsys):
+    broken = write_bundle(tmp_path / "broken")
+    rows = broken / "eval_data" / "world_knowledge" / "capitals.jsonl"
+    rows.write_text(rows.read_text() + json.dumps({"query": "Question: No choices?", "gold": 0}) + "\n")
+    status, out, err = run_cli(capsys, "--model", hf_dir, "--bundle", broken, "--device", "cpu")
+    assert status == 2 and err.splitlines()[-1] == (
+        f"error: {rows}:6: not a multiple_choice row (need query, choices, gold); fetch the bundle again "
+        f"with `python core_eval.py --download`")
+
+
 def test_two_ranks_under_torchrun_equal_one_process(bundle, hf_dir, capsys):
     status, out, _ = run_cli(capsys, "--model", hf_dir, "--bundle", bundle, "--json", "--device", "cpu")
     single = json.loads(out.splitlines()[-1])
@@ -367,3 +410,93 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
         server.server_close()
     status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip")
     assert status == 0 and out == f"CORE eval bundle already at {target}\n"  # once: the server is gone
+
+
+# ----------------------------------------------------------------------------------------
+# during training
+
+
+def gpt2_shards(folder):
+    """GPT-2-token shards (no manifest, no tokenizer.json: GPT-2 is assumed)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, n in enumerate([1024, 4096]):
+        write_shard(folder / f"g_{'val' if i == 0 else 'train'}_{i:06d}.bin", rng.integers(0, 50257, n))
+    return folder
+
+
+def test_preflight_checks_the_bundle_like_the_hellaswag_file(tmp_path, bundle, capsys, monkeypatch):
+    data = gpt2_shards(tmp_path / "data")
+    base = tiny_train_flags(steps=3, total_batch_size=128, eval_every=0) + [
+        "--data", str(data), "--out-dir", str(tmp_path / "run"), "--vocab-size", "50304", "--block-size", "64",
+        "--seq-len", "16", "--preflight"]  # cpu-smoke's --core-every 0, overridden below
+
+    def preflight(*flags):
+        status = train_gpt2.main(base + list(flags))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    monkeypatch.setattr(core, "DEFAULT_BUNDLE", tmp_path / "no-bundle")
+    status, out, err = preflight("--core-every", "auto")  # no bundle: CORE is simply not run
+    assert status == 0 and f"CORE: no bundle at {tmp_path / 'no-bundle'}: not run" in out
+    status, out, err = preflight("--core-every", "5")  # asked for: refused before any work
+    assert status == 2 and f"CORE bundle: {tmp_path / 'no-bundle' / 'core.yaml'} not found" in err
+    assert "or pass --core-every 0" in err
+    status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle), "--core-max-per-task", "1")
+    assert status == 2 and "--core-max-per-task 1: CORE draws each row's 1 shots from the other kept rows" in err
+    status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle))
+    assert status == 0 and f"CORE: 3 of 4 tasks in {bundle}; 1 absent: absent_task; run at the last step" in out
+    status, out, err = preflight("--core-every", "0", "--core-bundle", str(tmp_path / "no-bundle"))
+    assert status == 0 and "CORE" not in out
+
+
+def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys, monkeypatch, read_wandb_runs):
+    """A GPT-2-vocabulary model (context 64) on GPT-2-token shards with --core-every 2 over 3 steps:
+    CORE at steps 0, 2 and 3 (the last) in log.jsonl, the plot and the run report with its per-task
+    table; the report's HellaSwag command, run as written, works for this short-context model."""
+    data = gpt2_shards(tmp_path / "data")
+    long_ending = {"ctx": "A man sits down.", "ctx_a": "A man sits down.", "ctx_b": "", "label": 1,
+                   "activity_label": "Sitting",
+                   "endings": ["He flies.", "He rests.", "He sings.", " ".join(["and then he rests"] * 20)]}
+    short = dict(long_ending, endings=["He flies.", "He rests.", "He sings.", "He runs."])
+    hs = tmp_path / "hs.jsonl"
+    hs.write_text("".join(json.dumps(ex) + "\n" for ex in (short, long_ending, short)))
+    run = tmp_path / "run"
+    argv = tiny_train_flags(steps=3, total_batch_size=128, eval_every=0) + [
+        "--data", str(data), "--out-dir", str(run), "--vocab-size", "50304", "--block-size", "64",
+        "--seq-len", "16", "--micro-batch-size", "4", "--checkpoint-every", "0", "--num-samples", "0",
+        "--core-every", "2", "--core-bundle", str(bundle), "--core-max-per-task", "3",
+        "--hellaswag-data", str(hs), "--wandb"]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert train_gpt2.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"CORE: 3 of 4 tasks in {bundle}; 1 absent: absent_task; run every 2 steps and at the last" in out
+    assert "| CORE over 3 of 4 tasks " in out.replace("step     0 | ", "| ")
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "core" in r]
+    assert [r["step"] for r in scored] == [0, 2, 3]  # every 2 steps, and the last
+    last = scored[-1]
+    assert [t["n"] for t in last["core_tasks"].values()] == [3, 3, 3] and last["core_missing"] == "absent_task"
+    assert last["core"] == pytest.approx(sum(t["centered"] for t in last["core_tasks"].values()) / 3)
+    assert last["core_gpt2"] == pytest.approx(0.3) and last["core_gpt2_model"] == "OpenAI GPT-2 124M"
+    (wandb_run,) = read_wandb_runs(run)
+    logged = [h for h in wandb_run["history"] if "core" in h]
+    assert [(h["_step"], h["core"]) for h in logged] == [(r["step"], r["core"]) for r in scored]
+    assert logged[-1]["core_tasks.capitals.centered"] == last["core_tasks"]["capitals"]["centered"]
+    assert wandb_run["summary"]["report/core"] == last["core"]
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["core"]["core"] == last["core"] and report["core"]["missing"] == ["absent_task"]
+    md = (run / "report.md").read_text()
+    assert "## CORE" in md and "CORE over 3 of 4 tasks (absent: absent_task) at step 3" in md
+    assert f"| capitals | 3 | {last['core_tasks']['capitals']['accuracy']:.4f} |" in md
+    _, drawn = plot.plot([run], tmp_path / "plot.png")
+    assert drawn["CORE"]["CORE"] == ([0, 2, 3], [r["core"] for r in scored])
+    assert drawn["CORE"]["OpenAI GPT-2 124M, same tasks"] == ([], [last["core_gpt2"]])
+
+    command = report["commands"]["hellaswag"]
+    assert "--skip-too-long" in command and f"--data {hs}" in command
+    args = command.split(" > ")[0].split()[2:]  # what follows `python hellaswag.py`
+    assert hellaswag_cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (result["n"], result["left_out"]) == (2, 1)

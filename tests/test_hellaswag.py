@@ -142,17 +142,20 @@ def test_cache_used_offline_and_incomplete_cache_refused(tmp_path):
 
 
 def test_offline_without_cache_one_clear_line(tmp_path, capsys):
-    cache = tmp_path / "nothing-here"
+    cache = tmp_path / "data" / "hellaswag"
     with pytest.raises(HellaSwagUnavailable) as err:
         hellaswag.load_examples(cache_dir=cache, url=DEAD_URL)
     message = str(err.value)
     assert "\n" not in message
     assert str(cache / hellaswag.VAL_FILE) in message and DEAD_URL in message and "--data" in message
+    assert not (tmp_path / "data").exists()  # a failed download leaves no empty folder behind
     # the CLI: exit status 2, the same single line on stderr, nothing on stdout
-    status = hellaswag_cli.main(["--model", "gpt2", "--cache-dir", str(cache), "--url", DEAD_URL])
-    out, errout = capsys.readouterr()
-    assert status == 2 and out == ""
-    assert errout.splitlines() == [f"error: {message}"]
+    for argv in (["--model", "gpt2"], ["--download"]):
+        status = hellaswag_cli.main(argv + ["--cache-dir", str(cache), "--url", DEAD_URL])
+        out, errout = capsys.readouterr()
+        assert status == 2 and out == ""
+        assert errout.splitlines() == [f"error: {message}"]
+        assert not (tmp_path / "data").exists()
 
 
 # ----------------------------------------------------------------------------------------

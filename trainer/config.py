@@ -80,6 +80,13 @@ class TrainConfig:
     hellaswag_every: int = flag(250, "evaluation", "HellaSwag accuracy every N steps; 0 = never")
     hellaswag_limit: int = flag(0, "evaluation", "score the first N examples; 0 = all 10,042")
     hellaswag_data: str = flag("", "evaluation", "a local HellaSwag jsonl; default: hellaswag.py's cache")
+    core_every: int | str = flag("auto", "evaluation",
+                                 "CORE (core_eval.py) every N steps and at the last step; auto: at the "
+                                 "last step only, when the bundle is present; 0 = never")
+    core_max_per_task: int = flag(500, "evaluation", "score the first K rows of each CORE task "
+                                                     "(nanochat's 500 during training); 0 = all")
+    core_bundle: str = flag("", "evaluation", "the CORE eval bundle folder; default: core_eval.py's "
+                                              "data/eval_bundle")
     out_dir: str = flag("runs/gpt2-124m", "checkpoints",
                         "run folder: config.json, log.jsonl, checkpoints, report, DONE")
     resume: str = flag("auto", "checkpoints", "auto (newest checkpoint in --out-dir, if any) | never | PATH")
@@ -126,7 +133,7 @@ PRESETS = {
         out_dir="runs/cpu-smoke", total_batch_size=1024, micro_batch_size=8, seq_len=64,
         max_steps=20, lr=1e-3, min_lr=1e-4, warmup_steps=5, n_layer=2, n_head=4, n_embd=64,
         block_size=64, device="cpu", eval_every=10, val_tokens=8192, num_samples=2,
-        sample_tokens=16, hellaswag_every=0, checkpoint_every=10, keep_checkpoints=2),
+        sample_tokens=16, hellaswag_every=0, core_every=0, checkpoint_every=10, keep_checkpoints=2),
     # Karpathy's "Let's build GPT" lecture model on Tiny Shakespeare (python -m
     # pipeline.shakespeare_char): 4 layers, 4 heads, 64 wide, context 32, batch 16, 5,000 steps,
     # 0.2M parameters. The lecture uses a constant 1e-3 with PyTorch's default init; with GPT-2's
@@ -138,7 +145,7 @@ PRESETS = {
         vocab_size=65, max_steps=5000, lr=3e-3, min_lr=1e-4, warmup_steps=100,
         weight_decay=0.01, beta2=0.99, shuffle=True, eval_every=500, val_tokens=111_540,
         num_samples=1, sample_tokens=200, sample_prompt="\n", hellaswag_every=0,
-        checkpoint_every=1000, keep_checkpoints=1),
+        core_every=0, checkpoint_every=1000, keep_checkpoints=1),
     # The lecture's (and nanoGPT's train_shakespeare_char.py) GPU model: 10.7M parameters,
     # val ~1.47-1.48; lr 1e-3 -> 1e-4 cosine after 100 warmup steps, beta2 0.99 as nanoGPT.
     "shakespeare-char-big": dict(
@@ -147,7 +154,7 @@ PRESETS = {
         n_head=6, n_embd=384, dropout=0.2, vocab_size=65, max_steps=5000, lr=1e-3, min_lr=1e-4,
         warmup_steps=100, beta2=0.99, shuffle=True, eval_every=250, val_tokens=111_540,
         num_samples=1, sample_tokens=500, sample_prompt="\n", hellaswag_every=0,
-        checkpoint_every=1000, keep_checkpoints=1),
+        core_every=0, checkpoint_every=1000, keep_checkpoints=1),
     # TinyStories (python -m pipeline.fineweb --source hf:roneneldan/TinyStories --out
     # data/tinystories --prefix tinystories --shard-tokens 10000000), GPT-2 BPE: 6 layers, 6 heads,
     # 384 wide, ~30M parameters (most in the 50k embedding); 40k steps x 16k tokens = 655M tokens
@@ -157,7 +164,7 @@ PRESETS = {
         micro_batch_size=64, seq_len=256, block_size=256, n_layer=6, n_head=6, n_embd=384,
         dropout=0.2, max_steps=40_000, lr=1e-3, min_lr=1e-4, warmup_steps=1000, beta2=0.99,
         shuffle=True, eval_every=500, val_tokens=1_048_576, num_samples=2, sample_tokens=100,
-        sample_prompt="Once upon a time", hellaswag_every=0, checkpoint_every=2000),
+        sample_prompt="Once upon a time", hellaswag_every=0, core_every=0, checkpoint_every=2000),
 }
 
 
@@ -363,13 +370,15 @@ def _check(parser, c):
         if getattr(c, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
     non_negative = ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
-                    "hellaswag_every", "hellaswag_limit", "weight_decay", "grad_clip",
+                    "hellaswag_every", "hellaswag_limit", "core_max_per_task", "weight_decay", "grad_clip",
                     "peak_flops", "num_samples", "sample_tokens", "min_lr", "lr")
     if c.dist_timeout_min <= 0:
         parser.error(f"--dist-timeout-min must be positive, got {c.dist_timeout_min}")
     for name in non_negative:
         if getattr(c, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
+    if c.core_every != "auto" and c.core_every < 0:
+        parser.error(f"--core-every must be >= 0 or auto, got {c.core_every}")
     if c.n_embd % c.n_head:
         parser.error(f"--n-embd {c.n_embd} must be divisible by --n-head {c.n_head}")
     if c.seq_len > c.block_size:

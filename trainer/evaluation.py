@@ -1,5 +1,5 @@
 """What the training loop measures every N steps: validation loss and bits per byte, text
-samples, HellaSwag.
+samples, HellaSwag, CORE.
 
     evaluator = Evaluator(cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype)
     evaluator.run(step, last_step)   # on every rank; evaluations due at `step` run, results logged
@@ -35,6 +35,7 @@ class Evaluator:
                 print(f"warning: HellaSwag evaluation skipped: {len(self.hellaswag_examples)} "
                       f"examples for {self.runtime.world_size} ranks; raise --hellaswag-limit")
             self.hellaswag_examples = None
+        self.core_tasks, self.core_missing = load_core(cfg, tokenizer, self.runtime)
 
     def autocast(self):
         device_type = self.runtime.device.type
@@ -64,6 +65,9 @@ class Evaluator:
             # run report holds both
             for style in ("default", "harness") if last_step else ("default",):
                 self.log_hellaswag(step, style, self.hellaswag(style))
+        core_every = cfg.core_every if cfg.core_every != "auto" else 0  # auto: the last step only
+        if self.core_tasks and (last_step or (core_every and step % core_every == 0)):
+            self.log_core(step, self.core())
 
     def log_hellaswag(self, step, style, result):
         prefix = "hellaswag" if style == "default" else f"hellaswag_{style}"
@@ -77,6 +81,31 @@ class Evaluator:
                              hellaswag.references_for(shape.n_layer, shape.n_embd, style))
             print(f"step {step:5d} | HellaSwag ({style} style) acc_norm {result['acc_norm']:.4f} on "
                   f"{result['n']} examples" + (f" ({refs})" if refs else ""))
+
+    def core(self):
+        from evaluation import core
+
+        # each rank scores its share of every task's rows, the counts are summed
+        return core.evaluate_gpt(self.parallel.module, self.core_tasks,
+                                 max_per_task=self.cfg.core_max_per_task or None, device=self.runtime.device,
+                                 autocast_dtype=self.autocast_dtype, lockstep=self.parallel.lockstep)
+
+    def log_core(self, step, result):
+        """log.jsonl and wandb: "core", GPT-2's CORE over the same tasks ("core_gpt2", the
+        OpenAI model of this size, else 124M), the absent tasks, and each task's figures."""
+        from evaluation import core
+
+        shape = self.parallel.module.config
+        name = core.gpt2_name_for(shape.n_layer, shape.n_embd) or "gpt2"
+        reference = core.gpt2_reference(list(result["tasks"]), self.cfg.core_bundle or core.DEFAULT_BUNDLE, name)
+        tasks = {label: {"accuracy": r["accuracy"], "centered": r["centered"], "n": r["n"],
+                         "gpt2_centered": reference["tasks"].get(label)} for label, r in result["tasks"].items()}
+        self.metrics.log({"step": step, "core": result["core"], "core_gpt2": reference["core"],
+                          "core_gpt2_model": reference["model"], "core_missing": ",".join(self.core_missing),
+                          "core_tasks": tasks})
+        if self.runtime.master:
+            print(f"step {step:5d} | {core.core_line(result, self.core_missing, reference)} "
+                  f"[{result['examples_per_second']:.1f} examples/s]")
 
     @torch.no_grad()
     def validation_loss(self):
@@ -166,3 +195,28 @@ def load_hellaswag(cfg, tokenizer, runtime):
         return None
     return examples
 
+
+
+def load_core(cfg, tokenizer, runtime):
+    """(CORE tasks, labels of the tasks absent from the bundle) from the local bundle, or
+    (None, []) after one warning when CORE cannot run; never a download, never a crash. With
+    --core-every auto a missing bundle or a non-GPT-2 model skips CORE silently. All ranks agree."""
+    if not cfg.core_every:
+        return None, []
+    from evaluation import core
+
+    found, reason = None, None
+    if cfg.vocab_size < GPT2_VOCAB_SIZE or tokenizer is None or tokenizer.name != "gpt2":
+        reason = "it needs a GPT-2-tokenizer model and shards"
+    else:
+        try:
+            found = core.load_tasks(cfg.core_bundle or core.DEFAULT_BUNDLE)
+        except core.CoreUnavailable as e:
+            reason = str(e)
+    available = torch.tensor(float(found is not None), device=runtime.device)
+    runtime.all_reduce(available, op=torch.distributed.ReduceOp.MIN)  # all ranks run it, or none
+    if available.item() == 0:
+        if runtime.master and (cfg.core_every != "auto" or cfg.core_bundle):
+            print(f"warning: CORE evaluation skipped: {reason or 'unavailable on another rank'}")
+        return None, []
+    return found

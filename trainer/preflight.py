@@ -17,7 +17,7 @@ run_checks(cfg) looks at everything a run reads or writes before its first step,
 and metadata only: the shard folder and every shard's header and size, the training tokens the
 planned steps need (more than one epoch is a warning), the validation shard, the HellaSwag file
 (local only: training never downloads it) and whether its examples fit the model's context, the
-tokenizer (offline), the output folder (writable, room for two checkpoints), the resume target,
+CORE bundle (local too), the tokenizer (offline), the output folder (writable, room for two checkpoints), the resume target,
 and wandb's credentials. Each problem is one line saying what is wrong and how to fix it, and all
 of them are listed, not only the first. train_gpt2.py runs the same checks at every start, on
 every rank, before any model or process group exists: each check costs milliseconds (HellaSwag's
@@ -237,6 +237,7 @@ def run_checks(cfg):
         check_shards(cfg, report)
         tokenizer = check_tokenizer(cfg, report)
     check_hellaswag(cfg, tokenizer, report)
+    check_core(cfg, tokenizer, report)
     check_out_dir(cfg, report)
     check_resume(cfg, report)
     check_wandb(cfg, report)
@@ -371,6 +372,35 @@ def check_hellaswag(cfg, tokenizer, report):
                     f"lm-evaluation-harness does")
     else:
         report.ok(f"HellaSwag: {len(examples)} examples in {path}, all within the model's context")
+
+
+def check_core(cfg, tokenizer, report):
+    """The CORE bundle, local, when CORE is on: --core-every auto runs it only when the bundle is
+    there (a line says which); an explicit --core-every N or --core-bundle needs it."""
+    if not cfg.core_every or cfg.vocab_size < GPT2_VOCAB_SIZE or (tokenizer is not None and tokenizer.name != "gpt2"):
+        if cfg.core_every not in (0, "auto"):
+            report.warn(f"--core-every {cfg.core_every}: CORE needs a GPT-2-tokenizer model and shards: "
+                        f"it will be skipped; pass --core-every 0")
+        return
+    from evaluation import core
+
+    bundle = Path(cfg.core_bundle) if cfg.core_bundle else core.DEFAULT_BUNDLE
+    try:
+        tasks, missing = core.load_tasks(bundle)
+    except core.CoreUnavailable as e:
+        if cfg.core_every == "auto" and not cfg.core_bundle:
+            report.ok(f"CORE: no bundle at {bundle}: not run (fetch it with `python core_eval.py --download`)")
+        else:
+            report.fail(f"{e} (training never downloads it; or pass --core-every 0)")
+        return
+    most_shots = max((t.num_fewshot for t in tasks), default=0)
+    if cfg.core_max_per_task and cfg.core_max_per_task <= most_shots:
+        report.fail(f"--core-max-per-task {cfg.core_max_per_task}: CORE draws each row's {most_shots} shots "
+                    f"from the other kept rows, as nanochat; pass {most_shots + 1} or more (0 = all)")
+        return
+    when = "at the last step" if cfg.core_every == "auto" else f"every {cfg.core_every} steps and at the last"
+    absent = f"; {len(missing)} absent: {', '.join(missing)}" if missing else ""
+    report.ok(f"CORE: {len(tasks)} of {len(tasks) + len(missing)} tasks in {bundle}{absent}; run {when}")
 
 
 def _size(n):

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from pipeline.tokenizer import GPT2_VOCAB_SIZE
 from trainer.checkpoint import list_checkpoints
 
 STYLE_NAMES = {"default": "build-nanogpt's completion scoring",
@@ -181,6 +182,38 @@ def hellaswag_results(records, run_dir, config):
     return results
 
 
+def core_result(records):
+    """The last CORE evaluation of log.jsonl: {step, core, tasks: {label: {accuracy, centered,
+    n}}, missing: [labels], gpt2: GPT-2's CORE over the same tasks, gpt2_model}, or None."""
+    row = next((r for r in reversed(records) if r.get("core") is not None), None)
+    if row is None:
+        return None
+    return {"step": row["step"], "core": row["core"], "tasks": row.get("core_tasks") or {},
+            "missing": [label for label in (row.get("core_missing") or "").split(",") if label],
+            "gpt2": row.get("core_gpt2"), "gpt2_model": row.get("core_gpt2_model")}
+
+
+def core_lines(core):
+    """report.md's CORE section: the headline, then each task beside GPT-2's."""
+    from evaluation import core as core_eval
+
+    n_tasks = len(core["tasks"]) + len(core["missing"])
+    over = f" over {len(core['tasks'])} of {n_tasks} tasks (absent: {', '.join(core['missing'])})" \
+        if core["missing"] else ""
+    gpt2 = core["gpt2_model"] or "OpenAI GPT-2"
+    all_tasks = ", ".join(f"{core_eval.GPT2_LABELS[name]} {value}" for name, value in core_eval.GPT2_CORE.items())
+    lines = ["", "## CORE", "",
+             f"CORE{over} at step {core['step']}: {number(core['core'])}; {gpt2} over the same tasks: "
+             f"{number(core['gpt2'])} (OpenAI GPT-2 over all 22 tasks, as nanochat reports it: {all_tasks}). "
+             "Computed as nanochat computes it (core_eval.py); centered = (accuracy - random baseline) / "
+             "(1 - random baseline).",
+             "", f"| task | examples | accuracy | centered | {gpt2} centered |", "|---|---|---|---|---|"]
+    for label, r in core["tasks"].items():
+        lines.append(f"| {label} | {r['n']} | {number(r['accuracy'])} | {number(r['centered'])} | "
+                     f"{number(r.get('gpt2_centered'))} |")
+    return lines
+
+
 def ensure_plot(run_dir):
     """RUN/plot.png, written by plot.py when missing or older than log.jsonl; None if no plot."""
     import plot
@@ -214,10 +247,22 @@ def commands(run_dir, setup, config, checkpoint, hosts):
             sample=f"python sample.py --checkpoint {shlex.quote(checkpoint)}",
             export=f"python hf_gpt2.py export {shlex.quote(checkpoint)} {shlex.quote(run + '/hf')}",
             resume=f"{start} train_gpt2.py --config {shlex.quote(run + '/config.json')} "
-                   f"--resume {shlex.quote(checkpoint)} --max-steps {config['max_steps']}",
-            hellaswag=f"python hellaswag.py --checkpoint {shlex.quote(checkpoint)} --style harness "
-                      f"--json > {shlex.quote(run + '/hellaswag_harness.json')}")
+                   f"--resume {shlex.quote(checkpoint)} --max-steps {config['max_steps']}")
+        if config["vocab_size"] >= GPT2_VOCAB_SIZE:  # HellaSwag and CORE are GPT-2 tokens
+            found["hellaswag"] = hellaswag_command(checkpoint, run, config)
+            found["core"] = (f"python core_eval.py --checkpoint {shlex.quote(checkpoint)} --json "
+                             f"> {shlex.quote(run + '/core.json')}")
     return found
+
+
+def hellaswag_command(checkpoint, run, config):
+    """hellaswag.py on the run's checkpoint, with the run's own HellaSwag file and limit; a model
+    with a shorter context than GPT-2's skips the few endings longer than it (and says how many)."""
+    data = f" --data {shlex.quote(config['hellaswag_data'])}" if config.get("hellaswag_data") else ""
+    limit = f" --limit {config['hellaswag_limit']}" if config.get("hellaswag_limit") else ""
+    skip = " --skip-too-long" if config["block_size"] < 1024 else ""
+    return (f"python hellaswag.py --checkpoint {shlex.quote(checkpoint)} --style harness{data}{limit}{skip} "
+            f"--json > {shlex.quote(run + '/hellaswag_harness.json')}")
 
 
 def build_report(run_dir):
@@ -262,6 +307,7 @@ def build_report(run_dir):
                        or None,
                        "best_loss": best_loss, "best_bpb": best_bpb},
         "hellaswag": hellaswag_results(records, run_dir, config),
+        "core": core_result(records),
         "plot": ensure_plot(run_dir),
         "checkpoint": {"path": checkpoint, "step": int(Path(checkpoint).stem[5:])} if checkpoint else None,
         "commands": commands(run_dir, setup, config, checkpoint, hosts),
@@ -278,6 +324,7 @@ def wandb_summary(report):
             "report/best_val_bpb": (report["validation"]["best_bpb"] or {}).get("val_bpb"),
             "report/hellaswag_acc_norm": in_training.get("acc_norm"),
             "report/hellaswag_acc": in_training.get("acc"),
+            "report/core": (report.get("core") or {}).get("core"),
             "report/tokens_trained": report["data"]["tokens_trained"],
             "report/epochs": report["data"]["epochs"],
             "report/wall_time_s": report["time"]["wall_time_s"],
@@ -335,6 +382,9 @@ def render_markdown(r):
                      f"same style: {refs} |")
     if not r["hellaswag"]:
         lines.append(f"| HellaSwag | not run: {why_no_hellaswag(cfg, data['tokenizer'])} |")
+    if r.get("core"):
+        lines.append(f"| CORE | {number(r['core']['core'])} at step {r['core']['step']} "
+                     f"({len(r['core']['tasks'])} tasks; see CORE below) |")
     lines += [
         f"| tokens trained on | {data['tokens_trained']:,}{epochs} |",
         f"| wall time | {duration(r['time']['wall_time_s'])} over {len(r['time']['attempts'])} "
@@ -364,13 +414,17 @@ def render_markdown(r):
             f"{style}: {STYLE_NAMES[style]}" for style in STYLE_NAMES) +
             ". Figures are comparable only within a style; references are for the full 10,042 "
             "validation examples (the GPT-3 paper's own evaluation for GPT-3)."]
+    if r.get("core"):
+        lines += core_lines(r["core"])
     if r["plot"]:
         lines += ["", "## Plot", "", f"![loss, bits per byte and HellaSwag]({r['plot']})"]
     lines += ["", "## Commands", "", "```bash", "# the run as launched", r["command"]]
     for key, comment in (("sample", "sample from the final checkpoint"),
                          ("export", "export it as a Hugging Face GPT2LMHeadModel folder"),
                          ("resume", "resume from it (raise --max-steps to train further)"),
-                         ("hellaswag", "HellaSwag in the harness style, added to this report")):
+                         ("hellaswag", "HellaSwag in the harness style, added to this report"),
+                         ("core", "CORE on every row of every task (training scores the first "
+                                  "--core-max-per-task)")):
         if key in r["commands"]:
             lines += [f"# {comment}", r["commands"][key]]
     lines += ["```", "", "## Versions", "",
