@@ -9,9 +9,11 @@ References:
 2) nanoGPT: https://github.com/karpathy/nanoGPT/blob/master/model.py
 """
 
+import copy
 import inspect
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -191,20 +193,46 @@ class GPT(nn.Module):
         # trainer's --activation-checkpointing): ~1/3 more compute for a much larger micro-batch
         self.activation_checkpointing = False
 
-        self.apply(self._init_weights)
+        if not self.lm_head.weight.is_meta:  # on the meta device: see draw_default_init
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, fill=None):
+        """GPT-2's initialisation: N(0, 0.02) for Linear and Embedding weights, zero biases,
+        LayerNorms the identity, then the residual projections scaled down. The
+        values come from torch's global generator, drawn in this order.
+
+        fill(param, init) gives `param` the values that `init` (an in-place function of
+        torch.nn.init) draws for a tensor of the parameter's full shape; by default in place.
+        A model sharded by FSDP passes one that draws each full tensor and keeps its shard."""
+        fill = fill or (lambda param, init: init(param))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                fill(module.weight, partial(torch.nn.init.normal_, mean=0.0, std=0.02))
+                if module.bias is not None:
+                    fill(module.bias, torch.nn.init.zeros_)
+            elif isinstance(module, nn.Embedding):
+                fill(module.weight, partial(torch.nn.init.normal_, mean=0.0, std=0.02))
+            elif isinstance(module, nn.LayerNorm):
+                fill(module.weight, torch.nn.init.ones_)
+                if module.bias is not None:
+                    fill(module.bias, torch.nn.init.zeros_)
         # GPT-2 paper: scale the weights of residual projections by 1/sqrt(N), N = the number of
         # residual additions = 2 per layer (attention and MLP), so the stream's variance stays ~1
+        std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                fill(p, partial(torch.nn.init.normal_, mean=0.0, std=std))
 
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def draw_default_init(self):
+        """Take from the global generator what building this model on CPU takes: each module
+        draws default weights as it is built (init_weights then replaces them), which the meta
+        device does not. A model built on the meta device calls this before init_weights so
+        that it gets the very weights of a model built on CPU from the same seed. One module's
+        weights at a time are in memory, in the order the modules were built."""
+        for module in self.modules():
+            if hasattr(module, "reset_parameters"):
+                copy.deepcopy(module).to_empty(device="cpu").reset_parameters()
 
     def num_params(self, non_embedding=False):
         """Number of parameters (the tied embedding/output matrix counted once).

@@ -22,6 +22,7 @@ checkpoint (all ranks agree through a collective every step, so none hangs): run
 command to resume.
 """
 
+import gc
 import json
 import math
 import os
@@ -82,7 +83,7 @@ def main(argv=None):
             cfg = replace(cfg, compile=runtime.device.type == "cuda")
         # on CUDA "auto" is decided by trying steps (train()); here, and for the data checks,
         # by arithmetic
-        probe = cfg.micro_batch_size == "auto" and runtime.device.type == "cuda"
+        probe = cfg.micro_batch_size == "auto" and runtime.device.type in batch_size.PROBED_DEVICES
         micro_batch, why = batch_size.choose(cfg, runtime)
         cfg = replace(cfg, micro_batch_size=micro_batch)
         data = prepare_data(cfg, runtime)
@@ -153,17 +154,9 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
     # fp16 needs the loss scaled so small gradients do not underflow; a no-op otherwise
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    # build and wrap; the same seed on every rank gives identical initial weights
-    torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(**cfg.model_config())).to(device)
-    parallel = ParallelModel(model, runtime, fsdp=cfg.fsdp, compile=cfg.compile,
-                             activation_checkpointing=cfg.activation_checkpointing,
-                             param_dtype=amp_dtype if device.type == "cuda" else None)
-    # after wrapping: under FSDP the optimizer holds this rank's shards only
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
-                                          cfg.eps, device.type, verbose=master)
     if probe_micro_batch:
-        cfg, data, micro_batch_why = fit_micro_batch(cfg, runtime, parallel, optimizer, amp_dtype, data)
+        cfg, data, micro_batch_why = fit_micro_batch(cfg, runtime, amp_dtype, data)
+    model, parallel, optimizer = build(cfg, runtime, amp_dtype, verbose=master)
     grad_accum, train_loader = data["grad_accum"], data["train_loader"]
     torch.manual_seed(cfg.seed + runtime.rank)  # then per-rank randomness (dropout)
 
@@ -240,7 +233,7 @@ def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr,
     """One step over the global batch: grad_accum micro-batches, clip, AdamW at `lr`. Returns
     (this rank's mean loss, the global gradient norm)."""
     device = parallel.runtime.device
-    optimizer.zero_grad(set_to_none=True)
+    parallel.zero_grad(optimizer)
     loss_accum = torch.zeros((), device=device)
     for micro_step in range(grad_accum):
         x, y = train_loader.next_batch()
@@ -264,20 +257,50 @@ def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr,
     return loss_accum, norm
 
 
-def fit_micro_batch(cfg, runtime, parallel, optimizer, amp_dtype, data):
-    """--micro-batch-size auto on CUDA: the largest micro-batch whose training step fits on every
-    GPU; (cfg, data loaders, why) for it."""
-    def fits(b):
-        # eagerly: compiling every candidate shape would cost minutes, and an eager step needs
-        # as much memory as the compiled one or more (inductor fuses intermediates away)
-        with parallel.eager():
-            batch_size.try_training_step(parallel, optimizer, b, cfg.seq_len, cfg.vocab_size, amp_dtype)
+def build(cfg, runtime, amp_dtype, verbose=False):
+    """(model, its ParallelModel, AdamW). The same seed on every rank gives identical initial
+    weights; under FSDP the model is built on the meta device and each rank materialises only
+    its shards (ParallelModel), with the same weights."""
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta" if cfg.fsdp else "cpu"):
+        model = GPT(GPTConfig(**cfg.model_config()))
+    if not cfg.fsdp:
+        model = model.to(runtime.device)
+    parallel = ParallelModel(model, runtime, fsdp=cfg.fsdp, compile=cfg.compile,
+                             activation_checkpointing=cfg.activation_checkpointing,
+                             param_dtype=amp_dtype if runtime.device.type == "cuda" else None)
+    # after wrapping: under FSDP the optimizer holds this rank's shards only
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
+                                          cfg.eps, runtime.device.type, verbose=verbose)
+    return model, parallel, optimizer
 
-    micro_batch, why = batch_size.choose(replace(cfg, micro_batch_size="auto"), runtime, fits)
+
+def fit_micro_batch(cfg, runtime, amp_dtype, data):
+    """--micro-batch-size auto on CUDA: the largest micro-batch whose training step fits on every
+    GPU; (cfg, data loaders, why) for it. Tried on a throwaway copy of the model built as the
+    run builds it (uncompiled; without DDP, whose reduction buckets are the run's gradients)."""
+    micro_batch, why = _probe(cfg, runtime, amp_dtype)
+    gc.collect()  # the copy's FSDP state holds reference cycles: free its memory before the run's
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()
     if micro_batch != cfg.micro_batch_size:
         cfg = replace(cfg, micro_batch_size=micro_batch)
         data = prepare_data(cfg, runtime)
     return cfg, data, why
+
+
+def _probe(cfg, runtime, amp_dtype):
+    per_rank = batch_size.sequences_per_rank(cfg.total_batch_size, cfg.seq_len, runtime.world_size)
+    wrap_runtime = runtime if cfg.fsdp else replace(runtime, world_size=1)
+    _, parallel, optimizer = build(replace(cfg, compile=False), wrap_runtime, amp_dtype)
+    batch_size.vote_before_collectives(parallel.module, runtime)
+
+    def fits(b):
+        micro_steps = min(2, per_rank // b)  # accumulating steps hold gradients between micro-steps
+        batch_size.try_training_step(parallel, optimizer, b, micro_steps, cfg.seq_len,
+                                     cfg.vocab_size, amp_dtype)
+
+    return batch_size.choose(replace(cfg, micro_batch_size="auto"), runtime, fits)
 
 
 def record_start(cfg, runtime, parallel, optimizer, metrics, grad_accum, steps_per_epoch,

@@ -184,12 +184,12 @@ def probe(s, name):
     cfg = s.config(s.presets[name], micro_batch_size="auto")
     start, _ = batch_size.choose(cfg, runtime)  # main()'s arithmetic, before any model
     cfg = replace(cfg, micro_batch_size=start)
-    parallel, optimizer, _, amp_dtype = build(cfg, runtime)
+    amp_dtype, _ = autocast_dtype(cfg.dtype, s.device)
     data = train_gpt2.prepare_data(cfg, runtime)
     t0 = time.perf_counter()
-    cfg, data, why = train_gpt2.fit_micro_batch(cfg, runtime, parallel, optimizer, amp_dtype, data)
+    cfg, data, why = train_gpt2.fit_micro_batch(cfg, runtime, amp_dtype, data)
     probe_s = time.perf_counter() - t0
-    del parallel, optimizer, data
+    del data
     release(s.device)
     picked = cfg.micro_batch_size
     seconds, loss, *_ = train_steps(replace(cfg, total_batch_size=2 * picked * cfg.seq_len), runtime, 1)

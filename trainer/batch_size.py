@@ -5,18 +5,34 @@ world_size ranks handles S / world_size sequences per step, in grad_accum micro-
 B only trades memory for speed, never the data or the result, so it can be chosen per machine:
 
 - it must be a power of two dividing S / world_size (then grad_accum is a whole number);
-- on CUDA it must fit: a real forward + backward + optimizer step is tried at start-up, halving
-  B on torch.OutOfMemoryError, and all ranks take the smallest B any of them could fit;
+- on CUDA it must fit: the step's real shape (two micro-steps when it accumulates, then AdamW)
+  is tried at start-up on a throwaway copy of the model, halving B on torch.OutOfMemoryError;
+  all ranks agree on each try's outcome, so they all take the same B;
 - on CPU and MPS (no reliable out-of-memory error) the largest divisor not above 64.
+
+Under FSDP a try is full of collectives (each block's weights are gathered in forward and in
+backward, its gradients reduce-scattered). A rank that runs out of memory stops issuing them
+while the others go on into the next one: the ranks' collectives would no longer match and the
+job would hang until --dist-timeout-min. So during a try every rank votes (`agree`, an
+all-reduce) before each collective FSDP issues and once at the end; a rank that runs out of
+memory casts one "no" vote instead of going on, which the others meet at their next vote: then
+all abandon the try together, their collectives matched one for one.
 """
 
 import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
 CPU_MAX_MICRO_BATCH = 64
+PROBED_DEVICES = ("cuda",)  # those whose torch.OutOfMemoryError comes before the machine swaps
 
 
 class MicroBatchError(ValueError):
     """The global batch cannot be split over the ranks; the message says what to change."""
+
+
+class PeerOutOfMemory(RuntimeError):
+    """Another rank ran out of memory during this try: every rank abandons it."""
 
 
 def sequences_per_rank(total_batch_size, seq_len, world_size):
@@ -48,43 +64,90 @@ def candidates(total_batch_size, seq_len, world_size, largest=None):
     return found
 
 
-def largest_that_fits(options, fits):
-    """The first of `options` (largest first) for which fits(B) returns without
-    torch.OutOfMemoryError; MicroBatchError when even the smallest does not fit."""
+def agree(runtime, ok=True):
+    """Every rank's vote, all-reduced: True when all are `ok`. A collective: see the module
+    docstring for when each rank calls it."""
+    vote = torch.tensor(int(ok), device=runtime.device)
+    return bool(runtime.all_reduce(vote, op=dist.ReduceOp.MIN).item())
+
+
+def largest_that_fits(options, fits, runtime):
+    """(the first of `options`, largest first, that fits on every rank, the largest that only
+    this rank fitted or None). fits(B) raises torch.OutOfMemoryError when B does not fit here,
+    PeerOutOfMemory when a vote inside it found another rank out of memory; MicroBatchError
+    when even the smallest does not fit."""
+    others_failed = None
     for b in options:
         try:
             fits(b)
-            return b
+        except PeerOutOfMemory:  # its vote was this rank's vote for the try
+            others_failed = others_failed or b
+            continue
         except torch.OutOfMemoryError:
-            pass
+            agree(runtime, ok=False)
+            continue
+        if agree(runtime):
+            return b, others_failed
+        others_failed = others_failed or b
     raise MicroBatchError(f"even a micro-batch of {options[-1]} sequence(s) runs out of GPU memory: "
                           f"use --fsdp, --activation-checkpointing, a shorter --seq-len, or more GPUs")
 
 
-def try_training_step(parallel, optimizer, micro_batch, seq_len, vocab_size, autocast_dtype):
-    """One forward + backward + optimizer step on random tokens, then every trace of it removed:
-    gradients and AdamW state dropped (AdamW starts them afresh) and, with lr 0, the weights
-    untouched. Raises torch.OutOfMemoryError when it does not fit.
+class _VotingCollective:
+    """One of FSDP's collectives (the interface of FSDPModule.set_custom_all_gather and
+    set_custom_reduce_scatter: allocate, then call), run after a vote that every rank is still
+    in the try."""
 
-    It runs the plain module: under DDP no collective is involved, so a rank that runs out of
-    memory cannot leave the others waiting. Under FSDP the forward itself gathers weights from
-    every rank; identical GPUs run out at the same size, but mixed GPUs could stall the probe
-    until --dist-timeout-min: give FSDP jobs on mixed GPUs an explicit --micro-batch-size."""
-    device = parallel.runtime.device
-    lrs = [group["lr"] for group in optimizer.param_groups]
+    def __init__(self, runtime, collective):
+        self.runtime, self.collective = runtime, collective
+
+    def allocate(self, size, *, dtype, device):
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(self, output_tensor, input_tensor, group, async_op=False, **op):
+        if not agree(self.runtime):
+            raise PeerOutOfMemory("another rank ran out of memory")
+        return self.collective(output_tensor, input_tensor, group=group, async_op=async_op, **op)
+
+
+def vote_before_collectives(module, runtime):
+    """Make every FSDP module in `module` vote before each of its collectives (the probe's copy
+    of the model only: the votes cost a round trip each)."""
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.set_custom_all_gather(_VotingCollective(runtime, dist.all_gather_into_tensor))
+            m.set_custom_reduce_scatter(_VotingCollective(runtime, dist.reduce_scatter_tensor))
+
+
+def try_training_step(parallel, optimizer, micro_batch, micro_steps, seq_len, vocab_size,
+                      autocast_dtype):
+    """The training step's shape on random tokens: `micro_steps` forwards and backwards (1, or 2
+    when the step accumulates: FSDP then holds unsharded gradients from the first while the
+    second runs and reduces) and AdamW's step. Raises torch.OutOfMemoryError when it does not
+    fit (or PeerOutOfMemory). Run on the probe's copy of the model, the weights do not matter;
+    after a failure the model and optimizer are ready for the next try."""
+    device, module = parallel.runtime.device, parallel.module
+    generator = torch.Generator(device).manual_seed(0)  # leaves the global generator alone
     try:
-        x = torch.randint(0, vocab_size, (micro_batch, seq_len), device=device)
-        with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
-            _, loss = parallel.module(x, x)
-        loss.backward()
-        for group in optimizer.param_groups:
-            group["lr"] = 0.0
+        for micro_step in range(micro_steps):
+            x = torch.randint(0, vocab_size, (micro_batch, seq_len), device=device, generator=generator)
+            with parallel.gradient_sync(micro_step == micro_steps - 1):
+                with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+                    _, loss = module(x, x)
+                loss.backward()
+        # a step whose gradients miss the optimizer's parameters (FSDP left mid-iteration: it
+        # computes with unsharded copies) would pass for one that fits
+        missing = sum(p.grad is None for group in optimizer.param_groups for p in group["params"])
+        if missing:
+            raise RuntimeError(f"the micro-batch probe's step gave {missing} parameters no gradient")
         optimizer.step()
+    except BaseException:
+        if parallel.fsdp:  # FSDP's state is left mid-iteration (see fully_shard's docstring)
+            module.reset_iter_state()
+        raise
     finally:
         optimizer.zero_grad(set_to_none=True)
         optimizer.state.clear()
-        for group, lr in zip(optimizer.param_groups, lrs):
-            group["lr"] = lr
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -98,9 +161,9 @@ def choose(cfg, runtime, fits=None):
     if fits is None:  # the same arithmetic on every rank: no need to agree
         b = candidates(cfg.total_batch_size, cfg.seq_len, runtime.world_size, CPU_MAX_MICRO_BATCH)[0]
         return b, f"auto: largest power of two dividing {per_rank} sequences per rank, at most {CPU_MAX_MICRO_BATCH}"
-    b = largest_that_fits(candidates(cfg.total_batch_size, cfg.seq_len, runtime.world_size), fits)
+    b, others_failed = largest_that_fits(
+        candidates(cfg.total_batch_size, cfg.seq_len, runtime.world_size), fits, runtime)
     why = f"auto: largest power of two dividing {per_rank} sequences per rank that fits in GPU memory"
-    smallest = runtime.all_reduce(torch.tensor(b, device=runtime.device), op=torch.distributed.ReduceOp.MIN)
-    if smallest.item() < b:
-        why += f" on every rank (another rank fits only {smallest.item()})"
-    return int(smallest.item()), why
+    if others_failed:
+        why += f" on every rank (another rank ran out of memory at {others_failed})"
+    return b, why

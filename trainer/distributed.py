@@ -33,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
@@ -166,6 +167,13 @@ def compile_regions(model, backend=None):
     model.head = torch.compile(model.head, backend=backend, fullgraph=True)
 
 
+def _fill_shard(param, init):
+    """Draw `init`'s values for the whole of a sharded parameter (on CPU, as a model built on
+    CPU draws them) and keep this rank's shard: one full parameter at a time in memory."""
+    full = init(torch.empty(param.shape))
+    param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
+
+
 class ParallelModel:
     """A GPT wrapped for training on `runtime`: DDP (default) or FSDP, optionally compiled.
 
@@ -182,6 +190,11 @@ class ParallelModel:
         if compile:  # before sharding, as torchtitan does
             compile_regions(model)
         if fsdp:
+            # built on the meta device (train_gpt2.build): no rank ever holds the whole model;
+            # each materialises its shards below, with the weights a model built whole gets
+            on_meta = model.lm_head.weight.is_meta
+            if on_meta:
+                model.draw_default_init()
             # param_dtype: weights gathered and computed in bf16, gradients reduced in fp32; the
             # sharded master weights and AdamW state stay fp32
             policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -190,12 +203,16 @@ class ParallelModel:
             # the root holds the embeddings, ln_f and lm_head: the tied wte/lm_head weight is one
             # parameter there, so it stays tied
             fully_shard(model, mp_policy=policy)
+            if on_meta:
+                model.to_empty(device=runtime.device)
+                model.init_weights(fill=_fill_shard)
             wrapped = model
         else:
             wrapped = model
             if runtime.distributed:
                 device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-                # gradients live in DDP's reduction buckets: no second copy of them
+                # gradients are views of DDP's reduction buckets, no second copy of them, as long
+                # as they are zeroed in place between steps (zero_grad below)
                 wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
         self.train_module = wrapped
 
@@ -218,6 +235,13 @@ class ParallelModel:
         elif isinstance(self.train_module, DDP):
             self.train_module.require_backward_grad_sync = enabled  # read by DDP's forward
         yield
+
+    def zero_grad(self, optimizer):
+        """Clear the gradients before a step. Under DDP in place: set to None, the accumulation
+        micro-steps (which reduce nothing) would allocate fresh gradients beside DDP's buckets
+        until the last one copies them in, one more copy of them at the step's peak
+        (bench/ddp_gradients.py). Otherwise to None, which frees them during the forward."""
+        optimizer.zero_grad(set_to_none=not isinstance(self.train_module, DDP))
 
     def clip_grad_norm_(self, max_norm):
         """Clip to the global norm over all (possibly sharded) gradients; returns it as a
