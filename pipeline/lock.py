@@ -52,7 +52,10 @@ class FolderLock:
     def __enter__(self):
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # a read-only folder: whatever the run writes will say so
+                return self.unlocked(e)
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -61,9 +64,7 @@ class FolderLock:
                              "stop it, then run this command again") from None
             except OSError as e:  # a file system without locks
                 os.close(fd)
-                print(f"warning: cannot lock {self.path} ({e.strerror}): make sure no other "
-                      "process writes here at the same time", file=sys.stderr)
-                return self
+                return self.unlocked(e)
             # an exclusive holder deletes the file before it lets go: if that happened between our
             # open and flock, we locked a deleted file, which locks nothing: take the new one
             if _same_file(fd, self.path):
@@ -73,6 +74,11 @@ class FolderLock:
         _held.append(fd)
         self.holders()  # sweeps the cards of killed holders
         self.card = self.leave_card()
+        return self
+
+    def unlocked(self, error):
+        print(f"warning: cannot lock {self.path} ({error.strerror}): make sure no other process "
+              "writes here at the same time", file=sys.stderr)
         return self
 
     def leave_card(self):
