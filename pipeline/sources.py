@@ -399,7 +399,10 @@ def open_hub_source(spec, text_field, split, revision, retry):
     from pipeline.hub_client import configure_hub_client, load_with_retries
 
     name, subset = parse_hub_spec(spec)
-    configure_hub_client()
+    try:
+        configure_hub_client()
+    except HubUnreachable as e:
+        raise HubUnreachable(f"--source {spec}: {e}") from None
     try:
         revision = revision or retry.call(f"dataset info of {name}",
                                           lambda: HfApi().dataset_info(name, timeout=20).sha)
