@@ -126,7 +126,8 @@ def setup_problem(error):
         if isinstance(cause, httpx2.UnsupportedProtocol):
             return (f"HF_ENDPOINT={constants.ENDPOINT} is not a URL the client can use "
                     f"({describe(cause)}): write it with its scheme, e.g. https://HOST")
-        if isinstance(cause, httpx2.ProxyError):
+        if isinstance(cause, httpx2.ProxyError) and not str(cause).startswith(
+                tuple(map(str, TRANSIENT_STATUS))):  # "503 Service Unavailable" passes
             return (f"the proxy refused the connection ({describe(cause)}): check HTTPS_PROXY, "
                     "HTTP_PROXY and NO_PROXY (and the proxy's credentials)")
         if isinstance(cause, ssl.SSLCertVerificationError):

@@ -35,8 +35,7 @@ from pathlib import Path, PurePosixPath
 import fsspec
 
 from pipeline.retry import (DEFAULT_RETRY_FOR, HubUnreachable, RetriesExhausted, Retry,
-                            TransientError, describe, http_status, is_transient, parse_duration,
-                            transient_cause)
+                            TransientError, describe, http_status, is_transient, parse_duration)
 
 FINEWEB_EDU = "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
 KINDS = (".jsonl", ".json", ".parquet", ".txt")
