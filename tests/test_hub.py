@@ -172,8 +172,10 @@ def test_hub_file_order_is_the_configs(reversed_run):
 def test_hub_txt_is_a_document_per_line_as_in_datasets(hub, faults, tmp_path):
     import datasets
 
-    faults()
-    ok(fineweb(hub, tmp_path, "--source", "hf:me/lines", "--out", tmp_path / "out", *FLAGS))
+    faults(Fault("data/a.txt", "reset"))  # a text file's reads are retried request by request too
+    result = ok(fineweb(hub, tmp_path, "--source", "hf:me/lines", "--out", tmp_path / "out", *FLAGS))
+    assert re.search(r"retry 1: reading hf://datasets/me/lines@\w+/data/a.txt \(bytes 0-\d+\): "
+                     "ReadError", result.stderr), result.stderr
     local = tmp_path / "a.txt"
     local.write_bytes(lines_repo()["data/a.txt"])
     rows = datasets.load_dataset("text", data_files=str(local), split="train",
