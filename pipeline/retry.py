@@ -126,7 +126,8 @@ def setup_problem(error):
         if isinstance(cause, httpx2.UnsupportedProtocol):
             return (f"HF_ENDPOINT={constants.ENDPOINT} is not a URL the client can use "
                     f"({describe(cause)}): write it with its scheme, e.g. https://HOST")
-        if isinstance(cause, httpx2.ProxyError):
+        if isinstance(cause, httpx2.ProxyError) and not str(cause).startswith(
+                tuple(map(str, TRANSIENT_STATUS))):  # "503 Service Unavailable" passes
             return (f"the proxy refused the connection ({describe(cause)}): check HTTPS_PROXY, "
                     "HTTP_PROXY and NO_PROXY (and the proxy's credentials)")
         if isinstance(cause, ssl.SSLCertVerificationError):
@@ -169,6 +170,7 @@ class Retry:
         self.retry_for_s = retry_for_s
         self.log, self.sleep = log, sleep
         self.failing_since = None  # start of the current run of failures
+        self.unresolved_since = None  # its first failure to resolve the hub's name
         self.attempt = 0
 
     def call(self, what, function, *args, **kwargs):
@@ -197,7 +199,7 @@ class Retry:
                 self.wait_or_raise(what, error)
 
     def succeeded(self):
-        self.failing_since, self.attempt = None, 0
+        self.failing_since, self.unresolved_since, self.attempt = None, None, 0
 
     def wait_or_raise(self, what, error):
         """Sleep before the next attempt, or raise: HubUnreachable for trouble in the set-up,
@@ -211,13 +213,15 @@ class Retry:
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
-        bound = self.retry_for_s
-        if resolution_failure(error):
-            bound = min(bound, RESOLVE_FOR_S)
-            if self.attempt == 0:
-                self.log(self.resolution_advice(error, bound))
-        left = bound - (now - self.failing_since)
-        if left <= 0:
+        bound, since = self.retry_for_s, self.failing_since
+        if resolution_failure(error):  # a budget of its own, RESOLVE_FOR_S from the first
+            if self.unresolved_since is None:
+                self.unresolved_since = now
+                self.log(self.resolution_advice(error, min(bound, RESOLVE_FOR_S)))
+            if RESOLVE_FOR_S - (now - self.unresolved_since) < bound - (now - since):
+                bound, since = RESOLVE_FOR_S, self.unresolved_since
+        left = bound - (now - since)
+        if left < 1e-3:  # at the bound, give or take the rounding of a sum of sleeps
             raise RetriesExhausted(
                 f"{what}: still failing after {format_duration(bound)} of retries "
                 f"({describe(error)}); every finished shard is kept: run the same command again "

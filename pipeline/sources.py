@@ -23,6 +23,7 @@ of a bad record.
 
 import glob
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -35,8 +36,7 @@ from pathlib import Path, PurePosixPath
 import fsspec
 
 from pipeline.retry import (DEFAULT_RETRY_FOR, HubUnreachable, RetriesExhausted, Retry,
-                            TransientError, describe, http_status, is_transient, parse_duration,
-                            transient_cause)
+                            TransientError, describe, http_status, is_transient, parse_duration)
 
 FINEWEB_EDU = "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
 KINDS = (".jsonl", ".json", ".parquet", ".txt")
@@ -204,7 +204,7 @@ class FileSource:
         if kind == ".json" and self._is_json_array(path):
             return sum(1 for _ in self._read_json_array(path, 0))
         if kind == ".jsonl" or kind == ".json":
-            with _open_text(path) as f:
+            with self._open_text(path) as f:
                 return sum(1 for line in f if line.strip())
         if not is_hub_path(path) and self.doc_separator is None:
             return 1
@@ -223,7 +223,7 @@ class FileSource:
 
     def _read_jsonl(self, path, skip):
         try:
-            with _open_text(path) as f:
+            with self._open_text(path) as f:
                 for lineno, line in enumerate(f, 1):
                     if not line.strip():
                         continue
@@ -239,14 +239,13 @@ class FileSource:
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
-    @staticmethod
-    def _is_json_array(path):
-        with _open_text(path) as f:
+    def _is_json_array(self, path):
+        with self._open_text(path) as f:
             return f.read(4096).lstrip().startswith("[")
 
     def _read_json_array(self, path, skip):
         try:
-            with _open_text(path) as f:
+            with self._open_text(path) as f:
                 records = json.load(f)
         except json.JSONDecodeError as e:
             raise SourceError(f"{path}:{e.lineno}: bad JSON ({e.msg})") from None
@@ -285,12 +284,27 @@ class FileSource:
     def _open_binary(self, path):
         """For parquet. No fsspec read-ahead (cache_type "none"): pyarrow's buffer decides what is
         fetched, so a hub read asks for the text column's bytes only, not 5 MB blocks of every
-        column. On the hub, each of those requests is retried on its own."""
-        fs, fs_path = fsspec.core.url_to_fs(path)
+        column."""
         if self.retry is not None and is_hub_path(path):
-            from pipeline.hub_client import RetryingHubFile
-            return RetryingHubFile(fs, fs_path, self.retry, path, mode="rb", cache_type="none")
+            return self._open_hub_file(path, cache_type="none")
+        fs, fs_path = fsspec.core.url_to_fs(path)
         return fs.open(fs_path, "rb", cache_type="none")
+
+    def _open_text(self, path):
+        if self.retry is None or not is_hub_path(path):
+            return fsspec.open(path, "rt", compression="infer", encoding="utf-8")
+        raw = self._open_hub_file(path)  # fsspec's read-ahead: a request per 5 MB block
+        compression = fsspec.utils.infer_compression(path)
+        if compression:
+            raw = fsspec.compression.compr[compression](raw, mode="rb")
+        return io.TextIOWrapper(raw, encoding="utf-8")
+
+    def _open_hub_file(self, path, **kwargs):
+        """A hub file whose every request is retried on its own."""
+        from pipeline.hub_client import RetryingHubFile
+
+        fs, fs_path = fsspec.core.url_to_fs(path)
+        return RetryingHubFile(fs, fs_path, self.retry, path, mode="rb", **kwargs)
 
     def _read_parquet(self, path, skip):
         with self._open_binary(path) as f:
@@ -336,7 +350,7 @@ class FileSource:
             raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
     def _txt_documents(self, path):
-        with _open_text(path) as f:
+        with self._open_text(path) as f:
             if is_hub_path(path):  # what `datasets` makes of it: a document per line, no line break
                 for line in f:
                     yield line.rstrip("\n")
@@ -349,10 +363,6 @@ class FileSource:
                     yield from (text.strip() for text in texts if text.strip())
                 if pending.strip():
                     yield pending.strip()
-
-
-def _open_text(path):
-    return fsspec.open(path, "rt", compression="infer", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,7 +409,10 @@ def open_hub_source(spec, text_field, split, revision, retry):
     from pipeline.hub_client import configure_hub_client, load_with_retries
 
     name, subset = parse_hub_spec(spec)
-    configure_hub_client()
+    try:
+        configure_hub_client()
+    except HubUnreachable as e:
+        raise HubUnreachable(f"--source {spec}: {e}") from None
     try:
         revision = revision or retry.call(f"dataset info of {name}",
                                           lambda: HfApi().dataset_info(name, timeout=20).sha)

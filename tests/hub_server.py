@@ -87,7 +87,7 @@ class HubServer:
         self._servers = {}
         self._connections = set()  # open keep-alive connections, closed by stop()
         self.connections_opened = 0
-        self._lifetime = threading.Lock()  # a start waits for a stop a fault began
+        self._lifetime = threading.Lock()  # a start waits for a stop under way
 
     def inject(self, *faults):
         """Replace the faults; counting (`nth`), the request log and connection count start again."""
@@ -109,7 +109,8 @@ class HubServer:
                     server = _QuietServer(("127.0.0.1", self._ports[role]), handler)
                     self._ports[role] = server.server_address[1]  # a restart reuses the port
                     self._servers[role] = server
-                    threading.Thread(target=server.serve_forever, daemon=True).start()
+                    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                     daemon=True).start()
         return self
 
     def stop(self):
@@ -209,9 +210,10 @@ class _Handler(BaseHTTPRequestHandler):
                                   self.headers.get("Authorization")))
         self.fault = None if self.redirected(path) else self.hub.fault_for(path)
         kind = self.fault.kind if self.fault else None
-        if kind == "stop":
-            threading.Thread(target=self.hub.stop).start()
-            return self.drop()
+        if kind == "stop":  # down before the client can try again; this connection too
+            self.hub.stop()
+            self.close_connection = True
+            return
         if kind == "stall":
             threading.Event().wait(self.fault.stall_s)
             return self.drop()

@@ -297,7 +297,7 @@ def test_txt_separator_split_across_read_blocks(tmp_path, monkeypatch):
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for source, message in [(tmp_path / "nope", "no such file or folder"),
-                            ("hf:nobody/no-such-dataset", "cannot read dataset")]:
+                            ("hf:nobody/no-such-dataset", "HF_HUB_OFFLINE is set")]:
         result = subprocess.run([sys.executable, "-m", "pipeline.fineweb", "--source", str(source),
                                  "--out", str(tmp_path / "out")], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=60)
