@@ -226,7 +226,7 @@ def hellaswag_examples(n, vocab_size):
         reason = "the model has no GPT-2 vocabulary"
     elif HELLASWAG_FILE.is_file():
         try:
-            import hellaswag
+            from evaluation import hellaswag
             from pipeline.tokenizer import get_gpt2_encoding
 
             return (hellaswag.load_examples(HELLASWAG_FILE, limit=n), get_gpt2_encoding(),
@@ -247,8 +247,8 @@ def hellaswag_examples(n, vocab_size):
 
 def hellaswag_choices(model, examples, enc, amp_dtype, device):
     """({example index: ending chosen by acc_norm}, acc_norm): the bench's one call into the
-    HellaSwag scoring (repoint it here when the scoring moves)."""
-    import hellaswag
+    HellaSwag scoring."""
+    from evaluation import hellaswag
 
     result = hellaswag.evaluate(lambda idx: model(idx)[0], examples, enc, "default", batch_size=8,
                                 device=device, rank=0, world_size=1, autocast_dtype=amp_dtype,
