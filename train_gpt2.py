@@ -208,10 +208,11 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
 
         done = step + 1
         if stop_now or done == cfg.max_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            t_save = time.time()
             path = save_training_state(out_dir, done, parallel, optimizer, scaler, train_loader, cfg,
                                        metrics.run_id)
-            if master:
-                print(f"saved {path}")
+            if master:  # its seconds: what a stop on SIGTERM needs before KillWait's SIGKILL
+                print(f"saved {path} in {time.time() - t_save:.1f} s")
         if stop_now:
             if master:
                 stop.acknowledge()
