@@ -1,8 +1,9 @@
 """CORE: the bundle, nanochat's shuffle, few-shot draw and prompts, the three task types scored by
 hand-checked models, cropping, centered scores and CORE, 2 ranks, the command line, the download.
 
-The tests write a small bundle of their own (3 tasks, one of each type, and one absent); the real
-bundle in ../shared/core_bundle (18 of the 22 tasks) adds the checks that are about it.
+The tests write a small bundle of their own (tests/core_bundle.py: 3 tasks, one of each type, and
+one absent); the real bundle in ../shared/core_bundle (18 of the 22 tasks) adds the checks that
+are about it. Training's side: test_core_training.py.
 """
 
 import functools
@@ -15,16 +16,11 @@ import threading
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import core_eval
-import hellaswag as hellaswag_cli
-import plot
-import train_gpt2
-from conftest import tiny_train_flags
-from shards.format import write_shard
+from core_bundle import CAPITALS, WORDS, write_bundle
 from evaluation import core
 from pipeline.tokenizer import get_gpt2_encoding
 from shared_data import SHARED_DIR
@@ -32,76 +28,6 @@ from shared_data import SHARED_DIR
 REPO = Path(__file__).resolve().parent.parent
 REAL_BUNDLE = SHARED_DIR / "core_bundle"
 EOT = 50256
-
-CORE_YAML = """icl_tasks:
--
-  label: capitals
-  dataset_uri: world_knowledge/capitals.jsonl
-  num_fewshot: [1]
-  icl_task_type: multiple_choice
-  continuation_delimiter: "\\nAnswer: "
--
-  label: pronouns
-  dataset_uri: language_understanding/pronouns.jsonl
-  num_fewshot: [0]
-  icl_task_type: schema
--
-  label: absent_task
-  dataset_uri: reading_comprehension/absent.jsonl
-  num_fewshot: [0]
-  icl_task_type: language_modeling
--
-  label: words
-  dataset_uri: language_understanding/words.jsonl
-  num_fewshot: [1]
-  icl_task_type: language_modeling
-"""
-META = ("Eval Task,Task Category,Task Type,#shots,#datapoints,Random baseline,Centered Metric?,Description\n"
-        "capitals,world knowledge,multiple choice,1,5,50,,Capitals\n"
-        "pronouns,language understanding,schema,0,3,50,,Pronouns\n"
-        "absent_task,reading comprehension,language modeling,0,0,0,,Absent\n"
-        "words,language understanding,language modeling,1,4,0,,\"Words, said again\"\n")
-CAPITALS = [
-    {"query": "Question: What is the capital of France?", "choices": ["Paris", "Rome"], "gold": 0},
-    {"query": "Question: What is the capital of Italy?", "choices": ["Paris", "Rome"], "gold": 1},
-    {"query": "Question: What is the capital of Spain?", "choices": ["Madrid", "Lisbon", "Rome"], "gold": 0},
-    {"query": "Question: What is the capital of Japan?", "choices": ["Kyoto", "Tokyo"], "gold": 1},
-    {"query": "Question: What is the capital of Peru?", "choices": ["Lima", "Quito"], "gold": 0},
-]
-PRONOUNS = [
-    {"context_options": ["The cat chased the dog because the cat", "The cat chased the dog because the dog"],
-     "continuation": "was hungry.", "gold": 0},
-    {"context_options": ["The cup fell off the table because the cup", "The cup fell off the table because the table"],
-     "continuation": "was tilted.", "gold": 1},
-    {"context_options": ["Anna thanked Maria because Anna", "Anna thanked Maria because Maria"],
-     "continuation": "had helped her.", "gold": 1},
-]
-WORDS = [
-    {"context": "Say hello: ", "continuation": "hello"},
-    {"context": "Say the sky is blue:", "continuation": "the sky is blue"},
-    {"context": "Say yes: ", "continuation": "yes"},
-    {"context": "Say good night:", "continuation": "good night"},
-]
-GPT2_CSV = ("Task                               , Accuracy  , Centered  \n"
-            "capitals                           , 0.600000  , 0.200000  \n"
-            "pronouns                           , 0.700000  , 0.400000  \n"
-            "absent_task                        , 0.100000  , 0.100000  \n"
-            "words                              , 0.300000  , 0.300000  \n"
-            "CORE                               ,           , 0.250000  \n")
-
-def write_bundle(d):
-    """The test's own bundle, laid out as nanochat's eval_bundle/."""
-    d = Path(d)
-    files = {"core.yaml": CORE_YAML, "eval_meta_data.csv": META, "openai-community-gpt2.csv": GPT2_CSV}
-    for name, text in files.items():
-        (d / name).parent.mkdir(parents=True, exist_ok=True)
-        (d / name).write_text(text)
-    for rel, rows in (("world_knowledge/capitals.jsonl", CAPITALS), ("language_understanding/pronouns.jsonl", PRONOUNS),
-                      ("language_understanding/words.jsonl", WORDS)):
-        path = d / "eval_data" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -410,93 +336,3 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
         server.server_close()
     status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip")
     assert status == 0 and out == f"CORE eval bundle already at {target}\n"  # once: the server is gone
-
-
-# ----------------------------------------------------------------------------------------
-# during training
-
-
-def gpt2_shards(folder):
-    """GPT-2-token shards (no manifest, no tokenizer.json: GPT-2 is assumed)."""
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i, n in enumerate([1024, 4096]):
-        write_shard(folder / f"g_{'val' if i == 0 else 'train'}_{i:06d}.bin", rng.integers(0, 50257, n))
-    return folder
-
-
-def test_preflight_checks_the_bundle_like_the_hellaswag_file(tmp_path, bundle, capsys, monkeypatch):
-    data = gpt2_shards(tmp_path / "data")
-    base = tiny_train_flags(steps=3, total_batch_size=128, eval_every=0) + [
-        "--data", str(data), "--out-dir", str(tmp_path / "run"), "--vocab-size", "50304", "--block-size", "64",
-        "--seq-len", "16", "--preflight"]  # cpu-smoke's --core-every 0, overridden below
-
-    def preflight(*flags):
-        status = train_gpt2.main(base + list(flags))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    monkeypatch.setattr(core, "DEFAULT_BUNDLE", tmp_path / "no-bundle")
-    status, out, err = preflight("--core-every", "auto")  # no bundle: CORE is simply not run
-    assert status == 0 and f"CORE: no bundle at {tmp_path / 'no-bundle'}: not run" in out
-    status, out, err = preflight("--core-every", "5")  # asked for: refused before any work
-    assert status == 2 and f"CORE bundle: {tmp_path / 'no-bundle' / 'core.yaml'} not found" in err
-    assert "or pass --core-every 0" in err
-    status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle), "--core-max-per-task", "1")
-    assert status == 2 and "--core-max-per-task 1: CORE draws each row's 1 shots from the other kept rows" in err
-    status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle))
-    assert status == 0 and f"CORE: 3 of 4 tasks in {bundle}; 1 absent: absent_task; run at the last step" in out
-    status, out, err = preflight("--core-every", "0", "--core-bundle", str(tmp_path / "no-bundle"))
-    assert status == 0 and "CORE" not in out
-
-
-def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys, monkeypatch, read_wandb_runs):
-    """A GPT-2-vocabulary model (context 64) on GPT-2-token shards with --core-every 2 over 3 steps:
-    CORE at steps 0, 2 and 3 (the last) in log.jsonl, the plot and the run report with its per-task
-    table; the report's HellaSwag command, run as written, works for this short-context model."""
-    data = gpt2_shards(tmp_path / "data")
-    long_ending = {"ctx": "A man sits down.", "ctx_a": "A man sits down.", "ctx_b": "", "label": 1,
-                   "activity_label": "Sitting",
-                   "endings": ["He flies.", "He rests.", "He sings.", " ".join(["and then he rests"] * 20)]}
-    short = dict(long_ending, endings=["He flies.", "He rests.", "He sings.", "He runs."])
-    hs = tmp_path / "hs.jsonl"
-    hs.write_text("".join(json.dumps(ex) + "\n" for ex in (short, long_ending, short)))
-    run = tmp_path / "run"
-    argv = tiny_train_flags(steps=3, total_batch_size=128, eval_every=0) + [
-        "--data", str(data), "--out-dir", str(run), "--vocab-size", "50304", "--block-size", "64",
-        "--seq-len", "16", "--micro-batch-size", "4", "--checkpoint-every", "0", "--num-samples", "0",
-        "--core-every", "2", "--core-bundle", str(bundle), "--core-max-per-task", "3",
-        "--hellaswag-data", str(hs), "--wandb"]
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    assert train_gpt2.main(argv) == 0
-    out = capsys.readouterr().out
-    assert f"CORE: 3 of 4 tasks in {bundle}; 1 absent: absent_task; run every 2 steps and at the last" in out
-    assert "| CORE over 3 of 4 tasks " in out.replace("step     0 | ", "| ")
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    scored = [r for r in rows if "core" in r]
-    assert [r["step"] for r in scored] == [0, 2, 3]  # every 2 steps, and the last
-    last = scored[-1]
-    assert [t["n"] for t in last["core_tasks"].values()] == [3, 3, 3] and last["core_missing"] == "absent_task"
-    assert last["core"] == pytest.approx(sum(t["centered"] for t in last["core_tasks"].values()) / 3)
-    assert last["core_gpt2"] == pytest.approx(0.3) and last["core_gpt2_model"] == "OpenAI GPT-2 124M"
-    (wandb_run,) = read_wandb_runs(run)
-    logged = [h for h in wandb_run["history"] if "core" in h]
-    assert [(h["_step"], h["core"]) for h in logged] == [(r["step"], r["core"]) for r in scored]
-    assert logged[-1]["core_tasks.capitals.centered"] == last["core_tasks"]["capitals"]["centered"]
-    assert wandb_run["summary"]["report/core"] == last["core"]
-
-    report = json.loads((run / "report.json").read_text())
-    assert report["core"]["core"] == last["core"] and report["core"]["missing"] == ["absent_task"]
-    md = (run / "report.md").read_text()
-    assert "## CORE" in md and "CORE over 3 of 4 tasks (absent: absent_task) at step 3" in md
-    assert f"| capitals | 3 | {last['core_tasks']['capitals']['accuracy']:.4f} |" in md
-    _, drawn = plot.plot([run], tmp_path / "plot.png")
-    assert drawn["CORE"]["CORE"] == ([0, 2, 3], [r["core"] for r in scored])
-    assert drawn["CORE"]["OpenAI GPT-2 124M, same tasks"] == ([], [last["core_gpt2"]])
-
-    command = report["commands"]["hellaswag"]
-    assert "--skip-too-long" in command and f"--data {hs}" in command
-    args = command.split(" > ")[0].split()[2:]  # what follows `python hellaswag.py`
-    assert hellaswag_cli.main(args) == 0
-    result = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert (result["n"], result["left_out"]) == (2, 1)

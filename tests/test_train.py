@@ -474,7 +474,7 @@ def test_gpt2_124m_preset_two_ranks_end_to_end(tmp_path):
            "--lr", "1e-4", "--min-lr", "1e-4", "--warmup-steps", "1", "--eval-every", "3",
            "--val-tokens", "2048", "--num-samples", "1",
            "--sample-tokens", "4", "--hellaswag-every", "3", "--hellaswag-data", str(tmp_path / "hs.jsonl"),
-           "--checkpoint-every", "0"]
+           "--checkpoint-every", "0", "--core-every", "0"]  # not CORE, even with data/eval_bundle here
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

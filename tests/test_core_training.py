@@ -1,0 +1,107 @@
+"""CORE during training: the preflight checks the bundle, --core-every logs CORE to log.jsonl and
+wandb, plot.py draws it beside GPT-2's, the run report shows the per-task table; the report's
+HellaSwag command works for the run."""
+
+import json
+
+import numpy as np
+import pytest
+
+import hellaswag as hellaswag_cli
+import plot
+import train_gpt2
+from conftest import tiny_train_flags
+from core_bundle import write_bundle
+from evaluation import core
+from shards.format import write_shard
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return write_bundle(tmp_path_factory.mktemp("bundle") / "eval_bundle")
+
+
+def gpt2_shards(folder):
+    """GPT-2-token shards (no manifest, no tokenizer.json: GPT-2 is assumed)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, n in enumerate([1024, 4096]):
+        write_shard(folder / f"g_{'val' if i == 0 else 'train'}_{i:06d}.bin", rng.integers(0, 50257, n))
+    return folder
+
+
+def test_preflight_checks_the_bundle_like_the_hellaswag_file(tmp_path, bundle, capsys, monkeypatch):
+    data = gpt2_shards(tmp_path / "data")
+    base = tiny_train_flags(steps=3, total_batch_size=128, eval_every=0) + [
+        "--data", str(data), "--out-dir", str(tmp_path / "run"), "--vocab-size", "50304", "--block-size", "64",
+        "--seq-len", "16", "--preflight"]  # cpu-smoke's --core-every 0, overridden below
+
+    def preflight(*flags):
+        status = train_gpt2.main(base + list(flags))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    monkeypatch.setattr(core, "DEFAULT_BUNDLE", tmp_path / "no-bundle")
+    status, out, err = preflight("--core-every", "auto")  # no bundle: CORE is simply not run
+    assert status == 0 and f"CORE: no bundle at {tmp_path / 'no-bundle'}: not run" in out
+    status, out, err = preflight("--core-every", "5")  # asked for: refused before any work
+    assert status == 2 and f"CORE bundle: {tmp_path / 'no-bundle' / 'core.yaml'} not found" in err
+    assert "or pass --core-every 0" in err
+    status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle), "--core-max-per-task", "1")
+    assert status == 2 and "--core-max-per-task 1: CORE draws each row's 1 shots from the other kept rows" in err
+    status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle))
+    assert status == 0 and f"CORE: 3 of 4 tasks in {bundle}; 1 absent: absent_task; run at the last step" in out
+    status, out, err = preflight("--core-every", "0", "--core-bundle", str(tmp_path / "no-bundle"))
+    assert status == 0 and "CORE" not in out
+
+
+def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys, monkeypatch, read_wandb_runs):
+    """A GPT-2-vocabulary model (context 64) on GPT-2-token shards with --core-every 2 over 3 steps:
+    CORE at steps 0, 2 and 3 (the last) in log.jsonl, the plot and the run report with its per-task
+    table; the report's HellaSwag command, run as written, works for this short-context model."""
+    data = gpt2_shards(tmp_path / "data")
+    long_ending = {"ctx": "A man sits down.", "ctx_a": "A man sits down.", "ctx_b": "", "label": 1,
+                   "activity_label": "Sitting",
+                   "endings": ["He flies.", "He rests.", "He sings.", " ".join(["and then he rests"] * 20)]}
+    short = dict(long_ending, endings=["He flies.", "He rests.", "He sings.", "He runs."])
+    hs = tmp_path / "hs.jsonl"
+    hs.write_text("".join(json.dumps(ex) + "\n" for ex in (short, long_ending, short)))
+    run = tmp_path / "run"
+    argv = tiny_train_flags(steps=3, total_batch_size=128, eval_every=0) + [
+        "--data", str(data), "--out-dir", str(run), "--vocab-size", "50304", "--block-size", "64",
+        "--seq-len", "16", "--micro-batch-size", "4", "--checkpoint-every", "0", "--num-samples", "0",
+        "--core-every", "2", "--core-bundle", str(bundle), "--core-max-per-task", "3",
+        "--hellaswag-data", str(hs), "--wandb"]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert train_gpt2.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"CORE: 3 of 4 tasks in {bundle}; 1 absent: absent_task; run every 2 steps and at the last" in out
+    assert "| CORE over 3 of 4 tasks " in out.replace("step     0 | ", "| ")
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "core" in r]
+    assert [r["step"] for r in scored] == [0, 2, 3]  # every 2 steps, and the last
+    last = scored[-1]
+    assert [t["n"] for t in last["core_tasks"].values()] == [3, 3, 3] and last["core_missing"] == "absent_task"
+    assert last["core"] == pytest.approx(sum(t["centered"] for t in last["core_tasks"].values()) / 3)
+    assert last["core_gpt2"] == pytest.approx(0.3) and last["core_gpt2_model"] == "OpenAI GPT-2 124M"
+    (wandb_run,) = read_wandb_runs(run)
+    logged = [h for h in wandb_run["history"] if "core" in h]
+    assert [(h["_step"], h["core"]) for h in logged] == [(r["step"], r["core"]) for r in scored]
+    assert logged[-1]["core_tasks.capitals.centered"] == last["core_tasks"]["capitals"]["centered"]
+    assert wandb_run["summary"]["report/core"] == last["core"]
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["core"]["core"] == last["core"] and report["core"]["missing"] == ["absent_task"]
+    md = (run / "report.md").read_text()
+    assert "## CORE" in md and "CORE over 3 of 4 tasks (absent: absent_task) at step 3" in md
+    assert f"| capitals | 3 | {last['core_tasks']['capitals']['accuracy']:.4f} |" in md
+    _, drawn = plot.plot([run], tmp_path / "plot.png")
+    assert drawn["CORE"]["CORE"] == ([0, 2, 3], [r["core"] for r in scored])
+    assert drawn["CORE"]["OpenAI GPT-2 124M, same tasks"] == ([], [last["core_gpt2"]])
+
+    command = report["commands"]["hellaswag"]
+    assert "--skip-too-long" in command and f"--data {hs}" in command
+    args = command.split(" > ")[0].split()[2:]  # what follows `python hellaswag.py`
+    assert hellaswag_cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (result["n"], result["left_out"]) == (2, 1)
