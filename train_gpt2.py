@@ -291,6 +291,7 @@ def fit_micro_batch(cfg, runtime, amp_dtype, data):
 
 
 def _probe(cfg, runtime, amp_dtype):
+    """(micro-batch, why) from trying steps on the copy, which is freed on return."""
     per_rank = batch_size.sequences_per_rank(cfg.total_batch_size, cfg.seq_len, runtime.world_size)
     wrap_runtime = runtime if cfg.fsdp else replace(runtime, world_size=1)
     _, parallel, optimizer = build(replace(cfg, compile=False), wrap_runtime, amp_dtype)

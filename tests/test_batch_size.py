@@ -159,8 +159,9 @@ def _train_two_ranks(out_dir, data, extra, oom_ranks=(), last_micro_step=False):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # a collective that one rank never reaches fails after a minute instead of hanging the suite
     argv = tiny_train_flags(6, 512, 0) + ["--data", str(data), "--out-dir", str(out_dir),
-                                          "--hellaswag-every", "0", *extra]
+                                          "--hellaswag-every", "0", "--dist-timeout-min", "1", *extra]
     results = mp.Manager().dict()
     mp.start_processes(_train_on_rank, args=(port, argv, set(oom_ranks), last_micro_step, results),
                        nprocs=2, start_method="fork")

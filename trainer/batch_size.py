@@ -72,8 +72,8 @@ def agree(runtime, ok=True):
 
 
 def largest_that_fits(options, fits, runtime):
-    """(the first of `options`, largest first, that fits on every rank, the largest that only
-    this rank fitted or None). fits(B) raises torch.OutOfMemoryError when B does not fit here,
+    """(the first of `options`, largest first, that fits on every rank; the largest that fitted
+    here but not on another rank, or None). fits(B) raises torch.OutOfMemoryError when B does not fit here,
     PeerOutOfMemory when a vote inside it found another rank out of memory; MicroBatchError
     when even the smallest does not fit."""
     others_failed = None
