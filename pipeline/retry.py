@@ -6,11 +6,12 @@ hours-long download meets longer outages than that. So every hub request the pip
 through a `Retry`, which keeps trying for as long as the user allows (`--retry-for`, counted
 from the first failure of a run of failures; any success starts the count again) and then raises
 `RetriesExhausted`: the CLI exits with EXIT_RETRIES_EXHAUSTED, every finished shard kept, and the
-same command resumes. The library's own retries are turned off so the bound means what it says.
+same command resumes. The library's own retries are turned off (pipeline/hub_client.py) so the
+bound means what it says.
 
 Only transient failures are retried: network errors, timeouts, HTTP 408/429/5xx, and
-`TransientError` (a hub file whose bytes did not parse: a truncated or corrupt range read, since
-the hub serves files that parsed when uploaded). A host name that does not resolve is retried for
+`TransientError` (a hub file whose bytes did not parse: a truncated or corrupt range read, until
+the same part fails the same way on a fresh read, pipeline/sources.py). A host name that does not resolve is retried for
 a few minutes only (RESOLVE_FOR_S): on a compute node without internet it never will. Trouble
 in this machine's set-up (offline mode, an endpoint without a scheme, a proxy that refuses, a TLS
 certificate not trusted) raises `HubUnreachable` at once, with what to change. Anything else (404,

@@ -7,7 +7,6 @@ host name that does not resolve says what it means at the first failure.
 
 import io
 import ssl
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -66,11 +65,12 @@ def test_damaged_parquet_on_the_hub_is_bad_data_naming_file_and_row_group(hub, f
 
 
 @contextmanager
-def serving(handler, tls_files=None):
+def serving(handler, certificate=None):
+    """A server on a free port (over TLS with `certificate`, a PEM file holding the key too)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    if tls_files:
+    if certificate:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(*tls_files)
+        context.load_cert_chain(certificate)
         server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -93,12 +93,31 @@ class RefusingProxy(BaseHTTPRequestHandler):
         pass
 
 
+# A throwaway self-signed certificate for 127.0.0.1 (EC P-256, valid until 2126), made with
+# `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1`
+SELF_SIGNED = """\
+-----BEGIN CERTIFICATE-----
+MIIBfzCCASWgAwIBAgIUZIPMOV4bcaIJ1Cxpo41EWU8JRBIwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJMTI3LjAuMC4xMCAXDTI2MTIwMjE3MjkxOVoYDzIxMjYxMTA4
+MTcyOTE5WjAUMRIwEAYDVQQDDAkxMjcuMC4wLjEwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAATbsJy5fb2GtfRxcpr+VTYf2YHQNpBlT8LFL4uKyNes70E+bBFaeF1m
+Rex/xAsOMn25g9imDzXrx8hSpU7TsZMTo1MwUTAdBgNVHQ4EFgQUeOQCREaj845T
+WzaY9AGnbmnUT8AwHwYDVR0jBBgwFoAUeOQCREaj845TWzaY9AGnbmnUT8AwDwYD
+VR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEAhseHzXhwg1Al5jqQKGsw
+q+USDhL8hFg0rx6yW1VU3SICIG+7C2UQfWpQKIpOCgCXW8SpLnL0D+eeiy/I2cYc
+3hhi
+-----END CERTIFICATE-----
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgKpyLoBlWLu5nNtGg
+MH8HQJWiVJIpANGROwHgyrRNNsChRANCAATbsJy5fb2GtfRxcpr+VTYf2YHQNpBl
+T8LFL4uKyNes70E+bBFaeF1mRex/xAsOMn25g9imDzXrx8hSpU7TsZMT
+-----END PRIVATE KEY-----
+"""
+
+
 def self_signed_certificate(folder):
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-days", "1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return cert, key
+    (folder / "self_signed.pem").write_text(SELF_SIGNED)
+    return folder / "self_signed.pem"
 
 
 def test_trouble_in_the_set_up_fails_in_one_line_at_once(hub, faults, tmp_path):
