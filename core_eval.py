@@ -19,29 +19,20 @@ import torch
 
 from evaluation import core
 from evaluation.download import fetch_zip_folder
-from evaluation.models import load_checkpoint_fn, load_hf_model_fn, start_ranks, stop_ranks
+from evaluation.models import add_model_arguments, load_checkpoint_fn, load_hf_model_fn, start_ranks, stop_ranks
 from pipeline.tokenizer import get_gpt2_encoding
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="CORE of GPT-2 models and checkpoints, as nanochat computes it")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124m..1558m), "
-                       "a Hugging Face hub id, or a local GPT2LMHeadModel folder")
-    which.add_argument("--checkpoint", help="a train_gpt2.py checkpoint (ckpt_*.pt), or a run folder (its newest)")
-    which.add_argument("--download", action="store_true",
-                       help="only fetch nanochat's eval bundle into --bundle, then exit: training and "
-                            "scoring never download it")
+    add_model_arguments(parser, "only fetch nanochat's eval bundle into --bundle, then exit: training "
+                                "and scoring never download it")
     parser.add_argument("--bundle", default=str(core.DEFAULT_BUNDLE),
                         help="the eval bundle folder (core.yaml, eval_meta_data.csv, eval_data/)")
     parser.add_argument("--url", default=core.BUNDLE_URL, help="where --download fetches eval_bundle.zip from")
     parser.add_argument("--max-per-task", type=int, default=0,
                         help="score the first K rows of each task after the shuffle (nanochat: 500 "
                              "during training); 0 = all")
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:1, mps (auto: cuda, else Apple's mps, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16 runs the forward under autocast")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object as the last line: {"tasks": {label: {"accuracy", '
                              '"centered", "n"}}, "core", "missing", ...}')

@@ -18,7 +18,7 @@ import torch
 from evaluation.hellaswag import (DEFAULT_CACHE_DIR, NUM_VAL_EXAMPLES, STYLES, URL,
                                   HellaSwagUnavailable, download, evaluate, load_examples,
                                   reference_table)
-from evaluation.models import load_checkpoint_fn, load_hf_model_fn, start_ranks, stop_ranks
+from evaluation.models import add_model_arguments, load_checkpoint_fn, load_hf_model_fn, start_ranks, stop_ranks
 from pipeline.tokenizer import get_gpt2_encoding
 
 
@@ -34,13 +34,8 @@ def load_inputs(args, device):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="HellaSwag accuracy of GPT-2 models and checkpoints")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124m..1558m), "
-                       "a Hugging Face hub id, or a local GPT2LMHeadModel folder")
-    which.add_argument("--checkpoint", help="a train_gpt2.py checkpoint (ckpt_*.pt), or a run folder (its newest)")
-    which.add_argument("--download", action="store_true",
-                       help="only fetch the validation set into --cache-dir, then exit: training "
-                            "never downloads it, so do this once before training on compute nodes")
+    add_model_arguments(parser, "only fetch the validation set into --cache-dir, then exit: training "
+                                "never downloads it, so do this once before training on compute nodes")
     parser.add_argument("--style", choices=STYLES, default="default",
                         help="default: build-nanogpt's scoring; harness: lm-evaluation-harness's")
     parser.add_argument("--data", help="local HellaSwag jsonl (skips the download)")
@@ -51,10 +46,6 @@ def parse_args(argv):
                         help="leave out the examples with an ending longer than the model's context "
                              "(a short-context model) and score the others; the count is reported")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (4 rows each)")
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:1, mps (auto: cuda, else Apple's mps, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16 runs the forward under autocast")
     parser.add_argument("--json", action="store_true", help="print only one JSON object: acc, acc_norm, n, ...")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):

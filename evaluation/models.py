@@ -46,6 +46,20 @@ class Logits:
         return out[0] if isinstance(out, tuple) else out.logits
 
 
+def add_model_arguments(parser, download_help):
+    """The command lines' common flags: which model (--model, --checkpoint, or --download only),
+    --device and --dtype."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124m..1558m), "
+                       "a Hugging Face hub id, or a local GPT2LMHeadModel folder")
+    which.add_argument("--checkpoint", help="a train_gpt2.py checkpoint (ckpt_*.pt), or a run folder (its newest)")
+    which.add_argument("--download", action="store_true", help=download_help)
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:1, mps (auto: cuda, else Apple's mps, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16 runs the forward under autocast")
+
+
 def start_ranks(device_choice):
     """(device, distributed, master) for a command line: under torchrun one process per device,
     each scoring its share of the examples (gloo on CPU, NCCL on GPUs); else one process."""
