@@ -13,7 +13,7 @@ import plot
 import sample
 from model import GPT, GPTConfig
 from trainer.config import parse_config
-from trainer.report import why_no_hellaswag, write_report
+from trainer.report import why_no_core, why_no_hellaswag, write_report
 
 
 def test_help_shows_no_empty_defaults(capsys):
@@ -60,7 +60,7 @@ def write_run(run, config):
 def test_plot_shows_every_loss_and_says_why_hellaswag_is_missing(tmp_path, capsys):
     config = {"data": str(tmp_path / "shards"), "max_steps": 30, "total_batch_size": 512,
               "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 64, "vocab_size": 50304,
-              "hellaswag_every": 0}
+              "hellaswag_every": 0, "core_every": 0}
     run = write_run(tmp_path / "demo", config)
     assert plot.main([str(run)]) == 0
     assert "demo: no HellaSwag panel: not run: --hellaswag-every 0" in capsys.readouterr().out
@@ -71,7 +71,9 @@ def test_plot_shows_every_loss_and_says_why_hellaswag_is_missing(tmp_path, capsy
         low, high = ax.get_ylim()
         assert low < min(losses) and high > max(losses) == 11.1, ax.get_title()
     write_report(run)
-    assert "| HellaSwag | not run: --hellaswag-every 0 |" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "| HellaSwag | not run: --hellaswag-every 0 |" in report
+    assert "| CORE | not run: --core-every 0 |" in report
 
 
 def test_report_says_which_reason_kept_hellaswag_out():
@@ -82,3 +84,15 @@ def test_report_says_which_reason_kept_hellaswag_out():
     assert why_no_hellaswag(base, "char") == "the shards' tokenizer is char; HellaSwag needs GPT-2's"
     assert why_no_hellaswag(base, "gpt2").startswith(
         "no result in log.jsonl although --hellaswag-every 250: skipped at start-up")
+
+
+def test_report_says_which_reason_kept_core_out(tmp_path):
+    base = {"core_every": "auto", "vocab_size": 50304, "core_bundle": str(tmp_path / "bundle")}
+    assert why_no_core({**base, "core_every": 0}) == "--core-every 0"
+    assert why_no_core({**base, "vocab_size": 65}) == "CORE needs a GPT-2-tokenizer model and shards"
+    assert why_no_core(base, "char") == "CORE needs a GPT-2-tokenizer model and shards"
+    assert why_no_core(base, "gpt2") == (f"no eval bundle at {tmp_path / 'bundle'} (fetch it once "
+                                         f"with `python core_eval.py --download`)")
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "core.yaml").write_text("icl_tasks: []\n")
+    assert why_no_core(base, "gpt2").startswith("no result in log.jsonl although --core-every auto")

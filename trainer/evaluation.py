@@ -196,7 +196,6 @@ def load_hellaswag(cfg, tokenizer, runtime):
     return examples
 
 
-
 def load_core(cfg, tokenizer, runtime):
     """(CORE tasks, labels of the tasks absent from the bundle) from the local bundle, or
     (None, []) after one warning when CORE cannot run; never a download, never a crash. With

@@ -147,6 +147,23 @@ def why_no_hellaswag(config, tokenizer=None):
             f"at start-up (the run's output says why) or stopped before its first evaluation")
 
 
+def why_no_core(config, tokenizer=None):
+    """Why a run with this config.json (and shards of this tokenizer, when known) logged no CORE
+    result, as the trainer decides it (trainer/evaluation.py's load_core)."""
+    from evaluation import core
+    from pipeline.tokenizer import GPT2_VOCAB_SIZE
+
+    if not config.get("core_every"):
+        return "--core-every 0"
+    if config.get("vocab_size", GPT2_VOCAB_SIZE) < GPT2_VOCAB_SIZE or tokenizer not in (None, "gpt2"):
+        return "CORE needs a GPT-2-tokenizer model and shards"
+    bundle = Path(config.get("core_bundle") or core.DEFAULT_BUNDLE)
+    if not (bundle / "core.yaml").is_file():
+        return f"no eval bundle at {bundle} (fetch it once with `python core_eval.py --download`)"
+    return (f"no result in log.jsonl although --core-every {config['core_every']}: skipped at "
+            f"start-up (the run's output says why) or stopped before the evaluation")
+
+
 def hellaswag_results(records, run_dir, config):
     """[{style, source, step, acc_norm, acc, n, best_*, references}]: the in-training figures,
     then every hellaswag_*.json in the run folder (hellaswag.py --json)."""
@@ -385,6 +402,8 @@ def render_markdown(r):
     if r.get("core"):
         lines.append(f"| CORE | {number(r['core']['core'])} at step {r['core']['step']} "
                      f"({len(r['core']['tasks'])} tasks; see CORE below) |")
+    else:
+        lines.append(f"| CORE | not run: {why_no_core(cfg, data['tokenizer'])} |")
     lines += [
         f"| tokens trained on | {data['tokens_trained']:,}{epochs} |",
         f"| wall time | {duration(r['time']['wall_time_s'])} over {len(r['time']['attempts'])} "
