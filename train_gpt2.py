@@ -45,7 +45,8 @@ from trainer.distributed import ParallelModel, Runtime, autocast_dtype
 from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
-from trainer.preflight import describe_plan, dry_run_plan, memory_plan, preflight
+from trainer.memory import describe_plan, dry_run_plan, memory_plan
+from trainer.preflight import preflight
 from trainer.report import wandb_summary, write_report
 from trainer.signals import StopRequest
 

@@ -10,7 +10,7 @@ prepare_data, optimization_step and fit_micro_batch, save_training_state):
   process group of one rank, so both wrap the model as on N GPUs), with and without activation
   checkpointing; the first step (compilation) timed apart;
 - memory: torch.cuda.max_memory_allocated of one training step of each preset at the fit table's
-  micro-batch for this GPU (DDP, bf16, eager), beside trainer/preflight.py's memory_plan;
+  micro-batch for this GPU (DDP, bf16, eager), beside trainer/memory.py's memory_plan;
 - checkpoint: seconds to gather and write each preset's training checkpoint (on --out-dir);
 - probe: the micro-batch --micro-batch-size auto picks, the probe's seconds, one step at it;
 - fp16: one step of the float16 + GradScaler path;
@@ -47,7 +47,7 @@ from trainer.checkpoint import load_model, save_training_state  # noqa: E402
 from trainer.config import parse_config  # noqa: E402
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype  # noqa: E402
 from trainer.metrics import peak_flops_of  # noqa: E402
-from trainer.preflight import largest_fitting_micro_batch, memory_plan  # noqa: E402
+from trainer.memory import largest_fitting_micro_batch, memory_plan  # noqa: E402
 
 GiB = 2**30
 KINDS = ("throughput", "memory", "checkpoint", "probe", "fp16", "hellaswag")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from test_train import REPO
-from trainer.preflight import checkpoint_bytes
+from trainer.memory import checkpoint_bytes
 
 # installed here, absent from a bare CUDA image: None in sys.modules is what "not installed"
 # looks like to `import` (ModuleNotFoundError) and to importlib.util.find_spec (None)

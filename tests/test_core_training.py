@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import hellaswag as hellaswag_cli
-import plot
 import train_gpt2
 from conftest import tiny_train_flags
 from core_bundle import write_bundle
 from evaluation import core
 from shards.format import write_shard
+from trainer import plots
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys, mo
     md = (run / "report.md").read_text()
     assert "## CORE" in md and "CORE over 3 of 4 tasks (absent: absent_task) at step 3" in md
     assert f"| capitals | 3 | {last['core_tasks']['capitals']['accuracy']:.4f} |" in md
-    _, drawn = plot.plot([run], tmp_path / "plot.png")
+    _, drawn = plots.plot([run], tmp_path / "plot.png")
     assert drawn["CORE"]["CORE"] == ([0, 2, 3], [r["core"] for r in scored])
     assert drawn["CORE"]["OpenAI GPT-2 124M, same tasks"] == ([], [last["core_gpt2"]])
 

@@ -12,6 +12,7 @@ import hf_gpt2
 import plot
 import sample
 from model import GPT, GPTConfig
+from trainer import plots
 from trainer.config import parse_config
 from trainer.report import why_no_core, why_no_hellaswag, write_report
 
@@ -64,8 +65,8 @@ def test_plot_shows_every_loss_and_says_why_hellaswag_is_missing(tmp_path, capsy
     run = write_run(tmp_path / "demo", config)
     assert plot.main([str(run)]) == 0
     assert "demo: no HellaSwag panel: not run: --hellaswag-every 0" in capsys.readouterr().out
-    loaded = plot.load_run(run)
-    fig, _ = plot.make_figure([loaded])
+    loaded = plots.load_run(run)
+    fig, _ = plots.make_figure([loaded])
     losses = [v for _, v in loaded["train"] + loaded["val"]]
     for ax in fig.axes[:2]:  # loss vs steps, loss vs tokens
         low, high = ax.get_ylim()

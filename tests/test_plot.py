@@ -7,6 +7,7 @@ import math
 import pytest
 
 import plot
+from trainer import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,7 +41,7 @@ def shard_dir(path, source, tokenizer):
 def test_fineweb_run_plot(tmp_path):
     data = shard_dir(tmp_path / "edu", "hf:HuggingFaceFW/fineweb-edu:sample-10BT", "gpt2")
     run = write_run(tmp_path / "runs" / "gpt2", data)
-    out, drawn = plot.plot([run])
+    out, drawn = plots.plot([run])
     assert out == run / "plot.png"
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 10_000
     assert set(drawn) == {"loss vs steps", "loss vs tokens", "bits per byte", "HellaSwag"}
@@ -62,7 +63,7 @@ def test_hellaswag_references_follow_the_model_size(tmp_path):
     run = write_run(tmp_path / "xl", data)
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "n_layer": 48, "n_embd": 1600}))
-    _, drawn = plot.plot([run])
+    _, drawn = plots.plot([run])
     assert {k: v[1] for k, v in drawn["HellaSwag"].items() if k != "acc_norm"} == {
         "OpenAI GPT-2 1558M": [0.4889], "GPT-3 XL 1.3B": [0.547]}
 
@@ -74,7 +75,7 @@ def test_char_run_has_no_gpt2_reference_and_runs_overlay(tmp_path, capsys):
     out = tmp_path / "cmp" / "both.png"
     assert plot.main([str(a), str(b), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC and "wrote" in capsys.readouterr().out
-    _, drawn = plot.plot([a, b], tmp_path / "again.png")
+    _, drawn = plots.plot([a, b], tmp_path / "again.png")
     assert set(drawn) == {"loss vs steps", "loss vs tokens", "bits per byte"}  # no HellaSwag: no panel
     labels = set(drawn["loss vs steps"])
     assert labels == {"a: train", "a: val", "b: train", "b: val"}  # no 3.2924 on char data
@@ -84,7 +85,7 @@ def test_read_log_later_lines_win(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text('{"step": 5, "loss": 4.0}\n{"step": 6, "loss": 3.9}\n\n'
                    '{"step": 5, "loss": 3.5}\n{"step": 6, "val_loss": 3.7}\n')
-    series = plot.read_log(log)
+    series = plots.read_log(log)
     assert series == {"train": [(5, 3.5), (6, 3.9)], "val": [(6, 3.7)], "bpb": [], "hellaswag": [],
                       "core": [], "core_gpt2": []}
 

@@ -18,7 +18,7 @@ from evaluation import hellaswag
 import train_gpt2
 from conftest import tiny_train_flags, write_char_shards
 from shards.format import HEADER_BYTES, write_shard
-from trainer import preflight
+from trainer import memory
 from trainer.config import PRESETS, data_command, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -252,7 +252,7 @@ def test_out_dir_must_be_writable(data, tmp_path, started, capsys):
 
 
 def test_out_dir_needs_room_for_two_checkpoints(data, tmp_path, started, capsys, monkeypatch):
-    need = 2 * preflight.checkpoint_bytes(preflight.count_parameters(parse_config(TINY).model_config()))
+    need = 2 * memory.checkpoint_bytes(memory.count_parameters(parse_config(TINY).model_config()))
     real_disk_usage = shutil.disk_usage
 
     def free_bytes(free):
@@ -280,10 +280,10 @@ def trained_run(tmp_path_factory):
 
 
 def test_checkpoint_size_estimate_holds_for_a_saved_checkpoint(trained_run):
-    parameters = preflight.count_parameters(parse_config(TINY).model_config())
+    parameters = memory.count_parameters(parse_config(TINY).model_config())
     size = (trained_run / "ckpt_0000001.pt").stat().st_size
     # fp32 weights + AdamW's two moments at least; the estimate never below the real thing
-    assert 12 * parameters < size <= preflight.checkpoint_bytes(parameters)
+    assert 12 * parameters < size <= memory.checkpoint_bytes(parameters)
 
 
 def test_resume_target_must_be_readable_and_fit_the_model(data, trained_run, tmp_path, started, capsys):

@@ -232,13 +232,13 @@ def core_lines(core):
 
 
 def ensure_plot(run_dir):
-    """RUN/plot.png, written by plot.py when missing or older than log.jsonl; None if no plot."""
-    import plot
+    """RUN/plot.png, as plot.py draws it, when missing or older than log.jsonl; None if no plot."""
+    from trainer import plots  # here, not at the top: matplotlib loads only to draw a plot
 
     png = Path(run_dir) / "plot.png"
     if not png.exists() or png.stat().st_mtime < (Path(run_dir) / "log.jsonl").stat().st_mtime:
         try:
-            plot.plot([run_dir], png)
+            plots.plot([run_dir], png)
         except (ValueError, OSError) as e:
             print(f"warning: no plot ({e})", file=sys.stderr)
             return None
