@@ -212,8 +212,10 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
             t_save = time.time()
             path = save_training_state(out_dir, done, parallel, optimizer, scaler, train_loader, cfg,
                                        metrics.run_id)
-            if master:  # its seconds: what a stop on SIGTERM needs before KillWait's SIGKILL
-                print(f"saved {path} in {time.time() - t_save:.1f} s")
+            save_s = time.time() - t_save  # what a stop on SIGTERM needs before KillWait's SIGKILL
+            metrics.log({"step": step, "checkpoint_s": save_s})  # the step it follows: kept on resume
+            if master:
+                print(f"saved {path} in {save_s:.1f} s")
         if stop_now:
             if master:
                 stop.acknowledge()

@@ -95,7 +95,9 @@ def test_report_of_a_two_rank_run_holds_every_field_and_the_logged_figures(wandb
     # plot, checkpoint and the commands that use it
     assert report["plot"] == "plot.png" and (out / "plot.png").read_bytes().startswith(b"\x89PNG")
     ckpt = str(out / f"ckpt_{STEPS:07d}.pt")
-    assert report["checkpoint"] == {"path": ckpt, "step": STEPS}
+    saves = {r["step"]: r["checkpoint_s"] for r in records if "checkpoint_s" in r}
+    assert STEPS - 1 in saves and all(seconds > 0 for seconds in saves.values())  # after the last step
+    assert report["checkpoint"] == {"path": ckpt, "step": STEPS, "save_s": max(saves.values())}
     commands = report["commands"]
     assert commands["sample"] == f"python sample.py --checkpoint {ckpt}"
     assert commands["export"] == f"python hf_gpt2.py export {ckpt} {out}/hf"
@@ -104,7 +106,8 @@ def test_report_of_a_two_rank_run_holds_every_field_and_the_logged_figures(wandb
     md = (out / "report.md").read_text()
     for text in (f"{val[STEPS][0]:.4f}", f"{val[STEPS][1]:.4f}", f"{STEPS * TOKENS_PER_STEP:,}",
                  "2 x cpu", "DDP", "](plot.png)", setup["versions"]["git_commit"], commands["sample"],
-                 commands["export"], commands["resume"], report["command"]):
+                 commands["export"], commands["resume"], report["command"],
+                 f"(the slowest save took {max(saves.values()):.1f} s)"):
         assert text in md, text
 
 
@@ -162,6 +165,8 @@ def test_stopped_and_resumed_run_reports_both_attempts(char_shards, tmp_path):
     assert report["time"]["wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"], abs=2e-3)
     assert report["steps"]["done"] == STEPS and report["data"]["tokens_trained"] == STEPS * TOKENS_PER_STEP
     assert report["hardware"]["world_size"] == 1  # the attempt that finished
+    # the stop checkpoint's save time, logged after its step, survives the resume's log trim
+    assert any(r.get("checkpoint_s") and r["step"] == stop_step - 1 for r in records)
     md = (out / "report.md").read_text()
     assert "over 2 attempt(s), 1 requeue(s)/restart(s)" in md
     assert f"| 0 -> {stop_step} |" in md and f"| {stop_step} -> {STEPS} |" in md

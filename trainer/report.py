@@ -326,7 +326,9 @@ def build_report(run_dir):
         "hellaswag": hellaswag_results(records, run_dir, config),
         "core": core_result(records),
         "plot": ensure_plot(run_dir),
-        "checkpoint": {"path": checkpoint, "step": int(Path(checkpoint).stem[5:])} if checkpoint else None,
+        "checkpoint": {"path": checkpoint, "step": int(Path(checkpoint).stem[5:]),
+                       "save_s": max((r["checkpoint_s"] for r in records if "checkpoint_s" in r), default=None)}
+        if checkpoint else None,
         "commands": commands(run_dir, setup, config, checkpoint, hosts),
         "written": time.time(),
     }
@@ -380,6 +382,8 @@ def render_markdown(r):
     mfu = number(r["throughput"]["mfu"], "{:.1%}") if r["throughput"]["mfu"] is not None else \
         "n/a (peak FLOP/s unknown for this device: --peak-flops)"
     params = f"{model['parameters']:,}" if model["parameters"] else "?"
+    save_s = (r["checkpoint"] or {}).get("save_s")
+    save_time = f" (the slowest save took {save_s:.1f} s)" if save_s is not None else ""
     lines = [
         f"# Run report: {Path(r['run_dir']).resolve().name}", "",
         f"`{r['run_dir']}`, {status}: {r['steps']['done']:,} of {r['steps']['max_steps']:,} steps. "
@@ -419,7 +423,7 @@ def render_markdown(r):
             f"{data['tokenizer']}, {data['shards']} shards |" if data["manifest"] else
             "no manifest.json found (shards not on this machine, or not written by the pipeline) |"),
         f"| code | commit `{commit}`{dirty} |",
-        f"| final checkpoint | `{(r['checkpoint'] or {}).get('path', 'none')}` |",
+        f"| final checkpoint | `{(r['checkpoint'] or {}).get('path', 'none')}`{save_time} |",
     ]
     lines += ["", "## Attempts", "",
               "| # | started (UTC) | steps | wall time | ranks | commit |", "|---|---|---|---|---|---|"]
