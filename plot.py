@@ -14,7 +14,8 @@ from trainer.plots import load_run, plot
 
 def missing_hellaswag(runs):
     """A line for each run without HellaSwag, saying why (the report's reason)."""
-    from trainer.report import find_manifest, why_no_hellaswag
+    from trainer.report import find_manifest
+    from trainer.report_markdown import why_no_hellaswag
 
     lines = []
     for run in runs:

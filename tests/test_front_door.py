@@ -14,7 +14,8 @@ import sample
 from model import GPT, GPTConfig
 from trainer import plots
 from trainer.config import parse_config
-from trainer.report import why_no_core, why_no_hellaswag, write_report
+from trainer.report import write_report
+from trainer.report_markdown import why_no_core, why_no_hellaswag
 
 
 def test_help_shows_no_empty_defaults(capsys):
