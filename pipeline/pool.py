@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, TimeoutError
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -28,6 +28,7 @@ CHUNK_DOCS = 64
 CHUNK_CHARS = 1 << 20
 TASKS_PER_WORKER = 2  # in flight per worker: keeps every worker busy while the main process writes
 ORPHAN_CHECK_S = 0.5
+DEATH_CHECK_S = 1.0  # how often a wait for a result looks at the workers
 
 
 class WorkerDied(Exception):
@@ -110,6 +111,7 @@ class TokenizerPool:
         base = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.context = _RecordingContext(base)
         self.workers = workers
+        self.first_dead = None  # the worker whose death _result found, if it found one
         self.executor = ProcessPoolExecutor(workers, mp_context=self.context,
                                             initializer=_init_worker, initargs=(tokenizer,))
 
@@ -133,20 +135,41 @@ class TokenizerPool:
                 first_doc += len(chunk)
                 if len(pending) > TASKS_PER_WORKER * self.workers:
                     doc, future = pending.popleft()
-                    yield (doc, *future.result())
+                    yield (doc, *self._result(future))
             while pending:
                 doc, future = pending.popleft()
-                yield (doc, *future.result())
+                yield (doc, *self._result(future))
         except BrokenProcessPool:  # from submit() or result(), whichever comes first
             raise WorkerDied(self._death()) from None
+
+    def _result(self, future):
+        """future.result(), looking at the workers every DEATH_CHECK_S while it waits.
+
+        A worker killed while it sends its result leaves half a message in the result pipe, and
+        the executor's reader thread then waits for the rest forever (CPython 3.11's
+        ProcessPoolExecutor; seen here about one kill in ten): the pool never breaks and the run
+        hangs. So when a worker has died, the others are killed too and the parent's copy of the
+        pipe's write end is closed: with no writer left the reader gets EOF and the executor
+        breaks the pool as it does for any death (BrokenProcessPool on every future)."""
+        while True:
+            try:
+                return future.result(timeout=DEATH_CHECK_S)
+            except TimeoutError:
+                dead = [p for p in self.context.processes if p.exitcode is not None]
+                if dead:
+                    self.first_dead = self.first_dead or dead[0]  # before the others are killed
+                    for process in self.context.processes:
+                        if process.exitcode is None:
+                            process.kill()
+                    self.executor._result_queue._writer.close()  # no public way to unblock it
 
     def _death(self):
         """One line: which worker died, how, the likely cause and what to do."""
         self.executor.shutdown(wait=True)  # the others are stopped (SIGTERM) and every one reaped
         ended = [(i, p) for i, p in enumerate(self.context.processes, 1) if p.exitcode]
         # the first to die is the one not stopped by the executor's SIGTERM afterwards
-        first = next(((i, p) for i, p in ended if p.exitcode != -signal.SIGTERM),
-                     ended[0] if ended else None)
+        first = next(((i, p) for i, p in ended if p is self.first_dead), None) or \
+            next(((i, p) for i, p in ended if p.exitcode != -signal.SIGTERM), ended[0] if ended else None)
         fix = (f"finished shards are kept: run the same command again, with fewer --workers (now "
                f"{self.workers}) if it ran out of memory")
         if first is None:
