@@ -5,6 +5,10 @@ retried on its own through a pipeline.retry.Retry.
 - huggingface_hub's http_backoff tries 5 more times (~23 s, two warnings each) before we see a
   failure: turned off, since pipeline/retry.py does the retrying, within --retry-for and with one
   line each.
+- huggingface_hub's client has no timeout, and repository listings (`list_repo_tree` pages) and
+  paths-info pass none: a request accepted and never answered (a firewall, a hung proxy) would
+  hang the run for good, out of --retry-for's reach. Every request that has no timeout of its
+  own gets HF_HUB_DOWNLOAD_TIMEOUT (10 s by default) to connect and for each read.
 - A read timeout only catches silence. A body that keeps trickling in (a few bytes a second, a
   stuck proxy) would hold a read for hours, so every body must arrive at MIN_BYTES_PER_S or more
   over each window of three read timeouts, as curl's --speed-limit/--speed-time; slower is a
@@ -67,11 +71,22 @@ def load_with_retries(what, load, name, subset, revision, retry):
 
 
 def bounded_client():
-    """huggingface_hub's own client, with the slow-body bound on every response."""
+    """huggingface_hub's own client, with a timeout on every request and the slow-body bound on
+    every response."""
     client = _http.default_client_factory()
     hooks = client.event_hooks
-    client.event_hooks = {**hooks, "response": [*hooks["response"], bound_slow_body]}
+    client.event_hooks = {"request": [*hooks["request"], bound_waits],
+                          "response": [*hooks["response"], bound_slow_body]}
     return client
+
+
+def bound_waits(request):
+    """A request hook: runs after the caller's timeout is set (an explicit `timeout=None`
+    included), before anything is sent; any wait left unbounded gets HF_HUB_DOWNLOAD_TIMEOUT."""
+    waits = request.extensions.get("timeout", {})
+    request.extensions = {**request.extensions, "timeout": {
+        kind: constants.HF_HUB_DOWNLOAD_TIMEOUT if waits.get(kind) is None else waits[kind]
+        for kind in ("connect", "read", "write", "pool")}}
 
 
 def bound_slow_body(response):

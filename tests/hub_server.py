@@ -20,6 +20,8 @@ Kinds:
 - "429": Too Many Requests with `Retry-After: 1`;
 - "500": Internal Server Error;
 - "stall": nothing is sent for `stall_s` seconds (clients time out), then the request is dropped;
+- "blackhole": the request is read and never answered, the connection held open until the client
+  gives up (or the server stops): a firewall or a hung proxy, which only a timeout ends;
 - "trickle": headers, then the body a few bytes at a time, too slowly to ever finish (each piece
   arrives well within a read timeout);
 - "stop": the servers shut down (new connections are refused and open ones closed until
@@ -48,7 +50,7 @@ TRICKLE_BYTES, TRICKLE_EVERY_S = 16, 0.2
 @dataclass
 class Fault:
     path_contains: str
-    kind: str          # reset | corrupt | 429 | 500 | stall | trickle | stop
+    kind: str          # reset | corrupt | 429 | 500 | stall | blackhole | trickle | stop
     nth: int = 1       # the first matching request (counted from 1) that gets the fault
     times: int | None = 1  # that many in a row (None: all from the nth on) ...
     every: int | None = None  # ... repeated every `every` matching requests
@@ -217,6 +219,8 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "stall":
             threading.Event().wait(self.fault.stall_s)
             return self.drop()
+        if kind == "blackhole":
+            return self.hold()
         if kind in ("429", "500"):
             return self.send_json({"error": "injected"}, status=int(kind),
                                   headers={"Retry-After": "1"} if kind == "429" else {})
@@ -366,6 +370,15 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(TRICKLE_EVERY_S)
         else:
             self.wfile.write(bytes(len(body)) if kind == "corrupt" else body)
+
+    def hold(self):
+        """Say nothing until the client closes the connection (or stop() shuts it down)."""
+        try:
+            while self.connection.recv(4096):
+                pass
+        except OSError:
+            pass
+        self.close_connection = True
 
     def drop(self):
         """Close the connection abruptly (RST, not a clean FIN): a network failure."""

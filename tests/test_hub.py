@@ -95,13 +95,14 @@ def faults(hub):
     hub.start()
 
 
-def fineweb(hub, home, *args, retry_for="20s", **extra_env):
-    """The CLI against `hub`, with no HF_* setting of ours (no HF_TOKEN: the note must show)."""
+def fineweb(hub, home, *args, retry_for="20s", timeout=120, **extra_env):
+    """The CLI against `hub`, with no HF_* setting of ours (no HF_TOKEN: the note must show);
+    subprocess.TimeoutExpired after `timeout` seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
     env.update(hub.client_env(home), **extra_env)
     return subprocess.run([sys.executable, "-m", "pipeline.fineweb", *map(str, args),
                            "--retry-for", retry_for], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=timeout)
 
 
 def ok(result):
