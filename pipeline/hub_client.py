@@ -2,9 +2,10 @@
 through huggingface_hub's shared HTTP client, configured here once per process, and each
 retried on its own through a pipeline.retry.Retry.
 
-- huggingface_hub's http_backoff tries 5 more times (~23 s, two warnings each) before we see a
-  failure: turned off, since pipeline/retry.py does the retrying, within --retry-for and with one
-  line each.
+- The libraries retry beneath us: huggingface_hub's http_backoff and http_stream_backoff try 5
+  more times (~23 s, two warnings each) before we see a failure, and `datasets`' streaming reads
+  20 times, up to 60 s apart (20 minutes on a 429). All turned off, since pipeline/retry.py does
+  the retrying, within --retry-for and with one line each.
 - huggingface_hub's client has no timeout, and repository listings (`list_repo_tree` pages) and
   paths-info pass none: a request accepted and never answered (a firewall, a hung proxy) would
   hang the run for good, out of --retry-for's reach. Every request that has no timeout of its
@@ -22,6 +23,8 @@ import time
 from urllib.parse import urlparse
 
 import httpx2
+from datasets import config as datasets_config
+from fsspec.spec import AbstractBufferedFile
 from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.hf_file_system import HfFileSystemFile
@@ -42,6 +45,11 @@ def configure_hub_client():
         raise HubUnreachable(f"HF_ENDPOINT={constants.ENDPOINT} has no http:// or https://: "
                              "write it in full, e.g. https://huggingface.co")
     _http.http_backoff.__kwdefaults__["max_retries"] = 0
+    _http.http_stream_backoff.__wrapped__.__kwdefaults__["max_retries"] = 0  # a @contextmanager
+    datasets_config.STREAMING_READ_MAX_RETRIES = datasets_config.STREAMING_OPEN_MAX_RETRIES = 1  # tries
+    datasets_config.STREAMING_READ_RETRY_INTERVAL = datasets_config.STREAMING_OPEN_RETRY_INTERVAL = 0
+    datasets_config.STREAMING_READ_SERVER_UNAVAILABLE_RETRY_INTERVAL = 0  # slept after the last try
+    datasets_config.STREAMING_READ_RATE_LIMIT_RETRY_INTERVAL = 0
     logging.getLogger(_http.__name__).setLevel(logging.ERROR)
     set_client_factory(bounded_client)
 
@@ -133,6 +141,11 @@ class RetryingHubFile(HfFileSystemFile):
     def __init__(self, fs, fs_path, retry, url, **kwargs):
         self.retry, self.url_for_log = retry, url
         super().__init__(fs, fs_path, **kwargs)
+
+    def read(self, length=-1):
+        """Every byte through _fetch_range: HfFileSystemFile.read() of a whole file would stream it
+        through a file object of its own, with retries of its own, outside `retry`."""
+        return AbstractBufferedFile.read(self, length)
 
     def _fetch_range(self, start, end):
         return self.retry.call(f"reading {self.url_for_log} (bytes {start}-{end - 1})",

@@ -97,16 +97,15 @@ def causes(error, hidden=False):
 def transient_cause(error, hidden=False):
     """The failure behind `error` that says nothing about the input (retry it), else None. Looks
     through the chain of causes, since `datasets` and pyarrow wrap the network error they met;
-    the first HTTP status found decides."""
+    the first HTTP status found, however deep, decides."""
     import httpx2
 
-    for cause in causes(error, hidden):
-        status = http_status(cause)
-        if status is not None:
-            return cause if status in TRANSIENT_STATUS else None
-        if isinstance(cause, (TransientError, httpx2.TransportError, ConnectionError, TimeoutError)):
-            return cause
-    return None
+    chain = list(causes(error, hidden))
+    answered = [cause for cause in chain if http_status(cause) is not None]
+    if answered:  # behind `datasets`' ConnectionError("Server Disconnected"), say, a 429
+        return answered[0] if http_status(answered[0]) in TRANSIENT_STATUS else None
+    return next((cause for cause in chain if isinstance(
+        cause, (TransientError, httpx2.TransportError, ConnectionError, TimeoutError))), None)
 
 
 def is_transient(error):
@@ -211,6 +210,8 @@ class Retry:
             raise HubUnreachable(f"{what}: {problem}") from None
         if not is_transient(error):
             raise error
+        if http_status(transient_cause(error)) is not None:
+            error = transient_cause(error)  # the server's answer, with its status and headers
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now

@@ -82,7 +82,7 @@ class HubServer:
             for name, files in repos.items()}
         self.tree_page_size = tree_page_size
         self.faults = list(faults)
-        self.requests = []  # (method, path, Range, Authorization) of every request, in order
+        self.requests = []  # (method, path, Range, Authorization, time.monotonic()) of each, in order
         self._lock = threading.Lock()
         self._counts, self._owed = {}, {}
         self._ports = {"hub": port, "cdn": 0}
@@ -209,7 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.form = parse_qs(self.rfile.read(length).decode()) if length else {}
         path = unquote(urlparse(self.path).path)
         self.hub.requests.append((self.command, path, self.headers.get("Range"),
-                                  self.headers.get("Authorization")))
+                                  self.headers.get("Authorization"), time.monotonic()))
         self.fault = None if self.redirected(path) else self.hub.fault_for(path)
         kind = self.fault.kind if self.fault else None
         if kind == "stop":  # down before the client can try again; this connection too

@@ -4,28 +4,54 @@ proxy that ignores Range, a clock that is wrong. Each must end within --retry-fo
 timeout, HF_HUB_DOWNLOAD_TIMEOUT, 1 s here) or be named for what it is.
 """
 
+import json
+import re
 import time
 
 import pytest
 
 from hub_server import Fault, HubServer
-from test_hub import FLAGS, edu_repo, fineweb
+from test_hub import FLAGS, csv_repo, edu_repo, fineweb
 from test_hub import faults  # noqa: F401 (a fixture: pytest finds it by its name)
 
 
 @pytest.fixture(scope="module")
 def hub():
-    with HubServer({"me/edu": edu_repo()}) as server:
+    with HubServer({"me/edu": edu_repo(), "me/csv": csv_repo(), "me/json": json_repo()}) as server:
         yield server
 
 
 def test_a_listing_never_answered_ends_within_retry_for(hub, faults, tmp_path):
     faults(Fault("/tree/", "blackhole", times=None))
-    started = time.monotonic()
     result = fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out", tmp_path / "out",
                      *FLAGS, retry_for="3s", timeout=60)
-    took = time.monotonic() - started
+    ended = time.monotonic()
     assert result.returncode == 75, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "still failing after 3s" in last and "ReadTimeout" in last, last
-    assert took < 3 + 15, took  # + a request timeout, and a busy machine's start-up
+    first_listing = next(r for r in hub.requests if "/tree/" in r[1])
+    assert ended - first_listing[4] < 3 + 8  # + a request timeout, and a busy machine's exit
+
+
+def json_repo():
+    """A .json array, read whole (the library's streamed read, with retries of its own)."""
+    records = [{"text": f"document {i} " * 20} for i in range(50)]
+    return {"README.md": b"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                         b"    path: data/*.json\n---\n", "data/a.json": json.dumps(records).encode()}
+
+
+@pytest.mark.parametrize("repo, fault", [
+    ("me/json", Fault("data/a.json", "500", nth=2, times=None)),  # after the format's peek
+    ("me/csv", Fault("data/a.csv", "429", times=None))])  # `datasets` reads it: 60 s a 429
+def test_no_library_retries_beneath_retry_for(hub, faults, tmp_path, repo, fault):
+    faults(fault)
+    result = fineweb(hub, tmp_path, "--source", f"hf:{repo}", "--out", tmp_path / "out", *FLAGS,
+                     retry_for="3s", timeout=60)
+    ended = time.monotonic()
+    assert result.returncode == 75, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.search(rf"still failing after 3s of retries \(.*\b{fault.kind}\b", last), last
+    failed = [r for r in hub.requests if fault.path_contains in r[1]][fault.nth - 1:]
+    retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
+    assert len(failed) == len(retries) + 1, "each try is one of ours, logged"
+    assert ended - failed[0][4] < 3 + 8  # + a request timeout, and a busy machine's exit
