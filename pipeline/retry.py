@@ -1,5 +1,5 @@
 """Retrying hub requests through outages: bounded in time, exponential backoff with jitter,
-`Retry-After` honoured, one log line per retry.
+`Retry-After` and the hub's `RateLimit` header honoured, one log line per retry.
 
 huggingface_hub retries a failed request itself, 5 times over ~23 s, and then gives up; an
 hours-long download meets longer outages than that. So every hub request the pipeline makes goes
@@ -70,11 +70,17 @@ def http_status(error):
 
 
 def retry_after_s(error):
-    """The server's Retry-After in seconds (delay-seconds, or an HTTP-date), else None."""
+    """The server's Retry-After in seconds (delay-seconds, or an HTTP-date), else the time until
+    the hub's rate limit window resets (`RateLimit: "api";r=0;t=N`, none left), else None."""
+    from huggingface_hub.utils import parse_ratelimit_headers
+
     response = getattr(error, "response", None)
     value = (response.headers.get("Retry-After") or "").strip() if response is not None else ""
     if value.isdigit():
         return float(value)
+    limit = parse_ratelimit_headers(response.headers) if response is not None and not value else None
+    if limit is not None and limit.remaining == 0:
+        return float(limit.reset_in_seconds)
     try:
         when = parsedate_to_datetime(value)  # "Wed, 21 Oct 2026 07:28:00 GMT"
     except (TypeError, ValueError):

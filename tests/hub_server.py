@@ -18,6 +18,8 @@ Kinds:
 - "reset": headers and half of the body, then the connection is closed;
 - "corrupt": the whole body, every byte zero (a transfer that went wrong silently);
 - "429": Too Many Requests with `Retry-After: 1`;
+- "ratelimit": Too Many Requests as the hub's API sends it, with no Retry-After but
+  `RateLimit: "api";r=0;t=2` (none left; the window resets in 2 s);
 - "500": Internal Server Error;
 - "stall": nothing is sent for `stall_s` seconds (clients time out), then the request is dropped;
 - "blackhole": the request is read and never answered, the connection held open until the client
@@ -50,7 +52,7 @@ TRICKLE_BYTES, TRICKLE_EVERY_S = 16, 0.2
 @dataclass
 class Fault:
     path_contains: str
-    kind: str          # reset | corrupt | 429 | 500 | stall | blackhole | trickle | stop
+    kind: str  # reset | corrupt | 429 | ratelimit | 500 | stall | blackhole | trickle | stop
     nth: int = 1       # the first matching request (counted from 1) that gets the fault
     times: int | None = 1  # that many in a row (None: all from the nth on) ...
     every: int | None = None  # ... repeated every `every` matching requests
@@ -224,6 +226,9 @@ class _Handler(BaseHTTPRequestHandler):
         if kind in ("429", "500"):
             return self.send_json({"error": "injected"}, status=int(kind),
                                   headers={"Retry-After": "1"} if kind == "429" else {})
+        if kind == "ratelimit":
+            return self.send_json({"error": "injected"}, status=429, headers={
+                "RateLimit": '"api";r=0;t=2', "RateLimit-Policy": '"fixed window";"api";q=500;w=300'})
         if self.role == "cdn":
             return self.cdn(path, head)
         self.route(path, head)

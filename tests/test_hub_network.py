@@ -55,3 +55,12 @@ def test_no_library_retries_beneath_retry_for(hub, faults, tmp_path, repo, fault
     retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
     assert len(failed) == len(retries) + 1, "each try is one of ours, logged"
     assert ended - failed[0][4] < 3 + 8  # + a request timeout, and a busy machine's exit
+
+
+def test_the_hubs_rate_limit_header_sets_the_wait(hub, faults, tmp_path):
+    faults(Fault("/api/datasets/me/json", "ratelimit"))  # no Retry-After: RateLimit's t=2
+    result = fineweb(hub, tmp_path, "--source", "hf:me/json", "--out", tmp_path / "out", *FLAGS)
+    assert result.returncode == 0, result.stderr
+    retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
+    assert len(retries) == 1 and "429" in retries[0] and \
+        retries[0].endswith("next attempt in 2.0 s"), retries
