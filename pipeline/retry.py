@@ -11,8 +11,10 @@ bound means what it says.
 
 Only transient failures are retried: network errors, timeouts, HTTP 408/429/5xx, and
 `TransientError` (a hub file whose bytes did not parse: a truncated or corrupt range read, until
-the same part fails the same way on a fresh read, pipeline/sources.py). A host name that does not resolve is retried for
-a few minutes only (RESOLVE_FOR_S): on a compute node without internet it never will. Trouble
+the same part fails the same way on a fresh read, pipeline/sources.py). A host name that does not
+resolve before any request has succeeded is retried for a few minutes only (RESOLVE_FOR_S): on a
+compute node without internet it never will; once the hub has answered, DNS is just another
+outage, retried for --retry-for. Trouble
 in this machine's set-up (offline mode, an endpoint without a scheme, a proxy that refuses, a TLS
 certificate not trusted) raises `HubUnreachable` at once, with what to change. Anything else (404,
 a bad record) is raised as is.
@@ -177,6 +179,7 @@ class Retry:
         self.log, self.sleep = log, sleep
         self.failing_since = None  # start of the current run of failures
         self.unresolved_since = None  # its first failure to resolve the hub's name
+        self.answered = False  # has any request succeeded (so DNS works here)?
         self.attempt = 0
 
     def call(self, what, function, *args, **kwargs):
@@ -206,11 +209,12 @@ class Retry:
 
     def succeeded(self):
         self.failing_since, self.unresolved_since, self.attempt = None, None, 0
+        self.answered = True
 
     def wait_or_raise(self, what, error):
         """Sleep before the next attempt, or raise: HubUnreachable for trouble in the set-up,
         `error` itself if it is not transient, RetriesExhausted once the failures have lasted
-        --retry-for (or RESOLVE_FOR_S, for a host name that does not resolve)."""
+        --retry-for (or RESOLVE_FOR_S, for a host name that never resolved)."""
         problem = setup_problem(error)
         if problem:
             raise HubUnreachable(f"{what}: {problem}") from None
@@ -222,18 +226,21 @@ class Retry:
         if self.failing_since is None:
             self.failing_since = now
         bound, since = self.retry_for_s, self.failing_since
-        if resolution_failure(error):  # a budget of its own, RESOLVE_FOR_S from the first
+        never_resolved = False
+        if resolution_failure(error) and not self.answered:  # RESOLVE_FOR_S from the first
             if self.unresolved_since is None:
                 self.unresolved_since = now
                 self.log(self.resolution_advice(error, min(bound, RESOLVE_FOR_S)))
             if RESOLVE_FOR_S - (now - self.unresolved_since) < bound - (now - since):
-                bound, since = RESOLVE_FOR_S, self.unresolved_since
+                bound, since, never_resolved = RESOLVE_FOR_S, self.unresolved_since, True
         left = bound - (now - since)
         if left < 1e-3:  # at the bound, give or take the rounding of a sum of sleeps
-            raise RetriesExhausted(
-                f"{what}: still failing after {format_duration(bound)} of retries "
-                f"({describe(error)}); every finished shard is kept: run the same command again "
-                "to resume (--retry-for sets how long to keep trying)") from None
+            what_next = ("the hub's name never resolved here (see the note above): run where "
+                         "it does, or pass a local --source DIR" if never_resolved else
+                         "every finished shard is kept: run the same command again to resume "
+                         "(--retry-for sets how long to keep trying)")
+            raise RetriesExhausted(f"{what}: still failing after {format_duration(bound)} of "
+                                   f"retries ({describe(error)}); {what_next}") from None
         backoff = min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** self.attempt) * random.uniform(0.5, 1.0)
         delay = min(max(backoff, retry_after_s(error) or 0), left)  # the last try at the bound
         self.attempt += 1

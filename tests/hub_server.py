@@ -83,6 +83,7 @@ class HubServer:
             (path, git_blob_sha1(data)) for path, data in files.items())).encode()).hexdigest()
             for name, files in repos.items()}
         self.tree_page_size = tree_page_size
+        self.cdn_host = "127.0.0.1"  # where LFS files are redirected to: a name that may not resolve
         self.faults = list(faults)
         self.requests = []  # (method, path, Range, Authorization, time.monotonic()) of each, in order
         self._lock = threading.Lock()
@@ -143,7 +144,7 @@ class HubServer:
 
     @property
     def cdn_url(self):
-        return f"http://127.0.0.1:{self._ports['cdn']}"
+        return f"http://{self.cdn_host}:{self._ports['cdn']}"
 
     def client_env(self, home):
         """Environment for a child process whose hub clients must use this server (read when

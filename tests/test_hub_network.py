@@ -64,3 +64,18 @@ def test_the_hubs_rate_limit_header_sets_the_wait(hub, faults, tmp_path):
     retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
     assert len(retries) == 1 and "429" in retries[0] and \
         retries[0].endswith("next attempt in 2.0 s"), retries
+
+
+def test_a_name_that_stops_resolving_mid_run_is_an_outage_like_any(hub, faults, tmp_path):
+    faults()
+    hub.cdn_host = "cdn.invalid"  # the hub answers; the host its parquet files are on never does
+    try:
+        result = fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out",
+                         tmp_path / "out", *FLAGS, retry_for="2s")
+    finally:
+        hub.cdn_host = "127.0.0.1"
+    assert result.returncode == 75, result.stderr
+    assert "does not resolve" not in result.stderr, "not a node without DNS: the hub has answered"
+    retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
+    assert retries and all("ConnectError" in line for line in retries), retries
+    assert "(--retry-for sets how long to keep trying)" in result.stderr.splitlines()[-1]

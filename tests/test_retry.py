@@ -146,8 +146,9 @@ def test_a_name_that_does_not_resolve_has_a_short_budget_and_says_why_at_once(mo
     unresolved = raised(httpx2.ConnectError("[Errno -2] Name or service not known", request=request),
                         socket.gaierror(-2, "Name or service not known"))
     retry = Retry(1800, log=lines.append, sleep=clock.sleep)
-    with pytest.raises(RetriesExhausted, match="still failing after 2m"):  # a few 500s first
+    with pytest.raises(RetriesExhausted, match="still failing after 2m") as exhausted:  # 500s first
         retry.call("dataset info of me/x", failing([http_error(500)] * 3 + [unresolved] * 1000))
+    assert "--source DIR" in str(exhausted.value) and "--retry-for" not in str(exhausted.value)
     assert sum(clock.sleeps[3:]) == pytest.approx(RESOLVE_FOR_S) and RESOLVE_FOR_S < 1800
     assert lines[3].startswith("note: hub.example does not resolve") and "--source DIR" in lines[3]
     assert "--retry-for" in lines[3] and lines[4].startswith("retry 4: ")
@@ -179,3 +180,16 @@ def test_a_long_message_is_cut_between_words():
     assert described.endswith(" ...") and len(described) < len(text)
     words = described.removeprefix("OSError: ").removesuffix(" ...").split(" ")
     assert words == text.split(" ")[:len(words)]  # whole words only
+
+
+def test_once_the_hub_has_answered_a_name_that_does_not_resolve_gets_retry_for(monkeypatch):
+    clock, lines = Clock(monkeypatch), []
+    request = httpx2.Request("GET", "https://cdn.example/x.parquet")
+    unresolved = raised(httpx2.ConnectError("[Errno -3] Temporary failure in name resolution",
+                                            request=request), socket.gaierror(-3, "Temporary failure"))
+    retry = Retry(1800, log=lines.append, sleep=clock.sleep)
+    assert retry.call("dataset info of me/x", failing([])) == "ok"  # hours of answers, then DNS fails
+    with pytest.raises(RetriesExhausted, match="still failing after 30m .*--retry-for sets"):
+        retry.call("reading x.parquet", failing([unresolved] * 10000))
+    assert sum(clock.sleeps) == pytest.approx(1800)
+    assert not any(line.startswith("note:") for line in lines), "not a machine without DNS"
