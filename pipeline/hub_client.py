@@ -148,5 +148,13 @@ class RetryingHubFile(HfFileSystemFile):
         return AbstractBufferedFile.read(self, length)
 
     def _fetch_range(self, start, end):
-        return self.retry.call(f"reading {self.url_for_log} (bytes {start}-{end - 1})",
+        data = self.retry.call(f"reading {self.url_for_log} (bytes {start}-{end - 1})",
                                super()._fetch_range, start, end)
+        if len(data) > end - start:  # a 200 with the whole file: the Range header was dropped
+            raise HubUnreachable(
+                f"reading {self.url_for_log}: asked for bytes {start}-{end - 1}, got {len(data):,} "
+                "bytes: a proxy or server between here and the hub ignores HTTP Range requests, "
+                "which reading the hub's files in parts needs; bypass the proxy for the hub "
+                "(NO_PROXY), or download the dataset where Range works (`hf download --repo-type "
+                "dataset NAME --local-dir DIR`) and pass --source DIR")
+        return data

@@ -26,6 +26,7 @@ Kinds:
   gives up (or the server stops): a firewall or a hung proxy, which only a timeout ends;
 - "trickle": headers, then the body a few bytes at a time, too slowly to ever finish (each piece
   arrives well within a read timeout);
+- "norange": the whole file with 200 OK, whatever the Range asked for (a proxy that ignores Range);
 - "stop": the servers shut down (new connections are refused and open ones closed until
   `start()` is called again, on the same ports) and drop this request.
 
@@ -52,7 +53,7 @@ TRICKLE_BYTES, TRICKLE_EVERY_S = 16, 0.2
 @dataclass
 class Fault:
     path_contains: str
-    kind: str  # reset | corrupt | 429 | ratelimit | 500 | stall | blackhole | trickle | stop
+    kind: str  # reset | corrupt | 429 | ratelimit | 500 | stall | blackhole | trickle | norange | stop
     nth: int = 1       # the first matching request (counted from 1) that gets the fault
     times: int | None = 1  # that many in a row (None: all from the nth on) ...
     every: int | None = None  # ... repeated every `every` matching requests
@@ -342,7 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_range(self, data, headers, head):
         status, body = 200, data
-        if m := re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or ""):
+        ranged = self.fault is None or self.fault.kind != "norange"
+        if ranged and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")):
             start = int(m.group(1))
             end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
             status, body = 206, data[start:end + 1]

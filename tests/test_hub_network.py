@@ -79,3 +79,14 @@ def test_a_name_that_stops_resolving_mid_run_is_an_outage_like_any(hub, faults, 
     retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
     assert retries and all("ConnectError" in line for line in retries), retries
     assert "(--retry-for sets how long to keep trying)" in result.stderr.splitlines()[-1]
+
+
+def test_a_proxy_that_ignores_range_is_named_not_a_damaged_file(hub, faults, tmp_path):
+    faults(Fault("/lfs/", "norange", times=None))
+    result = fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out", tmp_path / "out",
+                     *FLAGS)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: reading hf://") and "000_00000.parquet: asked for bytes " in last
+    assert "ignores HTTP Range requests" in last and "damaged" not in result.stderr, last
+    assert "retry " not in result.stderr
