@@ -14,10 +14,10 @@ Only transient failures are retried: network errors, timeouts, HTTP 408/429/5xx,
 the same part fails the same way on a fresh read, pipeline/sources.py). A host name that does not
 resolve before any request has succeeded is retried for a few minutes only (RESOLVE_FOR_S): on a
 compute node without internet it never will; once the hub has answered, DNS is just another
-outage, retried for --retry-for. Trouble
-in this machine's set-up (offline mode, an endpoint without a scheme, a proxy that refuses, a TLS
-certificate not trusted) raises `HubUnreachable` at once, with what to change. Anything else (404,
-a bad record) is raised as is.
+outage, retried for --retry-for. Trouble in this machine's set-up (offline mode, an endpoint
+without a scheme, a proxy that refuses, a TLS certificate not trusted, a clock so wrong that
+certificates look expired or not yet valid) raises `HubUnreachable` at once, with what to change.
+Anything else (404, a bad record) is raised as is.
 """
 
 import random
@@ -138,6 +138,12 @@ def setup_problem(error):
                 tuple(map(str, TRANSIENT_STATUS))):  # "503 Service Unavailable" passes
             return (f"the proxy refused the connection ({describe(cause)}): check HTTPS_PROXY, "
                     "HTTP_PROXY and NO_PROXY (and the proxy's credentials)")
+        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message in (
+                "certificate is not yet valid", "certificate has expired"):
+            now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            return (f"the hub's TLS {cause.verify_message} by this machine's clock ({now}): "
+                    "check the date (`date -u`) and set the clock right (NTP: chronyd, "
+                    "systemd-timesyncd); a clock set wrong makes every certificate look so")
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (f"the hub's TLS certificate is not trusted here ({cause.verify_message}): "
                     "point SSL_CERT_FILE at your CA bundle (a proxy that inspects TLS needs "

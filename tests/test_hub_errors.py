@@ -115,6 +115,27 @@ T8LFL4uKyNes70E+bBFaeF1mRex/xAsOMn25g9imDzXrx8hSpU7TsZMT
 """
 
 
+# One valid from 2125 on, as every certificate looks to a machine whose clock is a century behind;
+# made with `openssl ca -selfsign -startdate 21250101000000Z -enddate 21260101000000Z`
+NOT_YET_VALID = """\
+-----BEGIN CERTIFICATE-----
+MIIBXjCCAQSgAwIBAgIBATAKBggqhkjOPQQDAjAUMRIwEAYDVQQDDAkxMjcuMC4w
+LjEwIhgPMjEyNTAxMDEwMDAwMDBaGA8yMTI2MDEwMTAwMDAwMFowFDESMBAGA1UE
+AwwJMTI3LjAuMC4xMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEXm5stqnzUMgw
+uhtjhbAIZxWPiR0fUuoBnyfmDWvdtV2EsqrtDj/6qKy3TdpCyyVE3pF6WlHDWgE/
+zehWfQycb6NDMEEwDwYDVR0TAQH/BAUwAwEB/zAPBgNVHREECDAGhwR/AAABMB0G
+A1UdDgQWBBTpEXNAIuguse+t3CCHAbSoSFs0ZzAKBggqhkjOPQQDAgNIADBFAiEA
+1tEAA9iJgkgKG4u3joLWF71dFb5TKxPemsvlIBZPh34CIEpVTE0MktsBkAfM0ZIj
+hNadCbSwHBNu7gPAYRu8WheC
+-----END CERTIFICATE-----
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg7HESOASe0B40W3kz
+ejVxRiyA8bhl//7pxdlEpIwMHOGhRANCAARebmy2qfNQyDC6G2OFsAhnFY+JHR9S
+6gGfJ+YNa921XYSyqu0OP/qorLdN2kLLJUTekXpaUcNaAT/N6FZ9DJxv
+-----END PRIVATE KEY-----
+"""
+
+
 def self_signed_certificate(folder):
     (folder / "self_signed.pem").write_text(SELF_SIGNED)
     return folder / "self_signed.pem"
@@ -123,8 +144,12 @@ def self_signed_certificate(folder):
 def test_trouble_in_the_set_up_fails_in_one_line_at_once(hub, faults, tmp_path):
     faults()
     args = ["--source", "hf:me/lines", "--out", tmp_path / "out", *FLAGS]
+    (tmp_path / "not_yet_valid.pem").write_text(NOT_YET_VALID)
+    ca = tmp_path / "ca.pem"  # the certificate alone, trusted: only its dates are wrong
+    ca.write_text(NOT_YET_VALID[:NOT_YET_VALID.index("-----BEGIN PRIVATE KEY")])
     with serving(RefusingProxy) as proxy, \
-            serving(BaseHTTPRequestHandler, self_signed_certificate(tmp_path)) as tls:
+            serving(BaseHTTPRequestHandler, self_signed_certificate(tmp_path)) as tls, \
+            serving(BaseHTTPRequestHandler, tmp_path / "not_yet_valid.pem") as future:
         for env, says in [
                 ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set, so no hub request is made: "
                                           "unset HF_HUB_OFFLINE"),
@@ -132,7 +157,9 @@ def test_trouble_in_the_set_up_fails_in_one_line_at_once(hub, faults, tmp_path):
                 ({"HF_ENDPOINT": "https://hub.example", "HTTPS_PROXY": f"http://{proxy}"},
                  "the proxy refused the connection (ProxyError: 407"),
                 ({"HF_ENDPOINT": f"https://{tls}"}, "TLS certificate is not trusted here "
-                                                    "(self-signed certificate): point SSL_CERT_FILE")]:
+                                                    "(self-signed certificate): point SSL_CERT_FILE"),
+                ({"HF_ENDPOINT": f"https://{future}", "SSL_CERT_FILE": str(ca)},
+                 "certificate is not yet valid by this machine's clock (")]:
             started = time.monotonic()
             result = fineweb(hub, tmp_path, *args, retry_for="5m", **env)
             assert result.returncode == 1 and time.monotonic() - started < 30, result.stderr

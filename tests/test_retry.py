@@ -161,13 +161,17 @@ def test_trouble_in_the_set_up_is_not_retried():
     request = httpx2.Request("GET", "https://hub.example/x")
     certificate = ssl.SSLCertVerificationError(1, "certificate verify failed")
     certificate.verify_message = "self-signed certificate"
+    expired = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    expired.verify_message = "certificate has expired"
     for error, says in [
             (OfflineModeIsEnabled("offline mode is enabled"), "unset HF_HUB_OFFLINE"),
             (httpx2.UnsupportedProtocol("Request URL is missing an 'http://' or 'https://' "
                                         "protocol.", request=request), "HF_ENDPOINT="),
             (httpx2.ProxyError("407 Proxy Authentication Required", request=request), "HTTPS_PROXY"),
             (raised(httpx2.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]", request=request),
-                    certificate), "SSL_CERT_FILE")]:
+                    certificate), "SSL_CERT_FILE"),
+            (raised(httpx2.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]", request=request),
+                    expired), "certificate has expired by this machine's clock .*set the clock")]:
         retry = Retry(600, log=pytest.fail, sleep=pytest.fail)
         with pytest.raises(HubUnreachable, match=f"^dataset info of me/x: .*{says}"):
             retry.call("dataset info of me/x", failing([error]))
