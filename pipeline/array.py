@@ -98,9 +98,9 @@ def parts_info(args, source):
             "tokenizer": args.tokenizer, "files": len(source.files)}
 
 
-def make_part(pool, source, out, index, role):
+def make_part(pool, source, out, index, role, progress=None):
     """Tokenize source file `index` into its part and lengths, unless done; a crash leaves only
-    temporaries. The part's own lock keeps a duplicate task off it."""
+    temporaries. The part's own lock keeps a duplicate task off it. progress() after each chunk."""
     path = part_path(out, index)
     with FolderLock(path.with_name(f".{path.stem}.lock"), role, what=f"part {path}"):
         if part_done(out, index):  # made by another task since we looked
@@ -114,6 +114,8 @@ def make_part(pool, source, out, index, role):
             for _, tokens, chunk_lengths in pool.tokenized_chunks(documents):
                 lengths.append(chunk_lengths)
                 yield tokens
+                if progress:
+                    progress()
 
         write_bin_chunks(path, chunks())
         with atomic_write(part_lengths_path(out, index)) as f:

@@ -38,13 +38,12 @@ import os
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline.array import (delete_packed_parts, make_part, pack_chunks, part_done,
                             pinned_revision, record_parts, task_files)
 from pipeline.killpoints import kill_point
 from pipeline.lock import LOCK, FolderLock, Locked
 from pipeline.pool import TokenizerPool, WorkerDied
+from pipeline.progress import advance, progress_bar
 from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesExhausted, Retry,
                             parse_duration)
 from pipeline.sources import FINEWEB_EDU, SourceError, file_kind, is_hub_path, open_source
@@ -106,18 +105,19 @@ def make_tokenizer(args, source, out, resuming):
 def progress(limit, source, written, by_bytes):
     """A bar and the function that measures how far we are: tokens against the limit when there
     is one, else bytes of the source read (a hub download's ETA), else documents."""
-    common = dict(file=sys.stderr, dynamic_ncols=True, smoothing=0.05, unit_scale=True)
+    common = dict(smoothing=0.05, unit_scale=True)
     if limit is not None:
-        return (tqdm(total=limit, initial=written, unit="tok", **common),
+        return (progress_bar(total=limit, initial=written, unit="tok", **common),
                 lambda writer: writer.written + writer.fill)
     if by_bytes and source.num_bytes:
-        return (tqdm(total=source.num_bytes, unit="B", unit_divisor=1024, **common),
+        return (progress_bar(total=source.num_bytes, unit="B", unit_divisor=1024, **common),
                 lambda writer: source.bytes_read)
-    return tqdm(total=source.num_documents, unit="doc", **common), lambda writer: writer.end_doc
+    return (progress_bar(total=source.num_documents, unit="doc", **common),
+            lambda writer: writer.end_doc)
 
 
 def show(bar, writer, measure):
-    bar.update(measure(writer) - bar.n)
+    advance(bar, measure(writer))
     bar.set_postfix(refresh=False, docs=f"{writer.end_doc:,}",
                     tokens=f"{writer.written + writer.fill:,}", shards=len(writer.manifest["shards"]))
 
@@ -242,9 +242,16 @@ def run_task(args):
         todo = [i for i in mine if not part_done(out, i)]
         print(f"task {args.task_index}/{args.num_tasks}: {len(mine)} of {len(source.files)} files, "
               f"{len(mine) - len(todo)} already done", file=sys.stderr)
-        with TokenizerPool(GPT2Tokenizer(), args.workers) as pool:
-            for i in tqdm(todo, unit="file", file=sys.stderr, dynamic_ncols=True):
-                make_part(pool, source, out, i, role)
+        sizes = source.sizes or [1] * len(source.files)  # bytes, else whole files
+        with TokenizerPool(GPT2Tokenizer(), args.workers) as pool, progress_bar(
+                total=sum(sizes[i] for i in todo), unit="B" if source.sizes else "file",
+                unit_scale=True, unit_divisor=1024) as bar:
+            done = 0
+            for i in todo:
+                make_part(pool, source, out, i, role,
+                          progress=lambda: advance(bar, done + sizes[i] * source.file_fraction()))
+                done += sizes[i]
+                advance(bar, done)
 
 
 # ----------------------------------------------------------------------------------------------

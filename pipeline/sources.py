@@ -133,7 +133,8 @@ class FileSource:
         self.fingerprint, self.revision, self.num_documents = fingerprint, revision, num_documents
         self.sizes, self.doc_separator, self.retry = sizes, doc_separator, retry
         self.num_bytes = sum(sizes) if sizes else None
-        self._position = (0, 0.0)  # (file, fraction of it read): for bytes_read
+        self._file_index = 0  # the file documents() is in, and how much of the file being read
+        self._file_fraction = lambda: 0.0  # has been read (0..1): for bytes_read and file_fraction
         self._unparsed = None  # (file, part, error) of the last hub read that did not parse
 
     @property
@@ -141,14 +142,19 @@ class FileSource:
         """How far documents() has got, in bytes of the source files (progress and ETA)."""
         if not self.sizes:
             return 0
-        index, fraction = self._position
-        return sum(self.sizes[:index]) + (self.sizes[index] * fraction if index < len(self.sizes) else 0)
+        index = self._file_index
+        return sum(self.sizes[:index]) + (self.sizes[index] * self.file_fraction()
+                                          if index < len(self.sizes) else 0)
+
+    def file_fraction(self):
+        """How much of the file being read (by documents() or file_documents()) has been read."""
+        return min(1.0, self._file_fraction())
 
     def documents(self, start=0):
         """All documents in order, from document number `start` (for resuming)."""
         seen = 0
         for index, path in enumerate(self.files):
-            self._position = (index, 0.0)
+            self._file_index, self._file_fraction = index, lambda: 0.0
             if start > 0:
                 n = self.count_documents(path)
                 if n <= start:
@@ -159,7 +165,7 @@ class FileSource:
                 seen += 1
                 yield text
             start = 0
-        self._position = (len(self.files), 0.0)
+        self._file_index, self._file_fraction = len(self.files), lambda: 0.0
         if seen == 0:
             raise SourceError(f"--source {self.spec}: no documents found (empty files?)")
 
@@ -218,7 +224,7 @@ class FileSource:
 
     def _read_jsonl(self, path, skip):
         try:
-            with self._open_text(path) as f:
+            with self._open_text(path, track=True) as f:
                 for lineno, line in enumerate(f, 1):
                     if not line.strip():
                         continue
@@ -240,7 +246,7 @@ class FileSource:
 
     def _read_json_array(self, path, skip):
         try:
-            with self._open_text(path) as f:
+            with self._open_text(path, track=True) as f:
                 records = json.load(f)
         except json.JSONDecodeError as e:
             raise SourceError(f"{path}:{e.lineno}: bad JSON ({e.msg})") from None
@@ -285,14 +291,20 @@ class FileSource:
         fs, fs_path = fsspec.core.url_to_fs(path)
         return fs.open(fs_path, "rb", cache_type="none")
 
-    def _open_text(self, path):
-        if self.retry is None or not is_hub_path(path):
-            return fsspec.open(path, "rt", compression="infer", encoding="utf-8")
-        raw = self._open_hub_file(path)  # fsspec's read-ahead: a request per 5 MB block
-        compression = fsspec.utils.infer_compression(path)
-        if compression:
-            raw = fsspec.compression.compr[compression](raw, mode="rb")
-        return io.TextIOWrapper(raw, encoding="utf-8")
+    @contextmanager
+    def _open_text(self, path, track=False):
+        """The file as text, decompressed if its name says so. With `track`, file_fraction()
+        follows the bytes read from disk or the hub (compressed bytes, for a .gz)."""
+        raw = (self._open_hub_file(path) if self.retry is not None and is_hub_path(path)
+               else fsspec.open(path, "rb").open())  # fsspec's read-ahead: a request per 5 MB
+        with raw:
+            if track:
+                size = max(1, raw.size)
+                self._file_fraction = lambda: 1.0 if raw.closed else raw.tell() / size
+            compression = fsspec.utils.infer_compression(path)
+            binary = fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
+            with io.TextIOWrapper(binary, encoding="utf-8") as text:
+                yield text
 
     def _open_hub_file(self, path, **kwargs):
         """A hub file whose every request is retried on its own."""
@@ -323,7 +335,7 @@ class FileSource:
                     yield texts[i]
                 skip = max(0, skip - len(texts))
                 row += len(texts)
-                self._position = (self._position[0], row / max(1, pf.metadata.num_rows))
+                self._file_fraction = lambda done=row / max(1, pf.metadata.num_rows): done
 
     def _batches(self, path, pf, first_group):
         """The text column in batches, from row group `first_group` on, a row group at a time so
@@ -345,7 +357,7 @@ class FileSource:
             raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
     def _txt_documents(self, path):
-        with self._open_text(path) as f:
+        with self._open_text(path, track=True) as f:
             if is_hub_path(path):  # what `datasets` makes of it: a document per line, no line break
                 for line in f:
                     yield line.rstrip("\n")
