@@ -97,8 +97,10 @@ def open_hub_source(spec, text_field, split, revision, retry):
 class HubStreamSource:
     """A hub dataset in formats we do not read ourselves, streamed by `datasets`.
 
-    A resume, or a reconnection after a failure, streams past the documents already read;
-    Slurm arrays need a FileSource.
+    A reconnection after a failure starts from the state `datasets` recorded at the last document
+    read (IterableDataset.state_dict): the files before the current one are not read again, the
+    current one is, from its start, as `datasets` can only skip within a file. A resume in a new
+    process streams past the documents already read (skip). Slurm arrays need a FileSource.
     """
     files = None
     num_bytes = None
@@ -109,6 +111,7 @@ class HubStreamSource:
         self.spec, self.name, self.text_field = spec, name, text_field
         self.fingerprint, self.revision, self.num_documents = fingerprint, revision, num_documents
         self.retry = retry
+        self._resume_point = None  # (documents read, the stream that read them, its state)
         import datasets
 
         from pipeline.hub_client import load_with_retries
@@ -136,8 +139,14 @@ class HubStreamSource:
             raise SourceError(f"--source {self.spec}: no documents")
 
     def _texts(self, start):
-        for record in self.dataset.skip(start) if start else self.dataset:
+        if self._resume_point is not None and self._resume_point[0] == start:
+            _, records, state = self._resume_point
+            records.load_state_dict(state)
+        else:
+            records = self.dataset.skip(start) if start else self.dataset
+        for done, record in enumerate(records, start + 1):
             if self.text_field not in record:
                 raise SourceError(f"--source {self.spec}: no field {self.text_field!r} "
                                   f"(fields: {', '.join(record)}); pass --text-field NAME")
+            self._resume_point = (done, records, records.state_dict())
             yield record[self.text_field]

@@ -11,13 +11,15 @@ import time
 import pytest
 
 from hub_server import Fault, HubServer
-from test_hub import FLAGS, csv_repo, edu_repo, fineweb
+from test_hub import EXTRA, FLAGS, csv_repo, edu_repo, fineweb
 from test_hub import faults  # noqa: F401 (a fixture: pytest finds it by its name)
+from test_pipeline import expected_stream, stream
 
 
 @pytest.fixture(scope="module")
 def hub():
-    with HubServer({"me/edu": edu_repo(), "me/csv": csv_repo(), "me/json": json_repo()}) as server:
+    with HubServer({"me/edu": edu_repo(), "me/csv": csv_repo(), "me/csv3": three_csv_repo(),
+                    "me/json": json_repo()}) as server:
         yield server
 
 
@@ -90,3 +92,21 @@ def test_a_proxy_that_ignores_range_is_named_not_a_damaged_file(hub, faults, tmp
     assert last.startswith("error: reading hf://") and "000_00000.parquet: asked for bytes " in last
     assert "ignores HTTP Range requests" in last and "damaged" not in result.stderr, last
     assert "retry " not in result.stderr
+
+
+def three_csv_repo():
+    head = b"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.csv\n---\n"
+    body = csv_repo()["data/a.csv"]
+    return {"README.md": head, "data/a.csv": body, "data/b.csv": body, "data/c.csv": body}
+
+
+def test_a_streamed_dataset_reconnects_where_it_was(hub, faults, tmp_path):
+    faults(Fault("data/c.csv", "500"))  # the third file's first read
+    result = fineweb(hub, tmp_path, "--source", "hf:me/csv3", "--out", tmp_path / "out", *FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert "retry 1: streaming hf:me/csv3: HfHubHTTPError: Server error '500" in result.stderr
+    reads = [r[1].rsplit("/", 1)[1] for r in hub.requests if r[0] == "GET" and ".csv" in r[1]]
+    # from the state of the last document read (the end of b.csv): b.csv again, not a.csv
+    assert reads == ["a.csv", "b.csv", "c.csv", "b.csv", "c.csv"], reads
+    docs = [d.replace('"', "'") for d in EXTRA]
+    assert stream(tmp_path / "out")[0] == expected_stream(docs * 3)
