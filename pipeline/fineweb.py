@@ -307,7 +307,8 @@ def parse_args(argv=None):
     parser.add_argument("--retry-for", type=duration, default=DEFAULT_RETRY_FOR,
                         help="keep retrying a failing hub request this long (30m, 2h, 90s) "
                              f"before stopping with exit status {EXIT_RETRIES_EXHAUSTED}; finished "
-                             "shards are kept and the same command resumes")
+                             "shards are kept and the same command resumes. A request unanswered "
+                             "for HF_HUB_DOWNLOAD_TIMEOUT seconds (env, 10 by default) has failed")
     array = parser.add_argument_group("Slurm job arrays (see slurm/fineweb.sbatch)")
     array.add_argument("--num-tasks", type=positive_int,
                        help="tokenize only this task's share of the source files into OUT/parts/")
