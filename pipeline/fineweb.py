@@ -44,6 +44,8 @@ from pipeline.array import (delete_packed_parts, make_part, pack_chunks, part_do
                             pinned_revision, record_parts, task_files)
 from pipeline.killpoints import kill_point
 from pipeline.lock import LOCK, FolderLock, Locked
+from pipeline.output import (check_writable, is_output_side, make_folder, output_failure,
+                             remove_if_empty)
 from pipeline.pool import TokenizerPool, WorkerDied
 from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesExhausted, Retry,
                             parse_duration)
@@ -57,6 +59,7 @@ from shards.manifest import MANIFEST, MANIFEST_VERSION, ManifestError, read_mani
 # A local .txt file read as one document is held whole in memory (and tokenized by one worker):
 # from this size on, say so before reading it.
 WHOLE_DOCUMENT_WARNING_BYTES = 256 << 20
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
 
 
 def die(message):
@@ -172,16 +175,19 @@ def say_complete(out, manifest):
 def run(args):
     """A single run, or the array's --pack: the only writer of OUT while it runs."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out / LOCK, "a --pack run" if args.pack else "a pipeline run") as lock:
-        try:
-            write_output(args, out)
-        except BaseException as e:
-            # Every finished shard stays, whatever the error: the same command continues from them.
-            forget_unfinished_output(out, lock)
-            if isinstance(e, ValueError):  # a character outside the char vocabulary, say
-                die(e)
-            raise
+    made = make_folder(out)  # after an error, only these may go, and only if empty
+    try:
+        check_writable(out)
+        with FolderLock(out / LOCK, "a --pack run" if args.pack else "a pipeline run") as lock:
+            try:
+                write_output(args, out)
+            except BaseException:
+                # Every finished shard stays, whatever the error: the same command continues.
+                forget_unfinished_output(out, lock)
+                raise
+    except BaseException:
+        remove_if_empty(made)
+        raise
 
 
 def write_output(args, out):
@@ -230,7 +236,8 @@ def run_task(args):
     old = read_manifest(out) if (out / MANIFEST).exists() else None
     source = open_args_source(args, revision_pin(args, out, old))  # bad input: before any file
     role = f"array task {args.task_index} of {args.num_tasks}"
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
+    check_writable(out)
     with FolderLock(out / LOCK, role, shared=True):  # shared by tasks; a --pack refuses meanwhile
         old = read_manifest(out) if (out / MANIFEST).exists() else None
         if old and resume_manifest(out, copy.deepcopy(old), identity(args, source),
@@ -321,13 +328,20 @@ def main(argv=None):
     try:
         run_task(args) if args.num_tasks else run(args)
     except (SourceError, ManifestError, ShardError, OutputError, Locked, WorkerDied,
-            RuntimeError) as e:
+            RuntimeError, ValueError) as e:  # ValueError: a character outside the char vocabulary
         die(e)
     except RetriesExhausted as e:  # not bad input: the network; the same command resumes
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_RETRIES_EXHAUSTED)
+    except OSError as e:  # a full, read-only or foreign --out
+        if not is_output_side(e, args.out):
+            raise
+        message, status = output_failure(e, args.out)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(status)
     except KeyboardInterrupt:
-        die("interrupted; run the same command again to resume")
+        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -147,11 +147,13 @@ class FolderLock:
         return alive[0] + (f" and {len(alive) - 1} more" if len(alive) > 1 else "")
 
     def remove_files(self):
-        """Delete the lock file (exclusive holders only: nobody else can be using it) and card."""
-        if self.card:
-            self.card[0].unlink(missing_ok=True)
-        if self.fd is not None and not self.shared:
-            self.path.unlink(missing_ok=True)
+        """Delete the lock file (exclusive holders only: nobody else can be using it) and card.
+        Quietly: on a folder gone read-only the error that ends the run is the one to tell."""
+        with suppress(OSError):
+            if self.card:
+                self.card[0].unlink(missing_ok=True)
+            if self.fd is not None and not self.shared:
+                self.path.unlink(missing_ok=True)
 
     def __exit__(self, *exc):
         self.remove_files()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import pipeline.fineweb
 import pipeline.lock
 from pipeline.lock import LOCK, FolderLock
 from test_pipeline import ROOT, make_docs, run, stream, write_jsonl
@@ -97,3 +98,65 @@ def test_node_local_locks_are_said_once(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == (
         f"warning: {tmp_path} is mounted with localflock: its locks hold on this node only, so "
         "make sure no run on another node writes to the folder\n")
+
+
+def in_own_mounts(script):
+    """A shell script in a mount namespace of its own, where it may mount a tmpfs (as root, or as
+    any user where user namespaces are allowed, as on Debian and Ubuntu)."""
+    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-euc", script],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_full_disk_is_one_line_and_exit_75_and_the_rerun_is_identical(tmp_path):
+    src = write_jsonl(tmp_path / "docs.jsonl", make_docs(200, seed=9))
+    flags = f"--source {src} --shard-tokens 5000 --workers 1"
+    run(*flags.split(), "--out", tmp_path / "clean")
+    disk, cli = tmp_path / "disk", f"{sys.executable} -m pipeline.fineweb {flags} --out"
+    disk.mkdir()
+    # 8 pages of 4 KB: room for a shard of 11 KB or two, not all 8; then the folder goes
+    # read-only, and the resume must say so before it reads the source; then there is room
+    in_own_mounts(f"""
+        mount -t tmpfs -o size=32k tmpfs {disk}
+        {cli} {disk}/out 2> {tmp_path}/full.err || echo $? > {tmp_path}/full.status
+        cp -r {disk}/out {tmp_path}/kept
+        mount -o remount,ro {disk}
+        {cli} {disk}/out 2> {tmp_path}/ro.err || echo $? > {tmp_path}/ro.status
+        mount -o remount,rw,size=1m {disk}
+        {cli} {disk}/out 2> {tmp_path}/rerun.err
+        cp -r {disk}/out {tmp_path}/rerun
+    """)
+    full = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.status").read_text() == "75\n" and "Traceback" not in full, full
+    assert re.fullmatch(rf"error: {disk}/out/[^ ]+: no space left on "
+                        r"device \(ENOSPC\); every finished shard is kept: free some space \(or "
+                        r"raise the quota\), then run the same command again to resume",
+                        full.strip().splitlines()[-1]), full
+    kept, clean = stream(tmp_path / "kept")[1], stream(tmp_path / "clean")[1]
+    assert kept and kept == {name: clean[name] for name in kept}
+    assert not list((tmp_path / "kept").glob(".*tmp*"))
+    assert stream(tmp_path / "rerun")[1] == clean
+    assert (tmp_path / "ro.status").read_text() == "1\n"
+    assert (tmp_path / "ro.err").read_text() == (
+        f"error: {disk}/out: Read-only file system (EROFS); the file system is mounted read-only: "
+        "use another --out\n")
+
+
+def test_a_failed_first_run_leaves_the_folder_the_user_made(tmp_path, capsys, monkeypatch):
+    src = write_jsonl(tmp_path / "docs.jsonl", make_docs(20))
+    mine = tmp_path / "mine"  # made by the user: mode, setgid group (ACLs, striping) must stay
+    mine.mkdir()
+    mine.chmod(0o2770)
+    error = run("--source", src, "--out", mine, "--text-field", "txet")
+    assert error and "no field 'txet'" in error
+    assert mine.is_dir() and mine.stat().st_mode & 0o7777 == 0o2770 and not any(mine.iterdir())
+    error = run("--source", src, "--out", tmp_path / "new/deeper/out", "--text-field", "txet")
+    assert error and not (tmp_path / "new").exists()  # all of it made by the run: all gone
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline.fineweb, "write_shards", ctrl_c)
+    capsys.readouterr()
+    assert run("--source", src, "--out", mine) == "130"
+    assert capsys.readouterr().err == "error: interrupted; run the same command again to resume\n"
+    assert mine.is_dir() and not any(mine.iterdir())
