@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from pipeline.array import (delete_packed_parts, make_part, pack_chunks, part_done,
                             pinned_revision, record_parts, task_files)
+from pipeline.hub_source import hub_fingerprint
 from pipeline.killpoints import kill_point
 from pipeline.lock import LOCK, FolderLock, Locked
 from pipeline.output import (check_writable, is_output_side, make_folder, output_failure,
@@ -160,10 +161,22 @@ def write_shards(args, source, tokenizer, out, manifest, limit):
     return writer
 
 
-def identity(args, source):
+def identity(args, fingerprint):
     """What an output folder is made of; a rerun with any of it different is refused."""
-    return {"fingerprint": source.fingerprint, "tokenizer": args.tokenizer, "format": args.format,
+    return {"fingerprint": fingerprint, "tokenizer": args.tokenizer, "format": args.format,
             "prefix": args.prefix, "shard_tokens": args.shard_tokens}
+
+
+def complete_offline(args, out, old):
+    """Whether the folder's manifest `old` says that this command, reading a hub dataset, has
+    nothing left to do: decided from the pinned revision alone, without the network, so a rerun
+    or a requeued array task on a compute node without internet (or HF_HUB_OFFLINE=1) ends here."""
+    if not (old and old.get("complete") and old.get("source") == args.source
+            and args.source.startswith("hf:")):
+        return False
+    fingerprint = hub_fingerprint(args.source, args.split, old.get("revision"), args.text_field)
+    return resume_manifest(out, copy.deepcopy(old), identity(args, fingerprint),
+                           stream_limit(args)) is None
 
 
 def say_complete(out, manifest):
@@ -194,9 +207,12 @@ def write_output(args, out):
     old = read_manifest(out) if (out / MANIFEST).exists() else None
     if old is None and (any(out.glob("*_val_*")) or any(out.glob("*_train_*"))):
         raise OutputError(f"{out} holds shards but no {MANIFEST}; use an empty --out")
-    source = open_args_source(args, revision_pin(args, out, old))
     limit = stream_limit(args)
-    manifest = resume_manifest(out, old, identity(args, source), limit) if old else None
+    source = manifest = None
+    if not complete_offline(args, out, old):
+        source = open_args_source(args, revision_pin(args, out, old))
+        if old:
+            manifest = resume_manifest(out, old, identity(args, source.fingerprint), limit)
     if old and manifest is None:
         say_complete(out, old)
         if args.pack:  # a pack killed while deleting its parts finishes the job
@@ -211,7 +227,7 @@ def write_output(args, out):
         if tokenizer.name == "char":
             tokenizer.save(out)
         manifest = {"version": MANIFEST_VERSION, "source": args.source,
-                    "revision": source.revision, **identity(args, source),
+                    "revision": source.revision, **identity(args, source.fingerprint),
                     "vocab_size": tokenizer.vocab_size, "eot": tokenizer.eot,
                     "complete": False, "exhausted": False, "shards": []}
         write_manifest(out, manifest)  # before the first shard: any later kill point resumes
@@ -234,13 +250,16 @@ def run_task(args):
         die(f"--task-index {args.task_index} must be in [0, {args.num_tasks})")
     out = Path(args.out)
     old = read_manifest(out) if (out / MANIFEST).exists() else None
+    if complete_offline(args, out, old):
+        say_complete(out, old)
+        return
     source = open_args_source(args, revision_pin(args, out, old))  # bad input: before any file
     role = f"array task {args.task_index} of {args.num_tasks}"
     make_folder(out)
     check_writable(out)
     with FolderLock(out / LOCK, role, shared=True):  # shared by tasks; a --pack refuses meanwhile
         old = read_manifest(out) if (out / MANIFEST).exists() else None
-        if old and resume_manifest(out, copy.deepcopy(old), identity(args, source),
+        if old and resume_manifest(out, copy.deepcopy(old), identity(args, source.fingerprint),
                                    stream_limit(args)) is None:
             say_complete(out, old)  # packed already: tokenizing again would only make parts
             return

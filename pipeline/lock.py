@@ -91,8 +91,9 @@ class FolderLock:
         _held.append(fd)
         option = node_local_locking(self.path.parent)
         if option:
-            warn_once("node-local", f"warning: {self.path.parent} is mounted with {option}: its locks hold on "
-                      "this node only, so make sure no run on another node writes to the folder")
+            warn_once("node-local", f"warning: {self.path.parent} is mounted with {option}: its "
+                      "locks hold on this node only, so make sure no run on another node writes "
+                      "to the folder")
         self.holders()  # sweeps the cards of killed holders
         self.card = self.leave_card()
         return self
@@ -106,8 +107,9 @@ class FolderLock:
             return os.open(self.path, os.O_RDONLY)
 
     def unlocked(self, error):
-        warn_once("unlocked", f"warning: cannot lock {self.path} ({error.strerror}): this file system has no "
-                  "locks; make sure no other process writes to the folder at the same time")
+        warn_once("unlocked", f"warning: cannot lock {self.path} ({error.strerror}): this file "
+                  "system has no locks; make sure no other process writes to the folder at the "
+                  "same time")
         return self
 
     def leave_card(self):

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -334,3 +335,18 @@ def test_a_trickle_is_cut_and_retried(hub, faults, clean_run, tmp_path):
     retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
     assert len(retries) == 1 and "000_00000.parquet" in retries[0] and \
         "ReadTimeout: the body arrived at under 1024 bytes/s for 3 s" in retries[0], result.stderr
+
+
+def test_a_complete_folder_needs_no_network(hub, faults, clean_run, tmp_path):
+    """A rerun, or a requeued array task, on a compute node without internet: done at once."""
+    out = tmp_path / "out"
+    shutil.copytree(clean_run, out)
+    args = ["--source", "hf:me/edu:sample-10BT", "--out", out, *FLAGS]
+    offline = ok(fineweb(hub, tmp_path, *args, HF_HUB_OFFLINE="1"))
+    assert "is already complete" in offline.stderr
+    hub.stop()
+    started = time.monotonic()
+    for task in (["--num-tasks", 2, "--task-index", 1], ["--pack"]):
+        assert "is already complete" in ok(fineweb(hub, tmp_path, *args, *task)).stderr
+    assert time.monotonic() - started < 20, "no retrying of a hub that is not needed"
+    assert stream(out)[1] == stream(clean_run)[1]

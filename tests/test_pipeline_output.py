@@ -69,8 +69,8 @@ def test_a_second_user_of_a_group_folder_is_refused_while_the_first_runs(project
     run("--source", project / "docs.jsonl", "--out", project / "ours", *flags[4:])  # as ours
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.lock import "
                                "FolderLock\nwith FolderLock(sys.argv[1], 'a pipeline run'):\n"
-                               " print('held', flush=True); time.sleep(60)", project / "out" / LOCK],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                               " print('held', flush=True); time.sleep(60)",
+                               project / "out" / LOCK], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         if os.geteuid() != 0:
