@@ -18,7 +18,8 @@ import posixpath
 import sys
 from functools import partial
 
-from pipeline.retry import HubUnreachable, RetriesExhausted, describe
+from pipeline.output import no_space_behind
+from pipeline.retry import HubUnreachable, RetriesExhausted, causes, describe
 from pipeline.sources import FileSource, SourceError, file_kind
 
 
@@ -37,6 +38,12 @@ def hub_fingerprint(spec, split, revision, text_field):
 
 
 def hub_error(spec, name, e):
+    full = no_space_behind(e, causes)
+    if full is not None:  # the hub's cache: a full disk, not a wrong name
+        from huggingface_hub import constants
+
+        return OSError(full.errno, full.strerror, f"{constants.HF_HOME} (HF_HOME, the hub's "
+                       "cache: it may point to any disk with room)")
     return SourceError(f"--source {spec}: cannot read dataset {name!r} from the Hugging Face hub "
                        f"({describe(e)}); check the name, or pass a local file/folder")
 

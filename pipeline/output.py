@@ -53,11 +53,20 @@ def check_writable(out):
 
 
 def is_output_side(error, out):
-    """Whether an OSError happened writing `out` (or making it); write() names no file."""
+    """Whether an OSError happened writing `out` (or making it), or is a full disk anywhere (the
+    hub's cache): write() names no file."""
+    if error.errno in NO_SPACE:
+        return True
     if error.filename is None:
-        return error.errno in (*NO_SPACE, errno.EROFS)
+        return error.errno == errno.EROFS
     path, out = os.path.abspath(error.filename), os.path.abspath(out)
     return os.path.commonpath([path, out]) in (path, out)
+
+
+def no_space_behind(error, causes):
+    """The full-disk OSError among `causes` of `error` (a library wraps what it met), or None."""
+    return next((c for c in causes(error, hidden=True)
+                 if isinstance(c, OSError) and c.errno in NO_SPACE), None)
 
 
 def output_failure(error, out):

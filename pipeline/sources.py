@@ -182,6 +182,12 @@ class FileSource:
             return self.retry.call(f"reading {path}", self._count_documents, path)
 
     def _read_file(self, path, skip):
+        try:
+            yield from self._parse_file(path, skip)
+        except UnicodeDecodeError as e:
+            raise self._not_utf8(path, e) from None
+
+    def _parse_file(self, path, skip):
         kind = file_kind(path)
         if kind == ".txt":
             return self._read_txt(path, skip)
@@ -192,6 +198,28 @@ class FileSource:
         return self._read_jsonl(path, skip)  # .jsonl, and .json with one object a line (as `datasets`)
 
     def _count_documents(self, path):
+        try:
+            return self._count_file_documents(path)
+        except UnicodeDecodeError as e:
+            raise self._not_utf8(path, e) from None
+
+    def _not_utf8(self, path, error):
+        """Bytes that are not UTF-8, named by line and by byte of the file: the decoder's own
+        position counts from the start of the block it was decoding (read again to find them;
+        in a gzipped file, bytes of the uncompressed text)."""
+        offset = 0
+        with self._open_bytes(path) as f:
+            for lineno, line in enumerate(f, 1):  # b"\n" is never part of a UTF-8 character
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return SourceError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte "
+                                       f"{offset + e.start:,} of the file); fix or remove that "
+                                       "line, or convert the file to UTF-8")
+                offset += len(line)
+        return SourceError(f"{path}: not UTF-8 text ({error.reason}); convert it to UTF-8")
+
+    def _count_file_documents(self, path):
         kind = file_kind(path)
         if kind == ".parquet":
             with self._open_binary(path) as f:
@@ -217,22 +245,19 @@ class FileSource:
         return text
 
     def _read_jsonl(self, path, skip):
-        try:
-            with self._open_text(path) as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    if skip:
-                        skip -= 1
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise SourceError(f"{path}:{lineno}: bad JSON line ({e.msg}); fix or "
-                                          "remove that line") from None
-                    yield self._text(record, f"{path}:{lineno}")
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        with self._open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SourceError(f"{path}:{lineno}: bad JSON line ({e.msg}); fix or "
+                                      "remove that line") from None
+                yield self._text(record, f"{path}:{lineno}")
 
     def _is_json_array(self, path):
         with self._open_text(path) as f:
@@ -288,11 +313,17 @@ class FileSource:
     def _open_text(self, path):
         if self.retry is None or not is_hub_path(path):
             return fsspec.open(path, "rt", compression="infer", encoding="utf-8")
+        return io.TextIOWrapper(self._open_bytes(path), encoding="utf-8")
+
+    def _open_bytes(self, path):
+        """A text format's bytes, uncompressed."""
+        if self.retry is None or not is_hub_path(path):
+            return fsspec.open(path, "rb", compression="infer")
         raw = self._open_hub_file(path)  # fsspec's read-ahead: a request per 5 MB block
         compression = fsspec.utils.infer_compression(path)
         if compression:
             raw = fsspec.compression.compr[compression](raw, mode="rb")
-        return io.TextIOWrapper(raw, encoding="utf-8")
+        return raw
 
     def _open_hub_file(self, path, **kwargs):
         """A hub file whose every request is retried on its own."""
@@ -339,10 +370,7 @@ class FileSource:
                 yield batch
 
     def _read_txt(self, path, skip):
-        try:
-            yield from itertools.islice(self._txt_documents(path), skip, None)
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return itertools.islice(self._txt_documents(path), skip, None)
 
     def _txt_documents(self, path):
         with self._open_text(path) as f:

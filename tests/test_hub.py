@@ -350,3 +350,19 @@ def test_a_complete_folder_needs_no_network(hub, faults, clean_run, tmp_path):
         assert "is already complete" in ok(fineweb(hub, tmp_path, *args, *task)).stderr
     assert time.monotonic() - started < 20, "no retrying of a hub that is not needed"
     assert stream(out)[1] == stream(clean_run)[1]
+
+
+def test_a_full_hub_cache_is_told_as_a_full_disk(hub, faults, tmp_path):
+    home = tmp_path / "hf_home"  # on a 4 KB tmpfs, in a mount namespace of the run's own
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(hub.client_env(tmp_path))
+    script = (f"mount -t tmpfs -o size=4k tmpfs {home} && exec {sys.executable} -m pipeline.fineweb "
+              f"--source hf:me/edu:sample-10BT --out {tmp_path / 'out'} --retry-for 5s")
+    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 75, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {home} (HF_HOME, the hub's cache: it may point to any disk with room): no space "
+        "left on device (ENOSPC); every finished shard is kept: free some space (or raise the "
+        "quota), then run the same command again to resume")
