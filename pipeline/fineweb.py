@@ -50,7 +50,8 @@ from pipeline.output import (check_writable, is_output_side, make_folder, output
 from pipeline.pool import TokenizerPool, WorkerDied
 from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesExhausted, Retry,
                             parse_duration)
-from pipeline.sources import FINEWEB_EDU, SourceError, file_kind, is_hub_path, open_source
+from pipeline.sources import (FINEWEB_EDU, SourceError, file_kind, is_hub_path, open_source,
+                              with_null_text)
 from pipeline.tokenizer import CharTokenizer, GPT2Tokenizer
 from pipeline.writer import (OutputError, ShardWriter, forget_unfinished_output,
                              remove_stale_temporaries, resume_manifest)
@@ -72,7 +73,8 @@ def die(message):
 
 def open_args_source(args, revision):
     return open_source(args.source, args.text_field, args.split, revision=revision,
-                       doc_separator=args.doc_separator, retry=Retry(args.retry_for))
+                       doc_separator=args.doc_separator, retry=Retry(args.retry_for),
+                       null_text=args.null_text)
 
 
 def revision_pin(args, out, old):
@@ -174,7 +176,8 @@ def complete_offline(args, out, old):
     if not (old and old.get("complete") and old.get("source") == args.source
             and args.source.startswith("hf:")):
         return False
-    fingerprint = hub_fingerprint(args.source, args.split, old.get("revision"), args.text_field)
+    fingerprint = with_null_text(hub_fingerprint(args.source, args.split, old.get("revision"),
+                                                 args.text_field), args.null_text)
     return resume_manifest(out, copy.deepcopy(old), identity(args, fingerprint),
                            stream_limit(args)) is None
 
@@ -220,6 +223,8 @@ def write_output(args, out):
         return
     if args.pack:
         source = record_parts(args, source, out, lambda rev: open_args_source(args, rev))
+    if source.files is not None:  # a source of files, not a `datasets` stream
+        source.check_files()  # bad data found before the first shard, not hours in
     remove_stale_temporaries(out)
     warn_whole_documents(args, source)
     tokenizer = make_tokenizer(args, source, out, resuming=manifest is not None)
@@ -266,6 +271,7 @@ def run_task(args):
         source = record_parts(args, source, out, lambda rev: open_args_source(args, rev))
         mine = task_files(source, args.num_tasks, args.task_index)
         todo = [i for i in mine if not part_done(out, i)]
+        source.check_files(todo)
         print(f"task {args.task_index}/{args.num_tasks}: {len(mine)} of {len(source.files)} files, "
               f"{len(mine) - len(todo)} already done", file=sys.stderr)
         with TokenizerPool(GPT2Tokenizer(), args.workers) as pool:
@@ -319,6 +325,10 @@ def parse_args(argv=None):
                         help="tokenizer processes (all cores available to this process)")
     parser.add_argument("--text-field", default="text", help="field/column holding the text")
     parser.add_argument("--split", default="train", help="dataset split of hf: sources")
+    parser.add_argument("--null-text", choices=["refuse", "empty"], default="refuse",
+                        help="a NULL text: refuse (bad input, named by file and row, found in "
+                             "parquet footers before the first shard) or empty (a document with "
+                             "no text: its EOT alone)")
     parser.add_argument("--doc-separator",
                         help="split local .txt files into documents at this text, e.g. "
                              "'<|endoftext|>' (TinyStories-train.txt); without it a local .txt "

@@ -44,10 +44,12 @@ class SourceError(Exception):
 
 
 def open_source(spec, text_field="text", split="train", revision=None, doc_separator=None,
-                retry=None):
+                retry=None, null_text="refuse"):
     """A FileSource (local files, or a hub dataset's files), else a HubStreamSource.
 
-    `retry` (a pipeline.retry.Retry) carries every hub request through outages."""
+    `retry` (a pipeline.retry.Retry) carries every hub request through outages. `null_text`:
+    what a NULL text is, "refuse" (bad input, named by file and row) or "empty" (a document
+    with no text: an EOT alone)."""
     if spec.startswith("hf:"):
         if doc_separator is not None:
             raise SourceError(f"--doc-separator is for local .txt files; {spec} is split the way "
@@ -56,13 +58,24 @@ def open_source(spec, text_field="text", split="train", revision=None, doc_separ
         # top-level import either way round would be an import circle.
         from pipeline.hub_source import open_hub_source
 
-        return open_hub_source(spec, text_field, split, revision, retry or Retry(parse_duration(DEFAULT_RETRY_FOR)))
-    files = find_local_files(spec)
-    if doc_separator is not None and not any(file_kind(f) == ".txt" for f in files):
-        raise SourceError(f"--doc-separator splits .txt files; --source {spec} has none")
-    return FileSource(spec, files, text_field, doc_separator=doc_separator,
-                      fingerprint=local_fingerprint(files, text_field, doc_separator),
-                      sizes=[os.path.getsize(f) for f in files])
+        source = open_hub_source(spec, text_field, split, revision,
+                                 retry or Retry(parse_duration(DEFAULT_RETRY_FOR)))
+    else:
+        files = find_local_files(spec)
+        if doc_separator is not None and not any(file_kind(f) == ".txt" for f in files):
+            raise SourceError(f"--doc-separator splits .txt files; --source {spec} has none")
+        source = FileSource(spec, files, text_field, doc_separator=doc_separator,
+                            fingerprint=local_fingerprint(files, text_field, doc_separator),
+                            sizes=[os.path.getsize(f) for f in files])
+    source.null_text = null_text
+    source.fingerprint = with_null_text(source.fingerprint, null_text)
+    return source
+
+
+def with_null_text(fingerprint, null_text):
+    """NULLs read as empty documents make another token stream; the default leaves the
+    fingerprint as it was before the choice existed, so older folders still match."""
+    return fingerprint if null_text == "refuse" else f"{fingerprint}+null-text={null_text}"
 
 
 def file_kind(path):
@@ -133,6 +146,7 @@ class FileSource:
         self.fingerprint, self.revision, self.num_documents = fingerprint, revision, num_documents
         self.sizes, self.doc_separator, self.retry = sizes, doc_separator, retry
         self.num_bytes = sum(sizes) if sizes else None
+        self.null_text = "refuse"
         self._position = (0, 0.0)  # (file, fraction of it read): for bytes_read
         self._unparsed = None  # (file, part, error) of the last hub read that did not parse
 
@@ -176,10 +190,14 @@ class FileSource:
                                          skip)
 
     def count_documents(self, path):
+        return self._reading(path, self._count_documents)
+
+    def _reading(self, path, function):
+        """function(path); for a hub file, retried through outages."""
         if self.retry is None or not is_hub_path(path):
-            return self._count_documents(path)
+            return function(path)
         with hub_file_errors(path):
-            return self.retry.call(f"reading {path}", self._count_documents, path)
+            return self.retry.call(f"reading {path}", function, path)
 
     def _read_file(self, path, skip):
         try:
@@ -238,11 +256,57 @@ class FileSource:
             fields = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
             raise SourceError(f"{where}: no field {self.text_field!r} (fields: {fields}); "
                               "pass --text-field NAME")
-        text = record[self.text_field]
-        if not isinstance(text, str):
-            raise SourceError(f"{where}: field {self.text_field!r} is {type(text).__name__}, "
-                              "not a string")
-        return text
+        return self._checked_text(record[self.text_field], where, "field")
+
+    def _checked_text(self, text, where, what):
+        if isinstance(text, str):
+            return text
+        if text is None:
+            if self.null_text == "empty":
+                return ""
+            raise SourceError(f"{where}: {what} {self.text_field!r} is NULL; fix the data, or "
+                              "pass --null-text empty to read NULLs as empty documents")
+        raise SourceError(f"{where}: {what} {self.text_field!r} is {type(text).__name__}, "
+                          "not a string")
+
+    def check_files(self, indices=None):
+        """Bad data found now rather than hours in: each parquet file's footer (the text column
+        there, as text; with `refuse`, no NULL in its statistics) and each local jsonl file's first
+        record. `indices`: the files to check (an array task's), else all."""
+        for index in range(len(self.files)) if indices is None else indices:
+            path = self.files[index]
+            if file_kind(path) == ".parquet":
+                self._reading(path, self._check_parquet)
+            elif file_kind(path) == ".jsonl" and not is_hub_path(path):
+                next(iter(self._read_file(path, 0)), None)
+
+    def _check_parquet(self, path):
+        import pyarrow as pa
+
+        with self._open_binary(path) as f:
+            pf = self._open_parquet(path, f)
+            schema = pf.schema_arrow
+            if self.text_field not in schema.names:
+                raise SourceError(f"{path}: no column {self.text_field!r} (columns: "
+                                  f"{', '.join(schema.names)}); pass --text-field NAME")
+            kind = schema.field(self.text_field).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise SourceError(f"{path}: column {self.text_field!r} is {kind}, not text; "
+                                  "pass --text-field NAME")
+            if self.null_text == "refuse":
+                self._refuse_nulls(path, pf)
+
+    def _refuse_nulls(self, path, pf):
+        """A row group whose statistics count NULL texts: read to name the first one's row."""
+        column = pf.schema_arrow.names.index(self.text_field)
+        for group in range(pf.num_row_groups):
+            stats = pf.metadata.row_group(group).column(column).statistics
+            if stats is not None and stats.has_null_count and stats.null_count:
+                row = sum(pf.metadata.row_group(g).num_rows for g in range(group))
+                for batch in self._batches(path, pf, group, group + 1):
+                    for text in batch.column(0).to_pylist():
+                        self._checked_text(text, f"{path}: row {row}", "column")
+                        row += 1
 
     def _read_jsonl(self, path, skip):
         with self._open_text(path) as f:
@@ -348,18 +412,15 @@ class FileSource:
             for batch in self._batches(path, pf, group):
                 texts = batch.column(0).to_pylist()
                 for i in range(min(skip, len(texts)), len(texts)):
-                    if not isinstance(texts[i], str):
-                        raise SourceError(f"{path}: row {row + i}: column {self.text_field!r} "
-                                          f"is {type(texts[i]).__name__}, not a string")
-                    yield texts[i]
+                    yield self._checked_text(texts[i], f"{path}: row {row + i}", "column")
                 skip = max(0, skip - len(texts))
                 row += len(texts)
                 self._position = (self._position[0], row / max(1, pf.metadata.num_rows))
 
-    def _batches(self, path, pf, first_group):
-        """The text column in batches, from row group `first_group` on, a row group at a time so
-        that bytes that do not parse can be named by their row group."""
-        for group in range(first_group, pf.num_row_groups):
+    def _batches(self, path, pf, first_group, end_group=None):
+        """The text column in batches, from row group `first_group` on (to `end_group`), a row
+        group at a time so that bytes that do not parse can be named by their row group."""
+        for group in range(first_group, end_group or pf.num_row_groups):
             batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[self.text_field],
                                       row_groups=[group], use_threads=False)
             while True:

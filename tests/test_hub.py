@@ -219,7 +219,8 @@ def test_faults_are_retried_and_the_bytes_are_a_clean_runs(hub, faults, clean_ru
 
 def test_stopped_server_ends_the_run_keeping_its_shards_then_it_resumes(hub, faults, clean_run,
                                                                         tmp_path):
-    faults(Fault("sample/10BT/001_00000.parquet", "stop"))
+    # nth=3: the footer is read twice (a request and its LFS redirect) before the first shard
+    faults(Fault("sample/10BT/001_00000.parquet", "stop", nth=3))
     out = tmp_path / "out"
     args = ["--source", "hf:me/edu:sample-10BT", "--out", out, *FLAGS]
     result = fineweb(hub, tmp_path, *args, retry_for="3s")
@@ -240,7 +241,7 @@ def test_stopped_server_ends_the_run_keeping_its_shards_then_it_resumes(hub, fau
 def test_array_task_and_pack_survive_a_stopped_server(hub, faults, clean_run, tmp_path):
     out = tmp_path / "out"
     args = ["--source", "hf:me/edu:sample-10BT", "--out", out, *FLAGS]
-    faults(Fault("sample/10BT/002_00000.parquet", "stop"))  # task 0 of 2 has files 0 and 2
+    faults(Fault("sample/10BT/002_00000.parquet", "stop", nth=3))  # task 0 of 2: files 0 and 2
     result = fineweb(hub, tmp_path, *args, "--num-tasks", 2, "--task-index", 0, retry_for="3s")
     assert result.returncode == 75 and "002_00000.parquet" in result.stderr.splitlines()[-1]
     assert sorted(p.name for p in (out / "parts").iterdir()) == [
@@ -251,7 +252,7 @@ def test_array_task_and_pack_survive_a_stopped_server(hub, faults, clean_run, tm
     assert "1 already done" in ok(fineweb(hub, tmp_path, *args, "--num-tasks", 2,
                                           "--task-index", 0)).stderr
     # task 1 never ran: --pack makes part 1 itself, and the hub stops while it does
-    faults(Fault("sample/10BT/001_00000.parquet", "stop"))
+    faults(Fault("sample/10BT/001_00000.parquet", "stop", nth=3))  # after its footer's check
     result = fineweb(hub, tmp_path, *args, "--pack", retry_for="3s")
     assert result.returncode == 75, result.stderr
     kept = read_manifest(out)["shards"]
@@ -326,9 +327,9 @@ def test_most_data_requests_failing_only_slows_the_run_down(hub, faults, reverse
 
 
 def test_a_trickle_is_cut_and_retried(hub, faults, clean_run, tmp_path):
-    # the second ranged read of the first file sends 80 bytes/s: each piece within the 1 s read
-    # timeout, the whole never
-    faults(Fault("/lfs/", "trickle", nth=2))
+    # the second ranged read of the first file (after the three files' footers are checked)
+    # sends 80 bytes/s: each piece within the 1 s read timeout, the whole never
+    faults(Fault("/lfs/", "trickle", nth=5))
     result = ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out",
                         tmp_path / "out", *FLAGS))
     assert stream(tmp_path / "out")[1] == stream(clean_run)[1]

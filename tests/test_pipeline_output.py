@@ -12,12 +12,15 @@ import tempfile
 import traceback
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import pipeline.fineweb
 import pipeline.lock
+import pipeline.pool
 from pipeline.lock import LOCK, FolderLock
-from test_pipeline import ROOT, make_docs, run, stream, write_jsonl
+from test_pipeline import ROOT, expected_stream, make_docs, run, stream, write_jsonl
 
 NOBODY = 65534  # uid and gid of Debian's nobody/nogroup
 
@@ -160,3 +163,32 @@ def test_a_failed_first_run_leaves_the_folder_the_user_made(tmp_path, capsys, mo
     assert run("--source", src, "--out", mine) == "130"
     assert capsys.readouterr().err == "error: interrupted; run the same command again to resume\n"
     assert mine.is_dir() and not any(mine.iterdir())
+
+
+def test_bad_data_is_found_before_the_first_shard_and_null_text_is_a_choice(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline.pool, "CHUNK_DOCS", 4)  # shards are written before file 4 is read
+    docs = make_docs(150, seed=11)
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"text": docs[50 * i:50 * (i + 1)]}), folder / f"{i}.parquet",
+                       row_group_size=20)
+    pq.write_table(pa.table({"body": ["x"]}), folder / "3.parquet")  # file 4 of 4: no text column
+    out = tmp_path / "out"
+    flags = ["--source", folder, "--out", out, "--shard-tokens", 5000, "--workers", 1]
+    error = run(*flags)
+    assert error and "3.parquet: no column 'text' (columns: body)" in error
+    assert not out.exists(), "nothing written before the check"
+    assert "3.parquet: no column" in run("--source", folder, "--out", tmp_path / "tasks",
+                                         "--num-tasks", 4, "--task-index", 3)
+
+    with_nulls = [None if i in (7, 43) else doc for i, doc in enumerate(docs[100:])]
+    pq.write_table(pa.table({"text": with_nulls}), folder / "3.parquet", row_group_size=20)
+    error = run(*flags)  # NULLs in row groups 0 and 2: the first's bytes are read to name its row
+    assert error == (f"error: {folder}/3.parquet: row 7: column 'text' is NULL; fix the data, or "
+                     "pass --null-text empty to read NULLs as empty documents")
+    assert not out.exists()
+    assert run(*flags, "--null-text", "empty") is None
+    assert stream(out)[0] == expected_stream(docs + ["" if d is None else d for d in with_nulls])
+    error = run(*flags)  # the same folder read the other way: another token stream
+    assert error and "different settings (fingerprint" in error
