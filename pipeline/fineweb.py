@@ -61,6 +61,7 @@ from shards.manifest import MANIFEST, MANIFEST_VERSION, ManifestError, read_mani
 # A local .txt file read as one document is held whole in memory (and tokenized by one worker):
 # from this size on, say so before reading it.
 WHOLE_DOCUMENT_WARNING_BYTES = 256 << 20
+SHARED_MACHINE_WORKERS = 8  # default --workers outside a Slurm job: a login node is shared
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
 
 
@@ -148,8 +149,9 @@ def stream_chunks(pool, source, start):
 def write_shards(args, source, tokenizer, out, manifest, limit):
     """Feed the writer until the chunks run out or the limit is reached; the manifest says which."""
     writer = ShardWriter(out, manifest, limit)
+    pool = TokenizerPool(tokenizer, workers(args))  # said before the bar is drawn
     bar, measure = progress(limit, source, writer.written, by_bytes=not args.pack)
-    with TokenizerPool(tokenizer, args.workers) as pool, bar:
+    with pool, bar:
         chunks = (pack_chunks(args, pool, source, out, writer.start) if args.pack else
                   stream_chunks(pool, source, writer.start))
         reached = False
@@ -274,7 +276,7 @@ def run_task(args):
         source.check_files(todo)
         print(f"task {args.task_index}/{args.num_tasks}: {len(mine)} of {len(source.files)} files, "
               f"{len(mine) - len(todo)} already done", file=sys.stderr)
-        with TokenizerPool(GPT2Tokenizer(), args.workers) as pool:
+        with TokenizerPool(GPT2Tokenizer(), workers(args)) as pool:
             for i in tqdm(todo, unit="file", file=sys.stderr, dynamic_ncols=True):
                 make_part(pool, source, out, i, role)
 
@@ -285,6 +287,28 @@ def run_task(args):
 def available_cores():
     """Cores this process may use (a Slurm allocation or taskset), not all of the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def workers(args):
+    """--workers, or the default, said once where the work starts (bad input stays one line)."""
+    if args.workers is None:
+        args.workers, why = default_workers()
+        print(f"tokenizer workers: {args.workers} ({why}); --workers N sets it", file=sys.stderr)
+    return args.workers
+
+
+def default_workers():
+    """(workers, why): every core of a Slurm job or taskset, which are ours; on a whole machine
+    outside a job, which others may share (a login node), half its cores, at most
+    SHARED_MACHINE_WORKERS."""
+    cores = available_cores()
+    if os.environ.get("SLURM_JOB_ID"):
+        return cores, f"all {cores} cores of this Slurm job"
+    if cores < (os.cpu_count() or cores):
+        return cores, f"all {cores} cores this process may use"
+    workers = max(1, min(cores // 2, SHARED_MACHINE_WORKERS))
+    return workers, (f"half of this machine's {cores} cores, at most {SHARED_MACHINE_WORKERS}: "
+                     "outside a Slurm job the machine may be shared")
 
 
 def positive_int(text):
@@ -321,8 +345,9 @@ def parse_args(argv=None):
                         help="bin: llm.c header + uint16; npy: build-nanogpt's np.save")
     parser.add_argument("--tokenizer", choices=["gpt2", "char"], default="gpt2",
                         help="char: vocabulary = sorted characters of the corpus, no EOT")
-    parser.add_argument("--workers", type=positive_int, default=available_cores(),
-                        help="tokenizer processes (all cores available to this process)")
+    parser.add_argument("--workers", type=positive_int,
+                        help="tokenizer processes (default: every core of a Slurm job; outside "
+                             f"one, half the machine's, at most {SHARED_MACHINE_WORKERS})")
     parser.add_argument("--text-field", default="text", help="field/column holding the text")
     parser.add_argument("--split", default="train", help="dataset split of hf: sources")
     parser.add_argument("--null-text", choices=["refuse", "empty"], default="refuse",

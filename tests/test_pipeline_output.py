@@ -192,3 +192,21 @@ def test_bad_data_is_found_before_the_first_shard_and_null_text_is_a_choice(tmp_
     assert stream(out)[0] == expected_stream(docs + ["" if d is None else d for d in with_nulls])
     error = run(*flags)  # the same folder read the other way: another token stream
     assert error and "different settings (fingerprint" in error
+
+
+def test_the_default_workers_leave_a_shared_machine_room_and_say_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # a login node
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert pipeline.fineweb.default_workers()[0] == 8
+    monkeypatch.setenv("SLURM_JOB_ID", "7")  # a job's allocation: all of it
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    assert pipeline.fineweb.default_workers()[0] == 12
+
+    monkeypatch.delenv("SLURM_JOB_ID")  # a 2-core machine of one's own: one worker, and why
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert run("--source", write_jsonl(tmp_path / "d.jsonl", ["a"]), "--out", tmp_path / "o") is None
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "tokenizer workers: 1 (half of this machine's 2 cores, at most 8: outside a Slurm job the "
+        "machine may be shared); --workers N sets it")
