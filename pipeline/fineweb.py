@@ -184,6 +184,21 @@ def complete_offline(args, out, old):
                            stream_limit(args)) is None
 
 
+def complete_read_only(args, out):
+    """A folder we may not write can still be complete (a lab's shared, finished shards): then a
+    rerun is told so, as on any complete folder, rather than refused."""
+    old = read_manifest(out) if (out / MANIFEST).exists() else None
+    if args.pack or not (old and old.get("complete")):
+        return False
+    if not complete_offline(args, out, old):
+        source = open_args_source(args, revision_pin(args, out, old))
+        if resume_manifest(out, copy.deepcopy(old), identity(args, source.fingerprint),
+                           stream_limit(args)) is not None:
+            return False
+    say_complete(out, old)
+    return True
+
+
 def say_complete(out, manifest):
     print(f"{out} is already complete ({len(manifest['shards'])} shards, "
           f"{sum(s['tokens'] for s in manifest['shards']):,} tokens); nothing to do",
@@ -195,7 +210,12 @@ def run(args):
     out = Path(args.out)
     made = make_folder(out)  # after an error, only these may go, and only if empty
     try:
-        check_writable(out)
+        try:
+            check_writable(out)
+        except OSError:
+            if not complete_read_only(args, out):
+                raise
+            return
         with FolderLock(out / LOCK, "a --pack run" if args.pack else "a pipeline run") as lock:
             try:
                 write_output(args, out)

@@ -3,6 +3,9 @@ folder the user made, a rerun on a node without network. Each ends in one clear 
 75 where freeing space and running again is the cure) or in the bytes of an uninterrupted run.
 """
 
+import errno
+import io
+import json
 import os
 import re
 import shutil
@@ -29,7 +32,7 @@ def run_as_another_user(cwd, *args):
     """The CLI in a forked child, in folder `cwd`, as user nobody when we are root (a fork, not a
     new interpreter: this one lives in /root, which nobody cannot read; so this process must have
     run the CLI once already, for its lazy imports). Not root, the test makes the files of "the
-    other user" read-only instead, which is what they are to us."""
+    other user" read-only instead, which is what they are to us. Returns (error, stderr)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -40,16 +43,18 @@ def run_as_another_user(cwd, *args):
                 os.setgid(NOBODY)
                 os.setgroups([])
                 os.setuid(NOBODY)
-            os.write(write, (run(*args) or "").encode())
+            sys.stderr = io.StringIO()
+            result = [run(*args), sys.stderr.getvalue()]
         except BaseException:
-            os.write(write, traceback.format_exc().encode())
+            result = [traceback.format_exc(), ""]
         finally:
+            os.write(write, json.dumps(result).encode())
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
-        error = f.read()
+        result = json.load(f)
     os.waitpid(pid, 0)
-    return error or None
+    return tuple(result)
 
 
 @pytest.fixture
@@ -78,7 +83,7 @@ def test_a_second_user_of_a_group_folder_is_refused_while_the_first_runs(project
         assert holder.stdout.readline() == "held\n"
         if os.geteuid() != 0:
             (project / "out" / LOCK).chmod(0o444)
-        error = run_as_another_user(project, *flags)
+        error, _ = run_as_another_user(project, *flags)
         assert error and re.fullmatch(
             rf"error: out is in use by a pipeline run \(host {os.uname().nodename}, pid "
             rf"{holder.pid}, since .* UTC\); wait for it to end, or stop it, then run this "
@@ -87,11 +92,21 @@ def test_a_second_user_of_a_group_folder_is_refused_while_the_first_runs(project
     finally:
         holder.kill()
         holder.wait()
-    assert run_as_another_user(project, *flags) is None  # once the first is gone: its turn
+    assert run_as_another_user(project, *flags)[0] is None  # once the first is gone: its turn
     assert stream(project / "out")[1] == stream(project / "ours")[1]
+    for folder in ("ours", "theirs"):  # folders the other user may not write
+        (project / folder).mkdir(exist_ok=True)
+        (project / folder).chmod(0o555)
+    error, said = run_as_another_user(project, *flags[:3], "ours", *flags[4:])
+    assert error is None and "ours is already complete" in said  # finished: said as ever
+    error, said = run_as_another_user(project, *flags[:3], "theirs", *flags[4:])
+    assert error == "1" and said == (  # to be written: one line, before the source is read
+        "error: theirs: Permission denied (EACCES); you may not write there: use another --out, "
+        "or ask its owner for write access (a group's folder wants mode g+ws and umask 002)\n")
 
 
-def test_node_local_locks_are_said_once(tmp_path, monkeypatch, capsys):
+def test_lock_warnings_are_said_once_a_process(tmp_path, monkeypatch, capsys):
+    """Not once per part of an array task: a node-local lock, or a file system without locks."""
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/dev/vda / ext4 rw 0 0\nmds:/proj {tmp_path} lustre rw,localflock 0 0\n")
     monkeypatch.setattr(pipeline.lock, "MOUNTS", mounts)
@@ -101,6 +116,15 @@ def test_node_local_locks_are_said_once(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == (
         f"warning: {tmp_path} is mounted with localflock: its locks hold on this node only, so "
         "make sure no run on another node writes to the folder\n")
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(pipeline.lock.fcntl, "flock", no_locks)
+    with FolderLock(tmp_path / LOCK, "a pipeline run"), FolderLock(tmp_path / ".part.lock", "x"):
+        pass
+    assert capsys.readouterr().err == (
+        f"warning: cannot lock {tmp_path / LOCK} (No locks available): this file system has no "
+        "locks; make sure no other process writes to the folder at the same time\n")
 
 
 def in_own_mounts(script):
