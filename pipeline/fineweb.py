@@ -34,7 +34,6 @@ run writes (making any part still missing itself), and deletes the parts:
 
 import argparse
 import copy
-import os
 import sys
 from pathlib import Path
 
@@ -47,7 +46,8 @@ from pipeline.killpoints import kill_point
 from pipeline.lock import LOCK, FolderLock, Locked
 from pipeline.output import (check_writable, is_output_side, make_folder, output_failure,
                              remove_if_empty)
-from pipeline.pool import TokenizerPool, WorkerDied
+from pipeline.pool import (SHARED_MACHINE_WORKERS, TokenizerPool, WorkerDied,
+                           default_workers)
 from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesExhausted, Retry,
                             parse_duration)
 from pipeline.sources import (FINEWEB_EDU, SourceError, file_kind, is_hub_path, open_source,
@@ -61,7 +61,6 @@ from shards.manifest import MANIFEST, MANIFEST_VERSION, ManifestError, read_mani
 # A local .txt file read as one document is held whole in memory (and tokenized by one worker):
 # from this size on, say so before reading it.
 WHOLE_DOCUMENT_WARNING_BYTES = 256 << 20
-SHARED_MACHINE_WORKERS = 8  # default --workers outside a Slurm job: a login node is shared
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
 
 
@@ -304,31 +303,12 @@ def run_task(args):
 # ----------------------------------------------------------------------------------------------
 # Command line
 
-def available_cores():
-    """Cores this process may use (a Slurm allocation or taskset), not all of the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def workers(args):
     """--workers, or the default, said once where the work starts (bad input stays one line)."""
     if args.workers is None:
         args.workers, why = default_workers()
         print(f"tokenizer workers: {args.workers} ({why}); --workers N sets it", file=sys.stderr)
     return args.workers
-
-
-def default_workers():
-    """(workers, why): every core of a Slurm job or taskset, which are ours; on a whole machine
-    outside a job, which others may share (a login node), half its cores, at most
-    SHARED_MACHINE_WORKERS."""
-    cores = available_cores()
-    if os.environ.get("SLURM_JOB_ID"):
-        return cores, f"all {cores} cores of this Slurm job"
-    if cores < (os.cpu_count() or cores):
-        return cores, f"all {cores} cores this process may use"
-    workers = max(1, min(cores // 2, SHARED_MACHINE_WORKERS))
-    return workers, (f"half of this machine's {cores} cores, at most {SHARED_MACHINE_WORKERS}: "
-                     "outside a Slurm job the machine may be shared")
 
 
 def positive_int(text):

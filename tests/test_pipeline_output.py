@@ -218,14 +218,14 @@ def test_bad_data_is_found_before_the_first_shard_and_null_text_is_a_choice(tmp_
     assert error and "different settings (fingerprint" in error
 
 
-def test_the_default_workers_leave_a_shared_machine_room_and_say_so(tmp_path, monkeypatch, capsys):
+def test_default_workers_leave_a_shared_machine_room_and_say_so(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)  # a login node
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
-    assert pipeline.fineweb.default_workers()[0] == 8
+    assert pipeline.pool.default_workers()[0] == 8
     monkeypatch.setenv("SLURM_JOB_ID", "7")  # a job's allocation: all of it
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
-    assert pipeline.fineweb.default_workers()[0] == 12
+    assert pipeline.pool.default_workers()[0] == 12
 
     monkeypatch.delenv("SLURM_JOB_ID")  # a 2-core machine of one's own: one worker, and why
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
