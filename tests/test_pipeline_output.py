@@ -230,7 +230,8 @@ def test_default_workers_leave_a_shared_machine_room_and_say_so(tmp_path, monkey
     monkeypatch.delenv("SLURM_JOB_ID")  # a 2-core machine of one's own: one worker, and why
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    assert run("--source", write_jsonl(tmp_path / "d.jsonl", ["a"]), "--out", tmp_path / "o") is None
+    src = write_jsonl(tmp_path / "d.jsonl", ["a"])
+    assert run("--source", src, "--out", tmp_path / "o") is None
     assert capsys.readouterr().err.splitlines()[0] == (
         "tokenizer workers: 1 (half of this machine's 2 cores, at most 8: outside a Slurm job the "
         "machine may be shared); --workers N sets it")
