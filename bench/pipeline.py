@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import fineweb  # noqa: E402
+from pipeline.pool import available_cores  # noqa: E402
 from pipeline.tokenizer import get_gpt2_encoding  # noqa: E402
 
 SHAKESPEARE = Path(__file__).resolve().parent.parent.parent / "shared/data/tinyshakespeare/input.txt"
@@ -90,7 +91,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=float, default=40, help="megabytes of text")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=fineweb.available_cores())
+    parser.add_argument("--workers", type=int, default=available_cores())
     parser.add_argument("--parquet-mb", type=float, default=300,
                         help="size of the single-row-group parquet file for the memory row (0: skip)")
     args = parser.parse_args()

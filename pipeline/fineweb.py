@@ -34,19 +34,23 @@ run writes (making any part still missing itself), and deletes the parts:
 
 import argparse
 import copy
-import os
 import sys
 from pathlib import Path
 
 from pipeline.array import (delete_packed_parts, make_part, pack_chunks, part_done,
                             pinned_revision, record_parts, task_files)
+from pipeline.hub_source import hub_fingerprint
 from pipeline.killpoints import kill_point
 from pipeline.lock import LOCK, FolderLock, Locked
-from pipeline.pool import TokenizerPool, WorkerDied
+from pipeline.output import (check_writable, is_output_side, make_folder, output_failure,
+                             remove_if_empty)
+from pipeline.pool import (SHARED_MACHINE_WORKERS, TokenizerPool, WorkerDied,
+                           default_workers)
 from pipeline.progress import advance, progress_bar
 from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesExhausted, Retry,
                             parse_duration)
-from pipeline.sources import FINEWEB_EDU, SourceError, file_kind, is_hub_path, open_source
+from pipeline.sources import (FINEWEB_EDU, SourceError, file_kind, is_hub_path, open_source,
+                              with_null_text)
 from pipeline.tokenizer import CharTokenizer, GPT2Tokenizer
 from pipeline.writer import (OutputError, ShardWriter, forget_unfinished_output,
                              remove_stale_temporaries, resume_manifest)
@@ -56,6 +60,7 @@ from shards.manifest import MANIFEST, MANIFEST_VERSION, ManifestError, read_mani
 # A local .txt file read as one document is held whole in memory (and tokenized by one worker):
 # from this size on, say so before reading it.
 WHOLE_DOCUMENT_WARNING_BYTES = 256 << 20
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
 
 
 def die(message):
@@ -67,7 +72,8 @@ def die(message):
 
 def open_args_source(args, revision):
     return open_source(args.source, args.text_field, args.split, revision=revision,
-                       doc_separator=args.doc_separator, retry=Retry(args.retry_for))
+                       doc_separator=args.doc_separator, retry=Retry(args.retry_for),
+                       null_text=args.null_text)
 
 
 def revision_pin(args, out, old):
@@ -142,8 +148,9 @@ def stream_chunks(pool, source, start):
 def write_shards(args, source, tokenizer, out, manifest, limit):
     """Feed the writer until the chunks run out or the limit is reached; the manifest says which."""
     writer = ShardWriter(out, manifest, limit)
+    pool = TokenizerPool(tokenizer, workers(args))  # said before the bar is drawn
     bar, measure = progress(limit, source, writer.written, by_bytes=not args.pack)
-    with TokenizerPool(tokenizer, args.workers) as pool, bar:
+    with pool, bar:
         chunks = (pack_chunks(args, pool, source, out, writer.start) if args.pack else
                   stream_chunks(pool, source, writer.start))
         reached = False
@@ -157,10 +164,38 @@ def write_shards(args, source, tokenizer, out, manifest, limit):
     return writer
 
 
-def identity(args, source):
+def identity(args, fingerprint):
     """What an output folder is made of; a rerun with any of it different is refused."""
-    return {"fingerprint": source.fingerprint, "tokenizer": args.tokenizer, "format": args.format,
+    return {"fingerprint": fingerprint, "tokenizer": args.tokenizer, "format": args.format,
             "prefix": args.prefix, "shard_tokens": args.shard_tokens}
+
+
+def complete_offline(args, out, old):
+    """Whether the folder's manifest `old` says that this command, reading a hub dataset, has
+    nothing left to do: decided from the pinned revision alone, without the network, so a rerun
+    or a requeued array task on a compute node without internet (or HF_HUB_OFFLINE=1) ends here."""
+    if not (old and old.get("complete") and old.get("source") == args.source
+            and args.source.startswith("hf:")):
+        return False
+    fingerprint = with_null_text(hub_fingerprint(args.source, args.split, old.get("revision"),
+                                                 args.text_field), args.null_text)
+    return resume_manifest(out, copy.deepcopy(old), identity(args, fingerprint),
+                           stream_limit(args)) is None
+
+
+def complete_read_only(args, out):
+    """A folder we may not write can still be complete (a lab's shared, finished shards): then a
+    rerun is told so, as on any complete folder, rather than refused."""
+    old = read_manifest(out) if (out / MANIFEST).exists() else None
+    if args.pack or not (old and old.get("complete")):
+        return False
+    if not complete_offline(args, out, old):
+        source = open_args_source(args, revision_pin(args, out, old))
+        if resume_manifest(out, copy.deepcopy(old), identity(args, source.fingerprint),
+                           stream_limit(args)) is not None:
+            return False
+    say_complete(out, old)
+    return True
 
 
 def say_complete(out, manifest):
@@ -172,25 +207,36 @@ def say_complete(out, manifest):
 def run(args):
     """A single run, or the array's --pack: the only writer of OUT while it runs."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out / LOCK, "a --pack run" if args.pack else "a pipeline run") as lock:
+    made = make_folder(out)  # after an error, only these may go, and only if empty
+    try:
         try:
-            write_output(args, out)
-        except BaseException as e:
-            # Every finished shard stays, whatever the error: the same command continues from them.
-            forget_unfinished_output(out, lock)
-            if isinstance(e, ValueError):  # a character outside the char vocabulary, say
-                die(e)
-            raise
+            check_writable(out)
+        except OSError:
+            if not complete_read_only(args, out):
+                raise
+            return
+        with FolderLock(out / LOCK, "a --pack run" if args.pack else "a pipeline run") as lock:
+            try:
+                write_output(args, out)
+            except BaseException:
+                # Every finished shard stays, whatever the error: the same command continues.
+                forget_unfinished_output(out, lock)
+                raise
+    except BaseException:
+        remove_if_empty(made)
+        raise
 
 
 def write_output(args, out):
     old = read_manifest(out) if (out / MANIFEST).exists() else None
     if old is None and (any(out.glob("*_val_*")) or any(out.glob("*_train_*"))):
         raise OutputError(f"{out} holds shards but no {MANIFEST}; use an empty --out")
-    source = open_args_source(args, revision_pin(args, out, old))
     limit = stream_limit(args)
-    manifest = resume_manifest(out, old, identity(args, source), limit) if old else None
+    source = manifest = None
+    if not complete_offline(args, out, old):
+        source = open_args_source(args, revision_pin(args, out, old))
+        if old:
+            manifest = resume_manifest(out, old, identity(args, source.fingerprint), limit)
     if old and manifest is None:
         say_complete(out, old)
         if args.pack:  # a pack killed while deleting its parts finishes the job
@@ -198,6 +244,8 @@ def write_output(args, out):
         return
     if args.pack:
         source = record_parts(args, source, out, lambda rev: open_args_source(args, rev))
+    if source.files is not None:  # a source of files, not a `datasets` stream
+        source.check_files()  # bad data found before the first shard, not hours in
     remove_stale_temporaries(out)
     warn_whole_documents(args, source)
     tokenizer = make_tokenizer(args, source, out, resuming=manifest is not None)
@@ -205,7 +253,7 @@ def write_output(args, out):
         if tokenizer.name == "char":
             tokenizer.save(out)
         manifest = {"version": MANIFEST_VERSION, "source": args.source,
-                    "revision": source.revision, **identity(args, source),
+                    "revision": source.revision, **identity(args, source.fingerprint),
                     "vocab_size": tokenizer.vocab_size, "eot": tokenizer.eot,
                     "complete": False, "exhausted": False, "shards": []}
         write_manifest(out, manifest)  # before the first shard: any later kill point resumes
@@ -228,22 +276,27 @@ def run_task(args):
         die(f"--task-index {args.task_index} must be in [0, {args.num_tasks})")
     out = Path(args.out)
     old = read_manifest(out) if (out / MANIFEST).exists() else None
+    if complete_offline(args, out, old):
+        say_complete(out, old)
+        return
     source = open_args_source(args, revision_pin(args, out, old))  # bad input: before any file
     role = f"array task {args.task_index} of {args.num_tasks}"
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
+    check_writable(out)
     with FolderLock(out / LOCK, role, shared=True):  # shared by tasks; a --pack refuses meanwhile
         old = read_manifest(out) if (out / MANIFEST).exists() else None
-        if old and resume_manifest(out, copy.deepcopy(old), identity(args, source),
+        if old and resume_manifest(out, copy.deepcopy(old), identity(args, source.fingerprint),
                                    stream_limit(args)) is None:
             say_complete(out, old)  # packed already: tokenizing again would only make parts
             return
         source = record_parts(args, source, out, lambda rev: open_args_source(args, rev))
         mine = task_files(source, args.num_tasks, args.task_index)
         todo = [i for i in mine if not part_done(out, i)]
+        source.check_files(todo)
         print(f"task {args.task_index}/{args.num_tasks}: {len(mine)} of {len(source.files)} files, "
               f"{len(mine) - len(todo)} already done", file=sys.stderr)
         sizes = source.sizes or [1] * len(source.files)  # bytes, else whole files
-        with TokenizerPool(GPT2Tokenizer(), args.workers) as pool, progress_bar(
+        with TokenizerPool(GPT2Tokenizer(), workers(args)) as pool, progress_bar(
                 total=sum(sizes[i] for i in todo), unit="B" if source.sizes else "file",
                 unit_scale=True, unit_divisor=1024) as bar:
             done = 0
@@ -257,9 +310,12 @@ def run_task(args):
 # ----------------------------------------------------------------------------------------------
 # Command line
 
-def available_cores():
-    """Cores this process may use (a Slurm allocation or taskset), not all of the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+def workers(args):
+    """--workers, or the default, said once where the work starts (bad input stays one line)."""
+    if args.workers is None:
+        args.workers, why = default_workers()
+        print(f"tokenizer workers: {args.workers} ({why}); --workers N sets it", file=sys.stderr)
+    return args.workers
 
 
 def positive_int(text):
@@ -296,10 +352,15 @@ def parse_args(argv=None):
                         help="bin: llm.c header + uint16; npy: build-nanogpt's np.save")
     parser.add_argument("--tokenizer", choices=["gpt2", "char"], default="gpt2",
                         help="char: vocabulary = sorted characters of the corpus, no EOT")
-    parser.add_argument("--workers", type=positive_int, default=available_cores(),
-                        help="tokenizer processes (all cores available to this process)")
+    parser.add_argument("--workers", type=positive_int,
+                        help="tokenizer processes (default: every core of a Slurm job; outside "
+                             f"one, half the machine's, at most {SHARED_MACHINE_WORKERS})")
     parser.add_argument("--text-field", default="text", help="field/column holding the text")
     parser.add_argument("--split", default="train", help="dataset split of hf: sources")
+    parser.add_argument("--null-text", choices=["refuse", "empty"], default="refuse",
+                        help="a NULL text: refuse (bad input, named by file and row, found in "
+                             "parquet footers before the first shard) or empty (a document with "
+                             "no text: its EOT alone)")
     parser.add_argument("--doc-separator",
                         help="split local .txt files into documents at this text, e.g. "
                              "'<|endoftext|>' (TinyStories-train.txt); without it a local .txt "
@@ -329,13 +390,20 @@ def main(argv=None):
     try:
         run_task(args) if args.num_tasks else run(args)
     except (SourceError, ManifestError, ShardError, OutputError, Locked, WorkerDied,
-            RuntimeError) as e:
+            RuntimeError, ValueError) as e:  # ValueError: a character outside the char vocabulary
         die(e)
     except RetriesExhausted as e:  # not bad input: the network; the same command resumes
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_RETRIES_EXHAUSTED)
+    except OSError as e:  # a full, read-only or foreign --out
+        if not is_output_side(e, args.out):
+            raise
+        message, status = output_failure(e, args.out)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(status)
     except KeyboardInterrupt:
-        die("interrupted; run the same command again to resume")
+        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

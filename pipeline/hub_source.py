@@ -18,7 +18,8 @@ import posixpath
 import sys
 from functools import partial
 
-from pipeline.retry import HubUnreachable, RetriesExhausted, describe
+from pipeline.output import no_space_behind
+from pipeline.retry import HubUnreachable, RetriesExhausted, causes, describe
 from pipeline.sources import FileSource, SourceError, file_kind
 
 
@@ -29,7 +30,20 @@ def parse_hub_spec(spec):
     return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
+def hub_fingerprint(spec, split, revision, text_field):
+    """What a hub source's documents are a function of: without the network, from a manifest's
+    pinned revision, a rerun can tell that a folder is complete."""
+    name, subset = parse_hub_spec(spec)
+    return f"hf:{name}:{subset or ''}:{split}@{revision}#{text_field}"
+
+
 def hub_error(spec, name, e):
+    full = no_space_behind(e, causes)
+    if full is not None:  # the hub's cache: a full disk, not a wrong name
+        from huggingface_hub import constants
+
+        return OSError(full.errno, full.strerror, f"{constants.HF_HOME} (HF_HOME, the hub's "
+                       "cache: it may point to any disk with room)")
     return SourceError(f"--source {spec}: cannot read dataset {name!r} from the Hugging Face hub "
                        f"({describe(e)}); check the name, or pass a local file/folder")
 
@@ -81,7 +95,7 @@ def open_hub_source(spec, text_field, split, revision, retry):
     except Exception as e:  # unknown name or subset, gated: all end the same way
         raise hub_error(spec, name, e) from None
     mention_hf_token()
-    fingerprint = f"hf:{name}:{subset or ''}:{split}@{revision}#{text_field}"
+    fingerprint = hub_fingerprint(spec, split, revision, text_field)
     splits = builder.info.splits
     num_documents = splits[split].num_examples if splits and split in splits else None
     if split not in data_files:

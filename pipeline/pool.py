@@ -29,6 +29,26 @@ CHUNK_CHARS = 1 << 20
 TASKS_PER_WORKER = 2  # in flight per worker: keeps every worker busy while the main process writes
 ORPHAN_CHECK_S = 0.5
 DEATH_CHECK_S = 1.0  # how often a wait for a result looks at the workers
+SHARED_MACHINE_WORKERS = 8  # default workers outside a Slurm job: a login node is shared
+
+
+def available_cores():
+    """Cores this process may use (a Slurm allocation or taskset), not all of the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def default_workers():
+    """(workers, why): every core of a Slurm job or taskset, which are ours; on a whole machine
+    outside a job, which others may share (a login node), half its cores, at most
+    SHARED_MACHINE_WORKERS."""
+    cores = available_cores()
+    if os.environ.get("SLURM_JOB_ID"):
+        return cores, f"all {cores} cores of this Slurm job"
+    if cores < (os.cpu_count() or cores):
+        return cores, f"all {cores} cores this process may use"
+    workers = max(1, min(cores // 2, SHARED_MACHINE_WORKERS))
+    return workers, (f"half of this machine's {cores} cores, at most {SHARED_MACHINE_WORKERS}: "
+                     "outside a Slurm job the machine may be shared")
 
 
 class WorkerDied(Exception):

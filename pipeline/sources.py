@@ -44,10 +44,12 @@ class SourceError(Exception):
 
 
 def open_source(spec, text_field="text", split="train", revision=None, doc_separator=None,
-                retry=None):
+                retry=None, null_text="refuse"):
     """A FileSource (local files, or a hub dataset's files), else a HubStreamSource.
 
-    `retry` (a pipeline.retry.Retry) carries every hub request through outages."""
+    `retry` (a pipeline.retry.Retry) carries every hub request through outages. `null_text`:
+    what a NULL text is, "refuse" (bad input, named by file and row) or "empty" (a document
+    with no text: an EOT alone)."""
     if spec.startswith("hf:"):
         if doc_separator is not None:
             raise SourceError(f"--doc-separator is for local .txt files; {spec} is split the way "
@@ -56,13 +58,24 @@ def open_source(spec, text_field="text", split="train", revision=None, doc_separ
         # top-level import either way round would be an import circle.
         from pipeline.hub_source import open_hub_source
 
-        return open_hub_source(spec, text_field, split, revision, retry or Retry(parse_duration(DEFAULT_RETRY_FOR)))
-    files = find_local_files(spec)
-    if doc_separator is not None and not any(file_kind(f) == ".txt" for f in files):
-        raise SourceError(f"--doc-separator splits .txt files; --source {spec} has none")
-    return FileSource(spec, files, text_field, doc_separator=doc_separator,
-                      fingerprint=local_fingerprint(files, text_field, doc_separator),
-                      sizes=[os.path.getsize(f) for f in files])
+        source = open_hub_source(spec, text_field, split, revision,
+                                 retry or Retry(parse_duration(DEFAULT_RETRY_FOR)))
+    else:
+        files = find_local_files(spec)
+        if doc_separator is not None and not any(file_kind(f) == ".txt" for f in files):
+            raise SourceError(f"--doc-separator splits .txt files; --source {spec} has none")
+        source = FileSource(spec, files, text_field, doc_separator=doc_separator,
+                            fingerprint=local_fingerprint(files, text_field, doc_separator),
+                            sizes=[os.path.getsize(f) for f in files])
+    source.null_text = null_text
+    source.fingerprint = with_null_text(source.fingerprint, null_text)
+    return source
+
+
+def with_null_text(fingerprint, null_text):
+    """NULLs read as empty documents make another token stream; the default leaves the
+    fingerprint as it was before the choice existed, so older folders still match."""
+    return fingerprint if null_text == "refuse" else f"{fingerprint}+null-text={null_text}"
 
 
 def file_kind(path):
@@ -133,6 +146,7 @@ class FileSource:
         self.fingerprint, self.revision, self.num_documents = fingerprint, revision, num_documents
         self.sizes, self.doc_separator, self.retry = sizes, doc_separator, retry
         self.num_bytes = sum(sizes) if sizes else None
+        self.null_text = "refuse"
         self._file_index = 0  # the file documents() is in, and how much of the file being read
         self._file_fraction = lambda: 0.0  # has been read (0..1): for bytes_read and file_fraction
         self._unparsed = None  # (file, part, error) of the last hub read that did not parse
@@ -182,12 +196,22 @@ class FileSource:
                                          skip)
 
     def count_documents(self, path):
+        return self._reading(path, self._count_documents)
+
+    def _reading(self, path, function):
+        """function(path); for a hub file, retried through outages."""
         if self.retry is None or not is_hub_path(path):
-            return self._count_documents(path)
+            return function(path)
         with hub_file_errors(path):
-            return self.retry.call(f"reading {path}", self._count_documents, path)
+            return self.retry.call(f"reading {path}", function, path)
 
     def _read_file(self, path, skip):
+        try:
+            yield from self._parse_file(path, skip)
+        except UnicodeDecodeError as e:
+            raise self._not_utf8(path, e) from None
+
+    def _parse_file(self, path, skip):
         kind = file_kind(path)
         if kind == ".txt":
             return self._read_txt(path, skip)
@@ -198,6 +222,28 @@ class FileSource:
         return self._read_jsonl(path, skip)  # .jsonl, and .json with one object a line (as `datasets`)
 
     def _count_documents(self, path):
+        try:
+            return self._count_file_documents(path)
+        except UnicodeDecodeError as e:
+            raise self._not_utf8(path, e) from None
+
+    def _not_utf8(self, path, error):
+        """Bytes that are not UTF-8, named by line and by byte of the file: the decoder's own
+        position counts from the start of the block it was decoding (read again to find them;
+        in a gzipped file, bytes of the uncompressed text)."""
+        offset = 0
+        with self._open_bytes(path) as f:
+            for lineno, line in enumerate(f, 1):  # b"\n" is never part of a UTF-8 character
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return SourceError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte "
+                                       f"{offset + e.start:,} of the file); fix or remove that "
+                                       "line, or convert the file to UTF-8")
+                offset += len(line)
+        return SourceError(f"{path}: not UTF-8 text ({error.reason}); convert it to UTF-8")
+
+    def _count_file_documents(self, path):
         kind = file_kind(path)
         if kind == ".parquet":
             with self._open_binary(path) as f:
@@ -216,29 +262,72 @@ class FileSource:
             fields = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
             raise SourceError(f"{where}: no field {self.text_field!r} (fields: {fields}); "
                               "pass --text-field NAME")
-        text = record[self.text_field]
-        if not isinstance(text, str):
-            raise SourceError(f"{where}: field {self.text_field!r} is {type(text).__name__}, "
-                              "not a string")
-        return text
+        return self._checked_text(record[self.text_field], where, "field")
+
+    def _checked_text(self, text, where, what):
+        if isinstance(text, str):
+            return text
+        if text is None:
+            if self.null_text == "empty":
+                return ""
+            raise SourceError(f"{where}: {what} {self.text_field!r} is NULL; fix the data, or "
+                              "pass --null-text empty to read NULLs as empty documents")
+        raise SourceError(f"{where}: {what} {self.text_field!r} is {type(text).__name__}, "
+                          "not a string")
+
+    def check_files(self, indices=None):
+        """Bad data found now rather than hours in: each parquet file's footer (the text column
+        there, as text; with `refuse`, no NULL in its statistics) and each local jsonl file's first
+        record. `indices`: the files to check (an array task's), else all."""
+        for index in range(len(self.files)) if indices is None else indices:
+            path = self.files[index]
+            if file_kind(path) == ".parquet":
+                self._reading(path, self._check_parquet)
+            elif file_kind(path) == ".jsonl" and not is_hub_path(path):
+                next(iter(self._read_file(path, 0)), None)
+
+    def _check_parquet(self, path):
+        import pyarrow as pa
+
+        with self._open_binary(path) as f:
+            pf = self._open_parquet(path, f)
+            schema = pf.schema_arrow
+            if self.text_field not in schema.names:
+                raise SourceError(f"{path}: no column {self.text_field!r} (columns: "
+                                  f"{', '.join(schema.names)}); pass --text-field NAME")
+            kind = schema.field(self.text_field).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise SourceError(f"{path}: column {self.text_field!r} is {kind}, not text; "
+                                  "pass --text-field NAME")
+            if self.null_text == "refuse":
+                self._refuse_nulls(path, pf)
+
+    def _refuse_nulls(self, path, pf):
+        """A row group whose statistics count NULL texts: read to name the first one's row."""
+        column = pf.schema_arrow.names.index(self.text_field)
+        for group in range(pf.num_row_groups):
+            stats = pf.metadata.row_group(group).column(column).statistics
+            if stats is not None and stats.has_null_count and stats.null_count:
+                row = sum(pf.metadata.row_group(g).num_rows for g in range(group))
+                for batch in self._batches(path, pf, group, group + 1):
+                    for text in batch.column(0).to_pylist():
+                        self._checked_text(text, f"{path}: row {row}", "column")
+                        row += 1
 
     def _read_jsonl(self, path, skip):
-        try:
-            with self._open_text(path, track=True) as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    if skip:
-                        skip -= 1
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise SourceError(f"{path}:{lineno}: bad JSON line ({e.msg}); fix or "
-                                          "remove that line") from None
-                    yield self._text(record, f"{path}:{lineno}")
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        with self._open_text(path, track=True) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SourceError(f"{path}:{lineno}: bad JSON line ({e.msg}); fix or "
+                                      "remove that line") from None
+                yield self._text(record, f"{path}:{lineno}")
 
     def _is_json_array(self, path):
         with self._open_text(path) as f:
@@ -306,6 +395,16 @@ class FileSource:
             with io.TextIOWrapper(binary, encoding="utf-8") as text:
                 yield text
 
+    def _open_bytes(self, path):
+        """A text format's bytes, uncompressed."""
+        if self.retry is None or not is_hub_path(path):
+            return fsspec.open(path, "rb", compression="infer")
+        raw = self._open_hub_file(path)  # fsspec's read-ahead: a request per 5 MB block
+        compression = fsspec.utils.infer_compression(path)
+        if compression:
+            raw = fsspec.compression.compr[compression](raw, mode="rb")
+        return raw
+
     def _open_hub_file(self, path, **kwargs):
         """A hub file whose every request is retried on its own."""
         from pipeline.hub_client import RetryingHubFile
@@ -329,18 +428,15 @@ class FileSource:
             for batch in self._batches(path, pf, group):
                 texts = batch.column(0).to_pylist()
                 for i in range(min(skip, len(texts)), len(texts)):
-                    if not isinstance(texts[i], str):
-                        raise SourceError(f"{path}: row {row + i}: column {self.text_field!r} "
-                                          f"is {type(texts[i]).__name__}, not a string")
-                    yield texts[i]
+                    yield self._checked_text(texts[i], f"{path}: row {row + i}", "column")
                 skip = max(0, skip - len(texts))
                 row += len(texts)
                 self._file_fraction = lambda done=row / max(1, pf.metadata.num_rows): done
 
-    def _batches(self, path, pf, first_group):
-        """The text column in batches, from row group `first_group` on, a row group at a time so
-        that bytes that do not parse can be named by their row group."""
-        for group in range(first_group, pf.num_row_groups):
+    def _batches(self, path, pf, first_group, end_group=None):
+        """The text column in batches, from row group `first_group` on (to `end_group`), a row
+        group at a time so that bytes that do not parse can be named by their row group."""
+        for group in range(first_group, end_group or pf.num_row_groups):
             batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[self.text_field],
                                       row_groups=[group], use_threads=False)
             while True:
@@ -351,10 +447,7 @@ class FileSource:
                 yield batch
 
     def _read_txt(self, path, skip):
-        try:
-            yield from itertools.islice(self._txt_documents(path), skip, None)
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return itertools.islice(self._txt_documents(path), skip, None)
 
     def _txt_documents(self, path):
         with self._open_text(path, track=True) as f:

@@ -137,8 +137,9 @@ def remove_stale_temporaries(out):
 
 def forget_unfinished_output(out, lock):
     """After an error, if no shard is finished: remove what the run started (manifest, char
-    vocabulary, the files of our `lock`) and the folder if it is then empty. Anything finished keeps it all: a
-    listed shard, a shard written but not yet listed (the resume writes it again), the parts."""
+    vocabulary, the files of our `lock`); the folder itself is the caller's (pipeline/output.py).
+    Anything finished keeps it all: a listed shard, a shard written but not yet listed (the resume
+    writes it again), the parts. Never raises: the error that brought us here is the one to tell."""
     try:
         if read_manifest(out)["shards"]:
             return
@@ -147,8 +148,7 @@ def forget_unfinished_output(out, lock):
             return
     if any(out.glob("*_val_*")) or any(out.glob("*_train_*")):
         return
-    for path in (out / MANIFEST, out / CHAR_TOKENIZER_FILE):
-        path.unlink(missing_ok=True)
-    lock.remove_files()
     with suppress(OSError):
-        out.rmdir()
+        for path in (out / MANIFEST, out / CHAR_TOKENIZER_FILE):
+            path.unlink(missing_ok=True)
+        lock.remove_files()

@@ -8,8 +8,9 @@ Readers detect the format from the first bytes, never from the file name, and ch
 they can (magic, version, dtype, size) so a truncated or foreign file fails with its name.
 """
 
+import errno
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ HEADER_BYTES = HEADER_INTS * 4
 NPY_MAGIC = b"\x93NUMPY"
 TOKEN_DTYPE = np.dtype("<u2")
 FORMATS = ("bin", "npy")
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class ShardError(Exception):
@@ -66,7 +68,8 @@ def atomic_write(path, mode="wb", **open_kwargs):
 
     A crash at any moment leaves the old file or the complete new one under `path`, never half a
     file; an exception (bad input, Ctrl-C) removes the temporary. Its name `.NAME.tmp-HOST-PID`
-    never collides between writers on different nodes of a shared file system.
+    never collides between writers on different nodes of a shared file system. A full disk or
+    quota names `path`: write() and fsync() errors name no file.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.uname().nodename}-{os.getpid()}")
@@ -76,8 +79,13 @@ def atomic_write(path, mode="wb", **open_kwargs):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None and e.errno in NO_SPACE:
+            e.filename = str(path)
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # a read-only folder refuses even this: keep the first error
+            tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
 
 

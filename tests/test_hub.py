@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -219,7 +220,8 @@ def test_faults_are_retried_and_the_bytes_are_a_clean_runs(hub, faults, clean_ru
 
 def test_stopped_server_ends_the_run_keeping_its_shards_then_it_resumes(hub, faults, clean_run,
                                                                         tmp_path):
-    faults(Fault("sample/10BT/001_00000.parquet", "stop"))
+    # nth=3: the footer is read twice (a request and its LFS redirect) before the first shard
+    faults(Fault("sample/10BT/001_00000.parquet", "stop", nth=3))
     out = tmp_path / "out"
     args = ["--source", "hf:me/edu:sample-10BT", "--out", out, *FLAGS]
     result = fineweb(hub, tmp_path, *args, retry_for="3s")
@@ -240,7 +242,7 @@ def test_stopped_server_ends_the_run_keeping_its_shards_then_it_resumes(hub, fau
 def test_array_task_and_pack_survive_a_stopped_server(hub, faults, clean_run, tmp_path):
     out = tmp_path / "out"
     args = ["--source", "hf:me/edu:sample-10BT", "--out", out, *FLAGS]
-    faults(Fault("sample/10BT/002_00000.parquet", "stop"))  # task 0 of 2 has files 0 and 2
+    faults(Fault("sample/10BT/002_00000.parquet", "stop", nth=3))  # task 0 of 2: files 0 and 2
     result = fineweb(hub, tmp_path, *args, "--num-tasks", 2, "--task-index", 0, retry_for="3s")
     assert result.returncode == 75 and "002_00000.parquet" in result.stderr.splitlines()[-1]
     assert sorted(p.name for p in (out / "parts").iterdir()) == [
@@ -251,7 +253,7 @@ def test_array_task_and_pack_survive_a_stopped_server(hub, faults, clean_run, tm
     assert "1 already done" in ok(fineweb(hub, tmp_path, *args, "--num-tasks", 2,
                                           "--task-index", 0)).stderr
     # task 1 never ran: --pack makes part 1 itself, and the hub stops while it does
-    faults(Fault("sample/10BT/001_00000.parquet", "stop"))
+    faults(Fault("sample/10BT/001_00000.parquet", "stop", nth=3))  # after its footer's check
     result = fineweb(hub, tmp_path, *args, "--pack", retry_for="3s")
     assert result.returncode == 75, result.stderr
     kept = read_manifest(out)["shards"]
@@ -326,12 +328,43 @@ def test_most_data_requests_failing_only_slows_the_run_down(hub, faults, reverse
 
 
 def test_a_trickle_is_cut_and_retried(hub, faults, clean_run, tmp_path):
-    # the second ranged read of the first file sends 80 bytes/s: each piece within the 1 s read
-    # timeout, the whole never
-    faults(Fault("/lfs/", "trickle", nth=2))
+    # the second ranged read of the first file (after the three files' footers are checked)
+    # sends 80 bytes/s: each piece within the 1 s read timeout, the whole never
+    faults(Fault("/lfs/", "trickle", nth=5))
     result = ok(fineweb(hub, tmp_path, "--source", "hf:me/edu:sample-10BT", "--out",
                         tmp_path / "out", *FLAGS))
     assert stream(tmp_path / "out")[1] == stream(clean_run)[1]
     retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
     assert len(retries) == 1 and "000_00000.parquet" in retries[0] and \
         "ReadTimeout: the body arrived at under 1024 bytes/s for 3 s" in retries[0], result.stderr
+
+
+def test_a_complete_folder_needs_no_network(hub, faults, clean_run, tmp_path):
+    """A rerun, or a requeued array task, on a compute node without internet: done at once."""
+    out = tmp_path / "out"
+    shutil.copytree(clean_run, out)
+    args = ["--source", "hf:me/edu:sample-10BT", "--out", out, *FLAGS]
+    offline = ok(fineweb(hub, tmp_path, *args, HF_HUB_OFFLINE="1"))
+    assert "is already complete" in offline.stderr
+    hub.stop()
+    started = time.monotonic()
+    for task in (["--num-tasks", 2, "--task-index", 1], ["--pack"]):
+        assert "is already complete" in ok(fineweb(hub, tmp_path, *args, *task)).stderr
+    assert time.monotonic() - started < 20, "no retrying of a hub that is not needed"
+    assert stream(out)[1] == stream(clean_run)[1]
+
+
+def test_a_full_hub_cache_is_told_as_a_full_disk(hub, faults, tmp_path):
+    home = tmp_path / "hf_home"  # on a 4 KB tmpfs, in a mount namespace of the run's own
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(hub.client_env(tmp_path))
+    script = (f"mount -t tmpfs -o size=4k tmpfs {home} && exec {sys.executable} -m pipeline.fineweb "
+              f"--source hf:me/edu:sample-10BT --out {tmp_path / 'out'} --retry-for 5s")
+    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 75, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {home} (HF_HOME, the hub's cache: it may point to any disk with room): no space "
+        "left on device (ENOSPC); every finished shard is kept: free some space (or raise the "
+        "quota), then run the same command again to resume")

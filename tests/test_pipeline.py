@@ -207,7 +207,17 @@ def bad_inputs(tmp_path):
     pq.write_table(pa.table({"body": ["x"]}), no_column)
     not_parquet = tmp_path / "bad.parquet"
     not_parquet.write_bytes(b"PAR1 this is not parquet PAR1")
+    latin1 = write_jsonl(tmp_path / "latin1.jsonl", ["naïve text " * 100] * 30)
+    data = latin1.read_bytes()  # a Latin-1 byte past the decoder's first block (8 KB)
+    at = data.index(b"\n", len(data) * 2 // 3) + 20
+    latin1.write_bytes(data[:at] + b"\xe9" + data[at + 1:])
+    line = data[:at].count(b"\n") + 1
+    latin1_array = tmp_path / "latin1.json"
+    latin1_array.write_bytes(b'[{"text": "caf\xe9"}]')
     return [
+        ([latin1], f"latin1.jsonl:{line}: not UTF-8 text (invalid continuation byte at byte "
+                   f"{at:,} of the file)"),
+        ([latin1_array], "latin1.json:1: not UTF-8 text (invalid continuation byte at byte 14 "),
         ([tmp_path / "missing.jsonl"], "no such file or folder"),
         ([no_field], "no field 'text' (fields: id, body)"),
         ([bad_line], "bad.jsonl:2: bad JSON line"),
@@ -371,3 +381,7 @@ def test_array_mode_errors(tmp_path):
     assert sorted(p.name for p in (tmp_path / "o2/parts").iterdir()) == [
         "part_000000.bin", "part_000000.lengths.npy", "parts.json"]
     assert "different fingerprint" in run("--source", src, "--out", out, "--pack")
+    latin1 = tmp_path / "latin1.json"  # bad input in a task: one line naming the file too
+    latin1.write_bytes(b'[{"text": "caf\xe9"}]')
+    assert f"{latin1}:1: not UTF-8 text" in run("--source", latin1, "--out", tmp_path / "o3",
+                                                "--num-tasks", 1, "--task-index", 0)
