@@ -196,8 +196,15 @@ def score_example(model_fn, task, rendered, enc, context, device="cpu", autocast
     scores = score_rows(model_fn, tokens, mask, device, enc.n_vocab, autocast_dtype)
     if task.task_type == "language_modeling":
         return bool(scores.greedy[0])
-    mean_loglik = scores.loglik / scores.n_tokens  # the lowest mean loss; the first of equals, as nanochat
-    return int(mean_loglik.argmax()) == rendered.gold
+    return lowest_mean_loss((-scores.loglik / scores.n_tokens).tolist()) == rendered.gold
+
+
+def lowest_mean_loss(mean_losses):
+    """The choice nanochat picks, `mean_losses.index(min(mean_losses))`, NaN included: a choice
+    whose tokens are a prefix of another's is all shared context, an empty continuation with a
+    NaN mean loss. Nothing compares below NaN, so min() returns it only from first place: an
+    empty choice 0 wins, an empty choice elsewhere is passed over. Of equal losses, the first."""
+    return mean_losses.index(min(mean_losses))
 
 
 def evaluate_task(model_fn, task, rows, enc, context, device="cpu", rank=0, world_size=1,

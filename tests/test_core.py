@@ -163,6 +163,21 @@ def test_multiple_choice_prompt_tokens_and_lowest_mean_loss(tasks, enc):
     assert core.score_example(bigram_model_fn({(25, 41578): 5.0}), task, r, enc, context=64) is True
 
 
+def test_a_choice_that_is_a_token_prefix_of_the_others_ties_as_in_nanochat(enc):
+    """" Rome" is a token prefix of the other choices, so it is all shared context: an empty
+    continuation, a NaN mean loss. nanochat's min()/index() picks it in first place only; elsewhere
+    it is passed over for the lowest mean loss of the others (" Rome was built": " was" is boosted)."""
+    task = core.Task("prefixes", Path("unused.jsonl"), "multiple_choice", 0, " ", 1 / 3)
+    model_fn = bigram_model_fn({(10598, 373): 8.0})  # " Rome" -> " was"
+    for empty in range(3):
+        choices = ["Rome is nice", "Rome was built"]
+        choices.insert(empty, "Rome")
+        rendered = core.render_example(task, [{"query": "Capital:", "choices": choices, "gold": 0}], 0, enc)
+        assert [sum(m) for m in rendered.mask] == [2 if c != "Rome" else 0 for c in choices]
+        picked = [g for g in range(3) if core.score_example(model_fn, task, rendered._replace(gold=g), enc, 64)]
+        assert picked == [0 if empty == 0 else choices.index("Rome was built")]
+
+
 def test_schema_prompt_tokens_and_choice(tasks, enc):
     task = tasks["pronouns"]
     rows = core.load_rows(task)
