@@ -332,6 +332,10 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
     with zipfile.ZipFile(served / "other.zip", "w") as archive:
         archive.writestr("something_else/core.yaml", "icl_tasks: []\n")
     (served / "broken.zip").write_bytes(b"PK\x03\x04 not a zip")
+    validation = tmp_path / "hellaswag_val.jsonl"
+    validation.write_text(json.dumps({"activity_label": "Roof shingle removal", "ctx_a": "A man is on a roof.",
+                                      "ctx_b": "he", "ctx": "A man is on a roof. he", "label": 3,
+                                      "endings": ["sits.", "runs.", "sings.", "works."]}) + "\n")
     server, url = serve(served)
     try:
         target = tmp_path / "clone" / "data" / "eval_bundle"
@@ -340,10 +344,14 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
             assert status == 2 and out == "" and err.count("\n") == 1
             assert err.startswith(f"error: the CORE eval bundle could not be fetched from {url}/{name} (")
             assert not (tmp_path / "clone").exists()  # no zip, no partial folder, no empty data/
-        status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip")
-        assert status == 0 and out == f"CORE eval bundle: {target}\n"
+        # the bundle lacks hellaswag.jsonl: it is built from HellaSwag's validation set (here a local copy)
+        status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip",
+                                 "--hellaswag-data", validation)
+        built = target / "eval_data" / "language_understanding" / "hellaswag.jsonl"
+        assert status == 0 and out == (f"CORE eval bundle: {target}\nCORE hellaswag and hellaswag_zeroshot: "
+                                       f"{built} (1 rows from {validation})\n")
         assert sorted(p.relative_to(target) for p in target.rglob("*")) == sorted(
-            p.relative_to(bundle) for p in bundle.rglob("*"))
+            [p.relative_to(bundle) for p in bundle.rglob("*")] + [built.relative_to(target), Path("README.md")])
         assert sorted(p.name for p in target.parent.iterdir()) == ["eval_bundle"]  # no temporary left
         assert core.load_tasks(target)[1] == ["absent_task"]
     finally:
