@@ -44,12 +44,16 @@ def parse_args(argv):
     parser.add_argument("--max-per-task", type=int, default=0,
                         help="score the first K rows of each task after the shuffle (nanochat: 500 "
                              "during training); 0 = all")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="examples per forward pass (all their choices, right-padded)")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object as the last line: {"tasks": {label: {"accuracy", '
                              '"centered", "n"}}, "core", "missing", ...}')
     args = parser.parse_args(argv)
     if args.max_per_task < 0:
         parser.error("--max-per-task must be 0 (all) or positive")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be positive")
     return args
 
 
@@ -111,8 +115,9 @@ def main(argv=None):
         model_fn, context = (load_hf_model_fn(args.model, device) if args.model else
                              load_checkpoint_fn(args.checkpoint, device, "CORE"))
         autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
-        result = core.evaluate(model_fn, tasks, get_gpt2_encoding(), context, args.max_per_task or None, device,
-                               autocast_dtype=autocast_dtype, report=print if master and not args.json else None)
+        prepared = core.prepare(tasks, get_gpt2_encoding(), context, args.max_per_task or None)
+        result = core.evaluate(model_fn, prepared, device, autocast_dtype=autocast_dtype, batch_size=args.batch_size,
+                               report=print if master and not args.json else None)
     except (core.CoreUnavailable, ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
     finally:

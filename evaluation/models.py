@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from evaluation.scoring import check_gpt2_vocab
+from evaluation.scoring import Logits, check_gpt2_vocab
 from hf_gpt2 import load_hf_gpt2
 from trainer.checkpoint import load_model
 from trainer.distributed import pick_device_type
@@ -32,18 +32,6 @@ def load_checkpoint_fn(path, device, benchmark="HellaSwag"):
     check_gpt2_vocab(model, f"--checkpoint {path}", benchmark)
     model.eval()
     return Logits(model), model.config.block_size
-
-
-class Logits:
-    """The model_fn of a GPT or a GPT2LMHeadModel; `.config` is the model's (both name their
-    shape n_layer and n_embd, which finds the OpenAI GPT-2 of the same size)."""
-
-    def __init__(self, model):
-        self.model, self.config = model, model.config
-
-    def __call__(self, idx):
-        out = self.model(idx)
-        return out[0] if isinstance(out, tuple) else out.logits
 
 
 def add_model_arguments(parser, download_help, dtype_help="bfloat16 runs the forward under autocast"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import core_eval
-from core_bundle import CORE_YAML, META, write_bundle
+from core_bundle import ABSENT, CORE_YAML, META, write_bundle
 from evaluation import core
 from pipeline.tokenizer import get_gpt2_encoding
 from shared_data import SHARED_DIR
@@ -91,9 +91,10 @@ def test_build_hellaswag_writes_cores_rows_in_order_then_core_scores_them(tmp_pa
     assert (bundle / "README.md").read_text() == readme
 
     tasks, missing = core.load_tasks(bundle)
-    assert missing == ["absent_task"] and tasks[-1].label == "hellaswag_zeroshot"
+    assert missing == [label for label in ABSENT if label != "hellaswag_zeroshot"]
+    assert tasks[-1].label == "hellaswag_zeroshot"
     # every logit equal: every choice ties and the first wins; the golds are 3, 3, 0
-    result = core.evaluate(lambda idx: torch.zeros(*idx.shape, 50257), tasks[-1:], get_gpt2_encoding(), context=64)
+    result = core.evaluate(lambda idx: torch.zeros(*idx.shape, 50257), core.prepare(tasks[-1:], get_gpt2_encoding(), 64))
     assert result["tasks"]["hellaswag_zeroshot"]["n"] == 3
     assert result["tasks"]["hellaswag_zeroshot"]["accuracy"] == pytest.approx(1 / 3)
 

@@ -169,7 +169,7 @@ def core_result(records):
     row = next((r for r in reversed(records) if r.get("core") is not None), None)
     if row is None:
         return None
-    return {"step": row["step"], "core": row["core"], "tasks": row.get("core_tasks") or {},
+    return {"step": row["step"], "core": row["core"], "tasks": row.get("core_per_task") or {},
             "missing": [label for label in (row.get("core_missing") or "").split(",") if label],
             "gpt2": row.get("core_gpt2"), "gpt2_model": row.get("core_gpt2_model")}
 
