@@ -2,7 +2,7 @@
 
     python core_eval.py --download                        # once, where there is internet
     python core_eval.py --build-hellaswag                 # its hellaswag.jsonl from HellaSwag's val set
-    python core_eval.py --model gpt2                      # OpenAI's 124M: CORE 0.1139 in nanochat
+    python core_eval.py --model gpt2 --dtype bfloat16     # OpenAI's 124M: CORE 0.1139 in nanochat (bf16)
     python core_eval.py --checkpoint runs/x --max-per-task 500
     torchrun --standalone --nproc_per_node=8 core_eval.py --model gpt2-xl --json
 
@@ -36,7 +36,7 @@ def parse_args(argv):
                             "hellaswag and hellaswag_zeroshot) from HellaSwag's validation set (--hellaswag-data), "
                             "then exit")
     parser.add_argument("--hellaswag-data",
-                        help="HellaSwag's hellaswag_val.jsonl for --build-hellaswag; default: the copy "
+                        help="HellaSwag's hellaswag_val.jsonl for --build-hellaswag and --download; default: the copy "
                              "`python hellaswag.py --download` keeps in data/hellaswag/")
     parser.add_argument("--bundle", default=str(core.DEFAULT_BUNDLE),
                         help="the eval bundle folder (core.yaml, eval_meta_data.csv, eval_data/)")

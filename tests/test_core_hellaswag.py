@@ -94,7 +94,8 @@ def test_build_hellaswag_writes_cores_rows_in_order_then_core_scores_them(tmp_pa
     assert missing == [label for label in ABSENT if label != "hellaswag_zeroshot"]
     assert tasks[-1].label == "hellaswag_zeroshot"
     # every logit equal: every choice ties and the first wins; the golds are 3, 3, 0
-    result = core.evaluate(lambda idx: torch.zeros(*idx.shape, 50257), core.prepare(tasks[-1:], get_gpt2_encoding(), 64))
+    prepared = core.prepare(tasks[-1:], get_gpt2_encoding(), context=64)
+    result = core.evaluate(lambda idx: torch.zeros(*idx.shape, 50257), prepared)
     assert result["tasks"]["hellaswag_zeroshot"]["n"] == 3
     assert result["tasks"]["hellaswag_zeroshot"]["accuracy"] == pytest.approx(1 / 3)
 

@@ -51,15 +51,17 @@ def test_preflight_checks_the_bundle_like_the_hellaswag_file(tmp_path, bundle, c
     status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle), "--core-max-per-task", "1")
     assert status == 2 and "--core-max-per-task 1: CORE draws each row's 1 shots from the other kept rows" in err
     status, out, err = preflight("--core-every", "auto", "--core-bundle", str(bundle))
-    assert status == 0 and f"CORE: 3 of 22 tasks in {bundle}; 19 absent: {', '.join(ABSENT)}; run at the last step" in out
+    assert status == 0
+    assert f"CORE: 3 of 22 tasks in {bundle}; 19 absent: {', '.join(ABSENT)}; run at the last step" in out
     status, out, err = preflight("--core-every", "0", "--core-bundle", str(tmp_path / "no-bundle"))
     assert status == 0 and "CORE" not in out
 
 
 def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys, monkeypatch, read_wandb_runs):
     """A GPT-2-vocabulary model (context 64) on GPT-2-token shards with --core-every 2 over 3 steps:
-    CORE at steps 2 and 3 (the last; not at step 0) in log.jsonl, its rows built once, the plot and the run report with its per-task
-    table; the report's HellaSwag command, run as written, works for this short-context model."""
+    CORE at steps 2 and 3 (the last; not at step 0) in log.jsonl, its rows built once, the plot and
+    the run report with its per-task table; the report's HellaSwag command, run as written, works
+    for this short-context model."""
     data = gpt2_shards(tmp_path / "data")
     long_ending = {"ctx": "A man sits down.", "ctx_a": "A man sits down.", "ctx_b": "", "label": 1,
                    "activity_label": "Sitting",

@@ -105,8 +105,8 @@ class Evaluator:
         reference = core.gpt2_reference(list(result["tasks"]), self.cfg.core_bundle or core.DEFAULT_BUNDLE, name)
         tasks = {label: {"accuracy": r["accuracy"], "centered": r["centered"], "n": r["n"],
                          "gpt2_centered": reference["tasks"].get(label)} for label, r in result["tasks"].items()}
-        self.metrics.log({"step": step, "core": result["core"], "core_tasks": len(tasks), "core_gpt2": reference["core"],
-                          "core_gpt2_model": reference["model"], "core_missing": ",".join(self.core_missing),
+        self.metrics.log({"step": step, "core": result["core"], "core_tasks": len(tasks),
+                          "core_gpt2": reference["core"], "core_gpt2_model": reference["model"], "core_missing": ",".join(self.core_missing),
                           "core_per_task": tasks})
         if self.runtime.master:
             print(f"step {step:5d} | {core.core_line(result, self.core_missing, reference)} "
