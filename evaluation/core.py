@@ -208,7 +208,7 @@ def prepare(tasks, enc, context, max_per_task=None, rank=None, world_size=None):
     """Every task's rows, shots and tokens, built once per run (training scores them again every
     --core-every steps): rank r takes rows r, r + world_size, ... Rows are cropped to their last
     `context` tokens as nanochat crops them; a row whose continuation does not fit is left out.
-    Tokens are kept as int32 arrays: 500 rows of 22 tasks as Python lists would take a GB a rank."""
+    Tokens are kept as int32 arrays: 4 bytes a token, where a Python list takes ~36."""
     rank, world_size = rank_and_world(rank, world_size)
     prepared = []
     for task in tasks:

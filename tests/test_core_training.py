@@ -96,7 +96,7 @@ def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys, mo
     logged = [h for h in wandb_run["history"] if "core" in h]
     assert [(h["_step"], h["core"]) for h in logged] == [(r["step"], r["core"]) for r in scored]
     assert logged[-1]["core_per_task.arc_easy.centered"] == last["core_per_task"]["arc_easy"]["centered"]
-    assert wandb_run["summary"]["report/core"] == last["core"]
+    assert (wandb_run["summary"]["report/core"], wandb_run["summary"]["report/core_tasks"]) == (last["core"], 3)
 
     report = json.loads((run / "report.json").read_text())
     assert report["core"]["core"] == last["core"] and report["core"]["missing"] == ABSENT

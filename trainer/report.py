@@ -287,6 +287,7 @@ def wandb_summary(report):
             "report/hellaswag_acc_norm": in_training.get("acc_norm"),
             "report/hellaswag_acc": in_training.get("acc"),
             "report/core": (report.get("core") or {}).get("core"),
+            "report/core_tasks": len(report["core"]["tasks"]) if report.get("core") else None,
             "report/tokens_trained": report["data"]["tokens_trained"],
             "report/epochs": report["data"]["epochs"],
             "report/wall_time_s": report["time"]["wall_time_s"],
