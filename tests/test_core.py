@@ -300,7 +300,8 @@ def test_two_ranks_under_torchrun_equal_one_process(bundle, hf_dir, capsys):
     single = json.loads(out.splitlines()[-1])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "core_eval.py"), "--model", str(hf_dir), "--bundle", str(bundle), "--json", "--device", "cpu"]
+           str(REPO / "core_eval.py"), "--model", str(hf_dir), "--bundle", str(bundle), "--json", "--device", "cpu",
+           "--batch-size", "2"]  # arc_easy: 2 forwards on rank 0 (3 rows), 1 on rank 1 (2 rows)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]  # rank 0 prints once
