@@ -141,7 +141,7 @@ def download(cache_dir=DEFAULT_CACHE_DIR, url=URL):
         raise HellaSwagUnavailable(
             f"HellaSwag validation set not found at {path} and the download from {url} failed "
             f"({type(e).__name__}: {reason}); fetch that file on a connected machine and put it at "
-            f"{path}, or pass --data FILE"
+            f"{path}, or pass a local copy (hellaswag.py --data, core_eval.py --hellaswag-data)"
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
