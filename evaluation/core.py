@@ -14,7 +14,8 @@ percent) and eval_data/<category>/<task>.jsonl. Per task:
   only when greedy decoding reproduces every continuation token;
 - centered = (accuracy - b) / (1 - b), b the random baseline / 100; CORE = the mean over tasks.
 
-A task whose file is absent is named and left out: CORE is then over the tasks present.
+A task whose file is absent, or that core.yaml does not list, is named and left out: CORE is then
+over the tasks present, and every CORE figure says over how many of the 22.
 """
 
 import csv
@@ -24,12 +25,13 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from evaluation.scoring import (check_gpt2_vocab, continuation_fits, crop_left, rank_and_world,
-                                score_rows, sum_over_ranks)
+from evaluation.scoring import (Logits, RowScores, check_gpt2_vocab, continuation_fits, crop_left,
+                                max_over_ranks, rank_and_world, score_rows, sum_over_ranks)
 from model import unwrap
-from pipeline.tokenizer import get_gpt2_encoding
+from pipeline.tokenizer import GPT2_VOCAB_SIZE
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"  # nanochat's
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "data" / "eval_bundle"
@@ -37,6 +39,11 @@ SHUFFLE_SEED, FEWSHOT_SEED = 1337, 1234
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 ROW_FIELDS = {"multiple_choice": ("query", "choices", "gold"), "schema": ("context_options", "continuation", "gold"),
               "language_modeling": ("context", "continuation")}
+# CORE's 22 tasks, in nanochat's core.yaml order
+CORE_TASKS = ("hellaswag_zeroshot", "jeopardy", "bigbench_qa_wikidata", "arc_easy", "arc_challenge", "copa",
+              "commonsense_qa", "piqa", "openbook_qa", "lambada_openai", "hellaswag", "winograd", "winogrande",
+              "bigbench_dyck_languages", "agi_eval_lsat_ar", "bigbench_cs_algorithms", "bigbench_operators",
+              "bigbench_repeat_copy_logic", "squad", "coqa", "boolq", "bigbench_language_identification")
 # OpenAI GPT-2's CORE over all 22 tasks, as nanochat reports it (dev/estimate_gpt3_core.ipynb,
 # from the bundle's openai-community-gpt2*.csv; 1.5B: 0.256525 in its README and LEADERBOARD)
 GPT2_CORE = {"gpt2": 0.1139, "gpt2-medium": 0.1849, "gpt2-large": 0.2146, "gpt2-xl": 0.2565}
@@ -70,7 +77,8 @@ class Rendered(NamedTuple):
 
 
 def load_tasks(bundle=DEFAULT_BUNDLE):
-    """(tasks whose file is present, labels of those whose file is absent), in core.yaml's order."""
+    """(tasks whose file is present, in core.yaml's order; labels of the absent: core.yaml's tasks
+    whose file is absent, then CORE's tasks that core.yaml does not list)."""
     import yaml
 
     bundle = Path(bundle)
@@ -97,7 +105,8 @@ def load_tasks(bundle=DEFAULT_BUNDLE):
     if not present:
         raise CoreUnavailable(f"CORE bundle {bundle}: none of the {len(tasks)} task files of core.yaml is under "
                               f"{bundle / 'eval_data'}; fetch the bundle with `python core_eval.py --download`")
-    return present, [t.label for t in tasks if not t.path.is_file()]
+    listed = {t.label for t in tasks}
+    return present, [t.label for t in tasks if not t.path.is_file()] + [x for x in CORE_TASKS if x not in listed]
 
 
 def load_rows(task, max_per_task=None):
@@ -189,56 +198,100 @@ def render_example(task, rows, index, enc):
 # Scoring
 
 
+class Prepared(NamedTuple):
+    task: Task
+    examples: list  # this rank's share of the rows that fit the context, rendered and cropped (Rendered)
+    left_out: int  # this rank's rows whose continuation does not fit the context
+
+
+def prepare(tasks, enc, context, max_per_task=None, rank=None, world_size=None):
+    """Every task's rows, shots and tokens, built once per run (training scores them again every
+    --core-every steps): rank r takes rows r, r + world_size, ... Rows are cropped to their last
+    `context` tokens as nanochat crops them; a row whose continuation does not fit is left out.
+    Tokens are kept as int32 arrays: 4 bytes a token, where a Python list takes ~36."""
+    rank, world_size = rank_and_world(rank, world_size)
+    prepared = []
+    for task in tasks:
+        rows = load_rows(task, max_per_task)
+        examples, left_out = [], 0
+        for index in range(rank, len(rows), world_size):
+            rendered = render_example(task, rows, index, enc)
+            if not all(continuation_fits(m, context) for m in rendered.mask):
+                left_out += 1
+                continue
+            tokens, mask = crop_left(rendered.tokens, rendered.mask, context)
+            examples.append(rendered._replace(tokens=[np.array(t, dtype=np.int32) for t in tokens],
+                                              mask=[np.array(m, dtype=np.int8) for m in mask]))
+        prepared.append(Prepared(task, examples, left_out))
+    return prepared
+
+
+def is_correct(task, rendered, scores):
+    """Whether the model got one rendered row right, from the RowScores of its rows."""
+    if task.task_type == "language_modeling":
+        return bool(scores.greedy[0])
+    return lowest_mean_loss((-scores.loglik / scores.n_tokens).tolist()) == rendered.gold
+
+
+def lowest_mean_loss(mean_losses):
+    """The choice nanochat picks, `mean_losses.index(min(mean_losses))`, NaN included: a choice
+    whose tokens are a prefix of another's is all shared context, an empty continuation with a
+    NaN mean loss. Nothing compares below NaN, so min() returns it only from first place: an
+    empty choice 0 wins, an empty choice elsewhere is passed over. Of equal losses, the first."""
+    return mean_losses.index(min(mean_losses))
+
+
 def score_example(model_fn, task, rendered, enc, context, device="cpu", autocast_dtype=None):
     """Whether the model gets one rendered row right: its rows (one per choice) in one forward,
     each cropped to its last `context` tokens as nanochat crops them."""
     tokens, mask = crop_left(rendered.tokens, rendered.mask, context)
-    scores = score_rows(model_fn, tokens, mask, device, enc.n_vocab, autocast_dtype)
-    if task.task_type == "language_modeling":
-        return bool(scores.greedy[0])
-    mean_loglik = scores.loglik / scores.n_tokens  # the lowest mean loss; the first of equals, as nanochat
-    return int(mean_loglik.argmax()) == rendered.gold
+    return is_correct(task, rendered, score_rows(model_fn, tokens, mask, device, enc.n_vocab, autocast_dtype))
 
 
-def evaluate_task(model_fn, task, rows, enc, context, device="cpu", rank=0, world_size=1,
-                  autocast_dtype=None, lockstep=False):
-    """(correct, scored, left out) over `rows`, summed over ranks: rank r scores rows r,
-    r + world_size, ...; each row's choices go through the model in one batch. Rows are cropped
-    to their last `context` tokens; a row whose continuation does not fit is left out.
-    `lockstep`: every rank makes the same number of forwards (an FSDP model gathers its weights
-    from all ranks in each)."""
-    counts = torch.zeros(3, dtype=torch.long)  # correct, scored, left out
-    rounds = -(-len(rows) // world_size)
+def score_task(model_fn, prepared, rounds, device, autocast_dtype, batch_size, lockstep, should_stop):
+    """(correct, scored, left out) of this rank's share of a task, or None when `should_stop()`
+    said so: `batch_size` examples (all their rows, right-padded) per forward, in `rounds` rounds,
+    the same number on every rank (`should_stop` may run a collective). `lockstep`: a rank whose
+    share is done makes a forward anyway (an FSDP model gathers its weights from all ranks in each)."""
+    counts = torch.tensor([0, 0, prepared.left_out])
     for k in range(rounds):
-        index = rank + k * world_size
-        rendered = render_example(task, rows, index, enc) if index < len(rows) else None
-        if rendered is not None and not all(continuation_fits(m, context) for m in rendered.mask):
-            counts[2] += 1
-            rendered = None
-        if rendered is None:
-            if lockstep:  # a forward the others make too; its result is not used
-                score_rows(model_fn, [[enc.eot_token] * 2], [[0, 1]], device, enc.n_vocab, autocast_dtype)
+        if should_stop is not None and should_stop():
+            return None
+        batch = prepared.examples[k * batch_size : (k + 1) * batch_size]
+        if not batch:
+            if lockstep:  # its result is not used
+                score_rows(model_fn, [[0, 0]], [[0, 1]], device, GPT2_VOCAB_SIZE, autocast_dtype)
             continue
-        correct = score_example(model_fn, task, rendered, enc, context, device, autocast_dtype)
-        counts += torch.tensor([correct, 1, 0])
-    return tuple(sum_over_ranks(counts, device, world_size).tolist())
+        scores = score_rows(model_fn, [row for r in batch for row in r.tokens], [m for r in batch for m in r.mask],
+                            device, GPT2_VOCAB_SIZE, autocast_dtype)
+        first = 0
+        for rendered in batch:
+            rows = slice(first, first + len(rendered.tokens))
+            first = rows.stop
+            counts += torch.tensor([is_correct(prepared.task, rendered, RowScores(*(t[rows] for t in scores))), 1, 0])
+    return counts
 
 
 def centered(accuracy, baseline):
     return (accuracy - baseline) / (1 - baseline)
 
 
-def evaluate(model_fn, tasks, enc, context, max_per_task=None, device="cpu", rank=None,
-             world_size=None, autocast_dtype=None, lockstep=False, report=None):
-    """CORE over `tasks` (see load_tasks): {"tasks": {label: {accuracy, centered, n, left_out}},
-    "core", "examples_per_second"}. `report(line)` is called after each task, on every rank."""
-    rank, world_size = rank_and_world(rank, world_size)
+def evaluate(model_fn, prepared, device="cpu", world_size=None, autocast_dtype=None, batch_size=8,
+             lockstep=False, report=None, should_stop=None):
+    """CORE over the prepared tasks (see prepare; every rank calls this with its own share): {"tasks":
+    {label: {accuracy, centered, n, left_out}}, "core", "examples_per_second"}, or None when
+    `should_stop()` (polled once per batch, at the same rounds on every rank) asked to stop early.
+    `report(line)` is called after each task, on every rank."""
+    _, world_size = rank_and_world(world_size=world_size)
+    batches = torch.tensor([-(-len(p.examples) // batch_size) for p in prepared])
+    rounds = max_over_ranks(batches, device, world_size).tolist()  # one collective for all tasks
     results, start, scored = {}, time.time(), 0
-    for task in tasks:
-        task_start = time.time()
-        rows = load_rows(task, max_per_task)
-        correct, n, left_out = evaluate_task(model_fn, task, rows, enc, context, device, rank,
-                                             world_size, autocast_dtype, lockstep)
+    for p, task_rounds in zip(prepared, rounds):
+        task, task_start = p.task, time.time()
+        counts = score_task(model_fn, p, task_rounds, device, autocast_dtype, batch_size, lockstep, should_stop)
+        if counts is None:
+            return None
+        correct, n, left_out = sum_over_ranks(counts, device, world_size).tolist()
         accuracy = correct / max(n, 1)
         results[task.label] = {"accuracy": accuracy, "centered": centered(accuracy, task.baseline), "n": n,
                                "left_out": left_out}
@@ -252,16 +305,17 @@ def evaluate(model_fn, tasks, enc, context, max_per_task=None, device="cpu", ran
     return {"tasks": results, "core": core, "examples_per_second": scored / max(time.time() - start, 1e-9)}
 
 
-def evaluate_gpt(model, tasks, *, max_per_task=None, device="cpu", autocast_dtype=None, lockstep=False):
-    """CORE for our GPT during training: every rank must call it (the counts are summed across
-    ranks). The plain module is used, in eval mode, and its training mode is restored afterwards."""
+def evaluate_gpt(model, prepared, *, device="cpu", autocast_dtype=None, lockstep=False, should_stop=None):
+    """CORE for our GPT during training over `prepared` (prepare(), once per run, context = the
+    model's block_size): every rank must call it (the counts are summed across ranks). The plain
+    module is used, in eval mode, and its training mode is restored afterwards."""
     raw = unwrap(model)
     check_gpt2_vocab(raw, "evaluate_gpt", "CORE")
     was_training = raw.training
     raw.eval()
     try:
-        return evaluate(lambda idx: raw(idx)[0], tasks, get_gpt2_encoding(), raw.config.block_size,
-                        max_per_task, device, autocast_dtype=autocast_dtype, lockstep=lockstep)
+        return evaluate(Logits(raw), prepared, device, autocast_dtype=autocast_dtype, lockstep=lockstep,
+                        should_stop=should_stop)
     finally:
         raw.train(was_training)
 
@@ -307,10 +361,11 @@ def gpt2_reference(labels, bundle, name="gpt2"):
 
 
 def core_line(result, missing, reference):
-    """'CORE 0.1234 (OpenAI GPT-2 124M: 0.1139)', or over the tasks present when some are absent."""
+    """'CORE over 22 of 22 tasks 0.1234 (OpenAI GPT-2 124M: 0.1139)'; over fewer tasks, GPT-2's over
+    the same tasks beside it, then its CORE over all of them."""
     n_tasks = len(result["tasks"]) + len(missing)
+    over = f"CORE over {len(result['tasks'])} of {n_tasks} tasks {result['core']:.4f}"
     if not missing:
-        return f"CORE {result['core']:.4f} ({reference['model']}: {reference['core_all']:.4f})"
+        return f"{over} ({reference['model']}: {reference['core_all']:.4f})"
     same = f"{reference['core']:.4f}" if reference["core"] is not None else "unknown"
-    return (f"CORE over {len(result['tasks'])} of {n_tasks} tasks {result['core']:.4f} ({reference['model']} over "
-            f"the same tasks: {same}; over all {n_tasks}: {reference['core_all']:.4f})")
+    return f"{over} ({reference['model']} over the same tasks: {same}; over all {n_tasks}: {reference['core_all']:.4f})"

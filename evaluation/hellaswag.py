@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from evaluation.download import make_folders, remove_empty_folders, temporary_download_path
-from evaluation.scoring import (check_gpt2_vocab, continuation_fits, crop_left, rank_and_world,
+from evaluation.scoring import (Logits, check_gpt2_vocab, continuation_fits, crop_left, rank_and_world,
                                 score_rows, sum_over_ranks)
 from model import unwrap
 from pipeline.tokenizer import get_gpt2_encoding
@@ -141,7 +141,7 @@ def download(cache_dir=DEFAULT_CACHE_DIR, url=URL):
         raise HellaSwagUnavailable(
             f"HellaSwag validation set not found at {path} and the download from {url} failed "
             f"({type(e).__name__}: {reason}); fetch that file on a connected machine and put it at "
-            f"{path}, or pass --data FILE"
+            f"{path}, or pass a local copy (hellaswag.py --data, core_eval.py --hellaswag-data)"
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -382,7 +382,7 @@ def evaluate_gpt(model, examples, *, enc=None, style="default", batch_size=8, ra
     was_training = raw.training
     raw.eval()
     try:
-        return evaluate(lambda idx: raw(idx)[0], examples, enc or get_gpt2_encoding(), style,
+        return evaluate(Logits(raw), examples, enc or get_gpt2_encoding(), style,
                         batch_size, device, rank, world_size, autocast_dtype,
                         max_length=raw.config.block_size, lockstep=lockstep)
     finally:

@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from evaluation.scoring import check_gpt2_vocab
+from evaluation.scoring import Logits, check_gpt2_vocab
 from hf_gpt2 import load_hf_gpt2
 from trainer.checkpoint import load_model
 from trainer.distributed import pick_device_type
@@ -34,21 +34,9 @@ def load_checkpoint_fn(path, device, benchmark="HellaSwag"):
     return Logits(model), model.config.block_size
 
 
-class Logits:
-    """The model_fn of a GPT or a GPT2LMHeadModel; `.config` is the model's (both name their
-    shape n_layer and n_embd, which finds the OpenAI GPT-2 of the same size)."""
-
-    def __init__(self, model):
-        self.model, self.config = model, model.config
-
-    def __call__(self, idx):
-        out = self.model(idx)
-        return out[0] if isinstance(out, tuple) else out.logits
-
-
-def add_model_arguments(parser, download_help):
+def add_model_arguments(parser, download_help, dtype_help="bfloat16 runs the forward under autocast"):
     """The command lines' common flags: which model (--model, --checkpoint, or --download only),
-    --device and --dtype."""
+    --device and --dtype. Returns the group of the first three, for a command's own alternatives."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124m..1558m), "
                        "a Hugging Face hub id, or a local GPT2LMHeadModel folder")
@@ -57,7 +45,8 @@ def add_model_arguments(parser, download_help):
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:1, mps (auto: cuda, else Apple's mps, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16 runs the forward under autocast")
+                        help=dtype_help)
+    return which
 
 
 def start_ranks(device_choice):

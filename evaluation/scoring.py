@@ -8,6 +8,9 @@ log-likelihood it gives each continuation token, and whether its greedy choice w
     scores = score_rows(model_fn, rows, masks, device, n_vocab)
     scores.loglik, scores.n_tokens, scores.greedy           # one value per row
 
+`model_fn(idx (B, T)) -> logits (B, T, V)`; a Logits (our GPT or a GPT2LMHeadModel) computes
+the logits of the scored positions only.
+
 Ranks share the examples: rank r takes examples r, r + world_size, ... and the counts are summed
 over ranks, so every rank ends with the totals of a single-process run.
 """
@@ -52,18 +55,19 @@ def score_rows(model_fn, rows, masks, device, n_vocab, autocast_dtype=None):
     inputs = torch.zeros(len(rows), T, dtype=torch.long)
     targets = torch.zeros(len(rows), T, dtype=torch.long)
     scored = torch.zeros(len(rows), T, dtype=torch.bool)  # position t predicts a continuation token
-    for i, (row, m) in enumerate(zip(rows, masks)):
-        inputs[i, : len(row) - 1] = torch.tensor(row[:-1])
-        targets[i, : len(row) - 1] = torch.tensor(row[1:])
-        scored[i, : len(row) - 1] = torch.tensor(m[1:], dtype=torch.bool)
+    for i, (row, m) in enumerate(zip(rows, masks)):  # lists, or arrays (CORE keeps its rows so)
+        inputs[i, : len(row) - 1] = torch.as_tensor(row[:-1])
+        targets[i, : len(row) - 1] = torch.as_tensor(row[1:])
+        scored[i, : len(row) - 1] = torch.as_tensor(m[1:]).bool()
     inputs, targets, scored = inputs.to(device), targets.to(device), scored.to(device)
     device_type = torch.device(device).type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        logits = model_fn(inputs)
-    # keep only the positions that predict a continuation token, so the vocabulary-wide softmax
-    # runs on a fraction of the rows. Cropping to the tokenizer's vocabulary drops a padded
-    # vocabulary's never-seen ids (exported HF models lack them).
-    selected = logits[scored][:, :n_vocab].float()
+        # only the positions that predict a continuation token, so the output layer and the
+        # vocabulary-wide softmax run on a fraction of the rows
+        logits = model_fn(inputs, scored) if isinstance(model_fn, Logits) else model_fn(inputs)[scored]
+    # cropping to the tokenizer's vocabulary drops a padded vocabulary's never-seen ids (exported
+    # HF models lack them)
+    selected = logits[:, :n_vocab].float()
     wanted = targets[scored]
     token_ll = -F.cross_entropy(selected, wanted, reduction="none")
     row_of = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(scored)[scored]
@@ -72,6 +76,28 @@ def score_rows(model_fn, rows, masks, device, n_vocab, autocast_dtype=None):
     misses = torch.zeros(len(rows), dtype=torch.long, device=device)
     misses.index_add_(0, row_of, (selected.argmax(dim=-1) != wanted).long())
     return RowScores(loglik.cpu(), scored.sum(dim=1).cpu(), (misses == 0).cpu())
+
+
+class Logits:
+    """The model_fn of a GPT or a GPT2LMHeadModel: `model_fn(idx)` -> logits (B, T, V), and
+    `model_fn(idx, where)` -> the logits at the positions where `where` (B, T) is True only (N, V),
+    in the order of logits[where]: a hook hands the output layer (`lm_head`, a third of a 124M
+    forward) just those positions' hidden states. `.config` is the model's (both name their shape
+    n_layer and n_embd, which finds the OpenAI GPT-2 of the same size)."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def __call__(self, idx, where=None):
+        hook = None
+        if where is not None:
+            hook = self.model.lm_head.register_forward_pre_hook(lambda module, args: (args[0][where],))
+        try:
+            out = self.model(idx)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return out[0] if isinstance(out, tuple) else out.logits
 
 
 def check_gpt2_vocab(model, what, benchmark):
@@ -101,3 +127,12 @@ def sum_over_ranks(counts, device, world_size):
     counts = counts.to(device)
     dist.all_reduce(counts)
     return counts.cpu()
+
+
+def max_over_ranks(values, device, world_size):
+    """`values` (a CPU tensor) maximised over ranks, on the CPU again."""
+    if world_size == 1:
+        return values
+    values = values.to(device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values.cpu()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import core_eval
-from core_bundle import CAPITALS, WORDS, write_bundle
+from core_bundle import ABSENT, CAPITALS, WORDS, write_bundle
 from evaluation import core
 from pipeline.tokenizer import get_gpt2_encoding
 from shared_data import SHARED_DIR
@@ -43,7 +43,7 @@ def bundle(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tasks(bundle):
     present, missing = core.load_tasks(bundle)
-    assert missing == ["absent_task"]
+    assert missing == ABSENT
     return {t.label: t for t in present}
 
 
@@ -77,25 +77,25 @@ def hf_dir(tmp_path_factory):
 
 def test_tasks_read_from_core_yaml_and_baselines(tasks):
     assert [(t.label, t.task_type, t.num_fewshot, t.delimiter, t.baseline) for t in tasks.values()] == [
-        ("capitals", "multiple_choice", 1, "\nAnswer: ", 0.5),
-        ("pronouns", "schema", 0, " ", 0.5),  # no delimiter in core.yaml: a space, as nanochat
-        ("words", "language_modeling", 1, " ", 0.0)]
+        ("arc_easy", "multiple_choice", 1, "\nAnswer: ", 0.5),
+        ("winograd", "schema", 0, " ", 0.5),  # no delimiter in core.yaml: a space, as nanochat
+        ("lambada_openai", "language_modeling", 1, " ", 0.0)]
 
 
 def test_shuffle_with_1337_then_cut_and_shots_from_the_kept_rows(tasks):
-    capitals = core.load_rows(tasks["capitals"])
+    capitals = core.load_rows(tasks["arc_easy"])
     # random.Random(1337).shuffle of the file's 5 rows: Italy, France, Japan, Spain, Peru
     assert capitals == [CAPITALS[i] for i in (1, 0, 3, 2, 4)]
-    assert core.load_rows(tasks["capitals"], max_per_task=3) == capitals[:3]
-    assert core.load_rows(tasks["words"]) == [WORDS[i] for i in (1, 0, 3, 2)]
+    assert core.load_rows(tasks["arc_easy"], max_per_task=3) == capitals[:3]
+    assert core.load_rows(tasks["lambada_openai"]) == [WORDS[i] for i in (1, 0, 3, 2)]
     # the shots of row i: random.Random(1234 + i).sample of the other kept rows
     assert [core.fewshot_rows(capitals, i, 1) for i in range(5)] == [
         [capitals[4]], [capitals[4]], [capitals[4]], [capitals[1]], [capitals[0]]]
     assert core.fewshot_rows(capitals, 2, 3) == [capitals[i] for i in (4, 3, 1)]
     assert core.fewshot_rows(capitals, 2, 0) == []
-    with pytest.raises(core.CoreUnavailable, match="capitals: 1 rows kept, but its 1-shot prompts .* "
+    with pytest.raises(core.CoreUnavailable, match="arc_easy: 1 rows kept, but its 1-shot prompts .* "
                                                    "--max-per-task 2 or more"):
-        core.load_rows(tasks["capitals"], max_per_task=1)
+        core.load_rows(tasks["arc_easy"], max_per_task=1)
 
 
 @pytest.mark.skipif(not REAL_BUNDLE.is_dir(), reason=f"{REAL_BUNDLE} absent (shared real-data folder)")
@@ -147,7 +147,7 @@ def test_real_rows_rendered_as_nanochat_renders_them(enc):
 
 
 def test_multiple_choice_prompt_tokens_and_lowest_mean_loss(tasks, enc):
-    task = tasks["capitals"]
+    task = tasks["arc_easy"]
     rows = core.load_rows(task)
     r = core.render_example(task, rows, 4, enc)  # Peru; its shot is row 0, Italy, with its answer
     prompts = ["Question: What is the capital of Italy?\nAnswer: Rome\n\n"
@@ -163,8 +163,23 @@ def test_multiple_choice_prompt_tokens_and_lowest_mean_loss(tasks, enc):
     assert core.score_example(bigram_model_fn({(25, 41578): 5.0}), task, r, enc, context=64) is True
 
 
+def test_a_choice_that_is_a_token_prefix_of_the_others_ties_as_in_nanochat(enc):
+    """" Rome" is a token prefix of the other choices, so it is all shared context: an empty
+    continuation, a NaN mean loss. nanochat's min()/index() picks it in first place only; elsewhere
+    it is passed over for the lowest mean loss of the others (" Rome was built": " was" is boosted)."""
+    task = core.Task("prefixes", Path("unused.jsonl"), "multiple_choice", 0, " ", 1 / 3)
+    model_fn = bigram_model_fn({(10598, 373): 8.0})  # " Rome" -> " was"
+    for empty in range(3):
+        choices = ["Rome is nice", "Rome was built"]
+        choices.insert(empty, "Rome")
+        rendered = core.render_example(task, [{"query": "Capital:", "choices": choices, "gold": 0}], 0, enc)
+        assert [sum(m) for m in rendered.mask] == [2 if c != "Rome" else 0 for c in choices]
+        picked = [g for g in range(3) if core.score_example(model_fn, task, rendered._replace(gold=g), enc, 64)]
+        assert picked == [0 if empty == 0 else choices.index("Rome was built")]
+
+
 def test_schema_prompt_tokens_and_choice(tasks, enc):
-    task = tasks["pronouns"]
+    task = tasks["winograd"]
     rows = core.load_rows(task)
     r = core.render_example(task, rows, 0, enc)
     assert [enc.decode(row[1:]) for row in r.tokens] == [
@@ -178,7 +193,7 @@ def test_schema_prompt_tokens_and_choice(tasks, enc):
 
 
 def test_language_modeling_prompt_tokens_and_greedy_match(tasks, enc):
-    task = tasks["words"]
+    task = tasks["lambada_openai"]
     rows = core.load_rows(task)
     r = core.render_example(task, rows, 1, enc)
     # contexts trimmed ("Say hello: " has a trailing space), the bare prompt stripped
@@ -196,7 +211,7 @@ def test_language_modeling_prompt_tokens_and_greedy_match(tasks, enc):
 
 
 def test_rows_cropped_from_the_left_to_the_context_or_left_out(tasks, enc):
-    task = tasks["words"]
+    task = tasks["lambada_openai"]
     rows = core.load_rows(task)
     r = core.render_example(task, rows, 0, enc)  # 19 tokens, the last 4 the continuation
     assert len(r.tokens[0]) == 19 and sum(r.mask[0]) == 4
@@ -210,7 +225,8 @@ def test_rows_cropped_from_the_left_to_the_context_or_left_out(tasks, enc):
     core.score_example(spy, task, r, enc, context=8)
     assert seen[0].tolist() == [r.tokens[0][-8:-1]]  # the last 8 tokens as nanochat keeps them; the 8th is only a target
     # a context of 4 leaves 3 tokens to predict from: the 4-token continuation cannot be scored
-    assert core.evaluate_task(base, task, rows, enc, context=4) == (0, 3, 1)  # correct, scored, left out
+    scored = core.evaluate(base, core.prepare([task], enc, context=4))["tasks"]["lambada_openai"]
+    assert (scored["accuracy"], scored["n"], scored["left_out"]) == (0, 3, 1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -220,16 +236,16 @@ def test_rows_cropped_from_the_left_to_the_context_or_left_out(tasks, enc):
 def test_centered_scores_and_core_from_the_baselines(tasks, bundle, enc):
     # all logits equal: every choice ties and the first wins (capitals: 3 of 5 golds are 0;
     # pronouns: 1 of 3), and greedy decoding says token 0 ("!"), never a continuation
-    result = core.evaluate(bigram_model_fn({}), list(tasks.values()), enc, context=64)
+    result = core.evaluate(bigram_model_fn({}), core.prepare(list(tasks.values()), enc, context=64))
     assert {label: (r["accuracy"], r["n"]) for label, r in result["tasks"].items()} == {
-        "capitals": (3 / 5, 5), "pronouns": (1 / 3, 3), "words": (0.0, 4)}
+        "arc_easy": (3 / 5, 5), "winograd": (1 / 3, 3), "lambada_openai": (0.0, 4)}
     assert [r["centered"] for r in result["tasks"].values()] == pytest.approx(
         [(0.6 - 0.5) / 0.5, (1 / 3 - 0.5) / 0.5, 0.0])  # (accuracy - b) / (1 - b), b = the csv's % / 100
     assert result["core"] == pytest.approx((0.2 - 1 / 3 + 0.0) / 3)
     reference = core.gpt2_reference(list(result["tasks"]), bundle)
     assert reference["core"] == pytest.approx((0.2 + 0.4 + 0.3) / 3)  # the csv's rows for these 3 tasks
-    assert core.core_line(result, ["absent_task"], reference) == (
-        "CORE over 3 of 4 tasks -0.0444 (OpenAI GPT-2 124M over the same tasks: 0.3000; over all 4: 0.1139)")
+    assert core.core_line(result, ABSENT, reference) == (
+        "CORE over 3 of 22 tasks -0.0444 (OpenAI GPT-2 124M over the same tasks: 0.3000; over all 22: 0.1139)")
 
 
 def run_cli(capsys, *args):
@@ -243,25 +259,25 @@ def test_command_line_json_table_and_absent_task_named(bundle, hf_dir, enc, caps
 
     status, out, err = run_cli(capsys, "--model", hf_dir, "--bundle", bundle, "--json", "--device", "cpu")
     assert status == 0
-    assert f"CORE: 1 of 4 tasks absent from {bundle} (left out): absent_task" in err
+    assert f"CORE: 19 of 22 tasks absent from {bundle} (left out): {', '.join(ABSENT)}" in err
     result = json.loads(out.splitlines()[-1])
-    assert result["missing"] == ["absent_task"] and list(result["tasks"]) == ["capitals", "pronouns", "words"]
-    baselines = {"capitals": 0.5, "pronouns": 0.5, "words": 0.0}
+    assert result["missing"] == ABSENT and list(result["tasks"]) == ["arc_easy", "winograd", "lambada_openai"]
+    baselines = {"arc_easy": 0.5, "winograd": 0.5, "lambada_openai": 0.0}
     for label, r in result["tasks"].items():
         assert r["centered"] == pytest.approx((r["accuracy"] - baselines[label]) / (1 - baselines[label]))
     assert [r["n"] for r in result["tasks"].values()] == [5, 3, 4]
     assert result["core"] == pytest.approx(sum(r["centered"] for r in result["tasks"].values()) / 3)
     model_fn, context = load_hf_model_fn(str(hf_dir), "cpu")
-    direct = core.evaluate(model_fn, core.load_tasks(bundle)[0], enc, context)
+    direct = core.evaluate(model_fn, core.prepare(core.load_tasks(bundle)[0], enc, context))
     assert {k: v["accuracy"] for k, v in direct["tasks"].items()} == {
         k: v["accuracy"] for k, v in result["tasks"].items()}
 
     status, out, err = run_cli(capsys, "--model", hf_dir, "--bundle", bundle, "--max-per-task", 2, "--device", "cpu")
     assert status == 0
     lines = out.splitlines()
-    assert lines[-2].startswith("CORE over 3 of 4 tasks ") and "OpenAI GPT-2 124M over the same tasks: 0.3000" in lines[-2]
+    assert lines[-2].startswith("CORE over 3 of 22 tasks ") and "OpenAI GPT-2 124M over the same tasks: 0.3000" in lines[-2]
     assert lines[-1].endswith(" examples/s")
-    assert any(line.split()[:2] == ["capitals", "2"] and line.endswith("0.2000") for line in lines)  # n, GPT-2's
+    assert any(line.split()[:2] == ["arc_easy", "2"] and line.endswith("0.2000") for line in lines)  # n, GPT-2's
 
     status, out, err = run_cli(capsys, "--model", hf_dir, "--bundle", bundle.parent / "nowhere", "--device", "cpu")
     assert status == 2 and out == "" and err.count("\n") == 1
@@ -284,7 +300,8 @@ def test_two_ranks_under_torchrun_equal_one_process(bundle, hf_dir, capsys):
     single = json.loads(out.splitlines()[-1])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "core_eval.py"), "--model", str(hf_dir), "--bundle", str(bundle), "--json", "--device", "cpu"]
+           str(REPO / "core_eval.py"), "--model", str(hf_dir), "--bundle", str(bundle), "--json", "--device", "cpu",
+           "--batch-size", "2"]  # arc_easy: 2 forwards on rank 0 (3 rows), 1 on rank 1 (2 rows)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]  # rank 0 prints once
@@ -317,6 +334,10 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
     with zipfile.ZipFile(served / "other.zip", "w") as archive:
         archive.writestr("something_else/core.yaml", "icl_tasks: []\n")
     (served / "broken.zip").write_bytes(b"PK\x03\x04 not a zip")
+    validation = tmp_path / "hellaswag_val.jsonl"
+    validation.write_text(json.dumps({"activity_label": "Roof shingle removal", "ctx_a": "A man is on a roof.",
+                                      "ctx_b": "he", "ctx": "A man is on a roof. he", "label": 3,
+                                      "endings": ["sits.", "runs.", "sings.", "works."]}) + "\n")
     server, url = serve(served)
     try:
         target = tmp_path / "clone" / "data" / "eval_bundle"
@@ -325,12 +346,16 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
             assert status == 2 and out == "" and err.count("\n") == 1
             assert err.startswith(f"error: the CORE eval bundle could not be fetched from {url}/{name} (")
             assert not (tmp_path / "clone").exists()  # no zip, no partial folder, no empty data/
-        status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip")
-        assert status == 0 and out == f"CORE eval bundle: {target}\n"
+        # the bundle lacks hellaswag.jsonl: it is built from HellaSwag's validation set (here a local copy)
+        status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip",
+                                 "--hellaswag-data", validation)
+        built = target / "eval_data" / "language_understanding" / "hellaswag.jsonl"
+        assert status == 0 and out == (f"CORE eval bundle: {target}\nCORE hellaswag and hellaswag_zeroshot: "
+                                       f"{built} (1 rows from {validation})\n")
         assert sorted(p.relative_to(target) for p in target.rglob("*")) == sorted(
-            p.relative_to(bundle) for p in bundle.rglob("*"))
+            [p.relative_to(bundle) for p in bundle.rglob("*")] + [built.relative_to(target), Path("README.md")])
         assert sorted(p.name for p in target.parent.iterdir()) == ["eval_bundle"]  # no temporary left
-        assert core.load_tasks(target)[1] == ["absent_task"]
+        assert core.load_tasks(target)[1] == ABSENT
     finally:
         server.shutdown()
         server.server_close()

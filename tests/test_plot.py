@@ -87,7 +87,7 @@ def test_read_log_later_lines_win(tmp_path):
                    '{"step": 5, "loss": 3.5}\n{"step": 6, "val_loss": 3.7}\n')
     series = plots.read_log(log)
     assert series == {"train": [(5, 3.5), (6, 3.9)], "val": [(6, 3.7)], "bpb": [], "hellaswag": [],
-                      "core": [], "core_gpt2": []}
+                      "core": [], "core_tasks": [], "core_gpt2": []}
 
 
 def test_errors(tmp_path, capsys):

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from pipeline.tokenizer import GPT2_VOCAB_SIZE
+from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding
 
 
 class Evaluator:
@@ -36,6 +36,7 @@ class Evaluator:
                       f"examples for {self.runtime.world_size} ranks; raise --hellaswag-limit")
             self.hellaswag_examples = None
         self.core_tasks, self.core_missing = load_core(cfg, tokenizer, self.runtime)
+        self.core_prepared = None  # rows, shots and tokens: built at the first CORE evaluation, then kept
 
     def autocast(self):
         device_type = self.runtime.device.type
@@ -66,7 +67,8 @@ class Evaluator:
             for style in ("default", "harness") if last_step else ("default",):
                 self.log_hellaswag(step, style, self.hellaswag(style))
         core_every = cfg.core_every if cfg.core_every != "auto" else 0  # auto: the last step only
-        if self.core_tasks and (last_step or (core_every and step % core_every == 0)):
+        # not at step 0, as nanochat: an untrained model's CORE is a minute's work for nothing
+        if self.core_tasks and (last_step or (core_every and step > 0 and step % core_every == 0)):
             self.log_core(step, self.core())
 
     def log_hellaswag(self, step, style, result):
@@ -85,14 +87,17 @@ class Evaluator:
     def core(self):
         from evaluation import core
 
-        # each rank scores its share of every task's rows, the counts are summed
-        return core.evaluate_gpt(self.parallel.module, self.core_tasks,
-                                 max_per_task=self.cfg.core_max_per_task or None, device=self.runtime.device,
+        if self.core_prepared is None:  # each rank its share of every task's rows
+            self.core_prepared = core.prepare(self.core_tasks, get_gpt2_encoding(),
+                                              self.parallel.module.config.block_size,
+                                              self.cfg.core_max_per_task or None)
+        return core.evaluate_gpt(self.parallel.module, self.core_prepared, device=self.runtime.device,
                                  autocast_dtype=self.autocast_dtype, lockstep=self.parallel.lockstep)
 
     def log_core(self, step, result):
-        """log.jsonl and wandb: "core", GPT-2's CORE over the same tasks ("core_gpt2", the
-        OpenAI model of this size, else 124M), the absent tasks, and each task's figures."""
+        """log.jsonl and wandb: "core" and over how many of CORE's 22 tasks ("core_tasks"), GPT-2's
+        CORE over the same tasks ("core_gpt2", the OpenAI model of this size, else 124M), the absent
+        tasks, and each task's figures ("core_per_task")."""
         from evaluation import core
 
         shape = self.parallel.module.config
@@ -100,9 +105,9 @@ class Evaluator:
         reference = core.gpt2_reference(list(result["tasks"]), self.cfg.core_bundle or core.DEFAULT_BUNDLE, name)
         tasks = {label: {"accuracy": r["accuracy"], "centered": r["centered"], "n": r["n"],
                          "gpt2_centered": reference["tasks"].get(label)} for label, r in result["tasks"].items()}
-        self.metrics.log({"step": step, "core": result["core"], "core_gpt2": reference["core"],
-                          "core_gpt2_model": reference["model"], "core_missing": ",".join(self.core_missing),
-                          "core_tasks": tasks})
+        self.metrics.log({"step": step, "core": result["core"], "core_tasks": len(tasks),
+                          "core_gpt2": reference["core"], "core_gpt2_model": reference["model"], "core_missing": ",".join(self.core_missing),
+                          "core_per_task": tasks})
         if self.runtime.master:
             print(f"step {step:5d} | {core.core_line(result, self.core_missing, reference)} "
                   f"[{result['examples_per_second']:.1f} examples/s]")

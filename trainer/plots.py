@@ -34,13 +34,14 @@ GPT2_124M_HELLASWAG = GPT2_124M_REFERENCE["hellaswag_acc_norm"]
 
 def read_log(path):
     """{"train": [(step, loss)], "val": [(step, val_loss)], "bpb": [(step, val_bpb)],
-    "hellaswag": [(step, acc_norm)], "core": [(step, CORE)], "core_gpt2": [(step, GPT-2's CORE)]}.
+    "hellaswag": [(step, acc_norm)], "core": [(step, CORE)], "core_tasks": [(step, over how many
+    tasks)], "core_gpt2": [(step, GPT-2's CORE)]}.
 
     Later lines win for a repeated step (a resumed run logs the steps after its checkpoint
     again); lines of other kinds (samples, ...) and a torn last line are ignored.
     """
     keys = {"train": "loss", "val": "val_loss", "bpb": "val_bpb", "hellaswag": "hellaswag_acc_norm",
-            "core": "core", "core_gpt2": "core_gpt2"}
+            "core": "core", "core_tasks": "core_tasks", "core_gpt2": "core_gpt2"}
     series = {name: {} for name in keys}
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -187,7 +188,8 @@ def make_figure(runs, smoothing=None):
                  markersize=3)
         if run["core"]:
             steps, cores = zip(*run["core"])
-            line("CORE", f"{prefix}CORE", steps, cores, color=color, marker="o", markersize=3)
+            line("CORE", f"{prefix}CORE over {core_tasks(run)} tasks", steps, cores, color=color, marker="o",
+                 markersize=3)
 
     for title in ("loss vs steps", "loss vs tokens"):
         if title in axes:
@@ -241,6 +243,14 @@ def label_hellaswag_axis(ax, runs, drawn):
     finish_axis(ax, "step", "acc_norm", "HellaSwag accuracy (acc_norm)")
 
 
+def core_tasks(run):
+    """'20 of 22': over how many of CORE's tasks the run's last CORE was."""
+    from evaluation import core
+
+    n = int(run["core_tasks"][-1][1]) if run["core_tasks"] else "?"
+    return f"{n} of {len(core.CORE_TASKS)}"
+
+
 def label_core_axis(ax, runs, drawn):
     """OpenAI GPT-2's CORE over the tasks each run was scored on (once each), labels."""
     from evaluation import core
@@ -249,7 +259,8 @@ def label_core_axis(ax, runs, drawn):
     for run in runs:
         if run["core"] and run["core_gpt2"]:
             name = core.gpt2_name_for(run["config"].get("n_layer", 12), run["config"].get("n_embd", 768))
-            refs[f"OpenAI GPT-2 {core.GPT2_LABELS[name or 'gpt2']}, same tasks"] = run["core_gpt2"][-1][1]
+            refs[f"OpenAI GPT-2 {core.GPT2_LABELS[name or 'gpt2']} over the same {core_tasks(run)} tasks"] = \
+                run["core_gpt2"][-1][1]
     for (label, value), style in zip(refs.items(), ("dotted", "dashdot", (0, (5, 2)), (0, (1, 3)))):
         ax.axhline(value, color="red", linestyle=style, linewidth=1.2, label=f"{label} ({value:.4f})")
         drawn[label] = ([], [value])

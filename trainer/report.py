@@ -169,7 +169,7 @@ def core_result(records):
     row = next((r for r in reversed(records) if r.get("core") is not None), None)
     if row is None:
         return None
-    return {"step": row["step"], "core": row["core"], "tasks": row.get("core_tasks") or {},
+    return {"step": row["step"], "core": row["core"], "tasks": row.get("core_per_task") or {},
             "missing": [label for label in (row.get("core_missing") or "").split(",") if label],
             "gpt2": row.get("core_gpt2"), "gpt2_model": row.get("core_gpt2_model")}
 
@@ -287,6 +287,7 @@ def wandb_summary(report):
             "report/hellaswag_acc_norm": in_training.get("acc_norm"),
             "report/hellaswag_acc": in_training.get("acc"),
             "report/core": (report.get("core") or {}).get("core"),
+            "report/core_tasks": len(report["core"]["tasks"]) if report.get("core") else None,
             "report/tokens_trained": report["data"]["tokens_trained"],
             "report/epochs": report["data"]["epochs"],
             "report/wall_time_s": report["time"]["wall_time_s"],

@@ -60,8 +60,8 @@ def core_lines(core):
     from evaluation import core as core_eval
 
     n_tasks = len(core["tasks"]) + len(core["missing"])
-    over = f" over {len(core['tasks'])} of {n_tasks} tasks (absent: {', '.join(core['missing'])})" \
-        if core["missing"] else ""
+    absent = f" (absent: {', '.join(core['missing'])})" if core["missing"] else ""
+    over = f" over {len(core['tasks'])} of {n_tasks} tasks{absent}"
     gpt2 = core["gpt2_model"] or "OpenAI GPT-2"
     all_tasks = ", ".join(f"{core_eval.GPT2_LABELS[name]} {value}" for name, value in core_eval.GPT2_CORE.items())
     lines = ["", "## CORE", "",
@@ -113,7 +113,8 @@ def render_markdown(r):
         lines.append(f"| HellaSwag | not run: {why_no_hellaswag(cfg, data['tokenizer'])} |")
     if r.get("core"):
         lines.append(f"| CORE | {number(r['core']['core'])} at step {r['core']['step']} "
-                     f"({len(r['core']['tasks'])} tasks; see CORE below) |")
+                     f"(over {len(r['core']['tasks'])} of {len(r['core']['tasks']) + len(r['core']['missing'])} "
+                     f"tasks; see CORE below) |")
     else:
         lines.append(f"| CORE | not run: {why_no_core(cfg, data['tokenizer'])} |")
     lines += [
