@@ -44,6 +44,7 @@ from trainer.config import (dry_run_target, parse_config, save_config, wants_dry
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype
 from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
+from trainer.launch import record_exit
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
 from trainer.memory import describe_plan, dry_run_plan, memory_plan
 from trainer.preflight import preflight
@@ -91,6 +92,7 @@ def main(argv=None):
     except (BadInput, LoaderError, ValueError) as e:
         if int(os.environ.get("RANK", 0)) == 0:  # every rank fails alike; one says so
             print(f"error: {e}", file=sys.stderr)
+        record_exit(f"error: {e}", EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
     runtime.init_process_group(cfg.dist_timeout_min)
     # from here on a stop request means: checkpoint and exit 3
@@ -100,6 +102,7 @@ def main(argv=None):
     except (BadInput, CheckpointError, LoaderError, WandbUnavailable) as e:  # raised alike on every rank
         if runtime.master:
             print(f"error: {e}", file=sys.stderr)
+        record_exit(f"error: {e}", EXIT_BAD_INPUT)
         status = EXIT_BAD_INPUT
     finally:
         stop.restore()
@@ -217,13 +220,15 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
             if master:
                 print(f"saved {path} in {save_s:.1f} s")
         if stop_now:
+            since = stop.seconds_since_signal()
+            since = f" ({since:.1f} s after the signal)" if since is not None else ""
+            message = (f"stop requested ({stop.reason or 'by another rank'}): checkpoint at step "
+                       f"{done} saved, exiting with status {EXIT_STOPPED}{since}; run the same "
+                       f"command to resume")
             if master:
                 stop.acknowledge()
-                since = stop.seconds_since_signal()
-                since = f" ({since:.1f} s after the signal)" if since is not None else ""
-                print(f"stop requested ({stop.reason or 'by another rank'}): checkpoint at step "
-                      f"{done} saved, exiting with status {EXIT_STOPPED}{since}; run the same command "
-                      f"to resume")
+                print(message)
+            record_exit(message, EXIT_STOPPED)
             metrics.finish()
             return EXIT_STOPPED
 

@@ -34,6 +34,7 @@ from shards.manifest import ManifestError, list_shards
 from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoints,
                                 load_checkpoint, resolve_checkpoint)
 from trainer.config import data_command
+from trainer.launch import record_exit
 from trainer.memory import GiB, MiB, checkpoint_bytes, count_parameters
 
 
@@ -348,4 +349,6 @@ def preflight(cfg):
     elif local_rank == 0:
         for text in report.failures:
             print(f"error: [{socket.gethostname()} rank {rank}] {text}", file=sys.stderr, flush=True)
+    if report.failures:  # for trainer.launch to print last: the problems, not the summary
+        record_exit("\n".join(f"error: {text}" for text in report.failures), 2)
     return not report.failures
