@@ -10,9 +10,11 @@ of nn.Linear's.
 """
 
 import argparse
+import errno
 import os
 import socket
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
@@ -62,6 +64,8 @@ def export_hf(model, out_dir, vocab_size=50257):
     if not cfg.bias:
         raise ValueError("cannot export: Hugging Face's GPT2LMHeadModel has biases, and this model "
                          "was trained with --bias false")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # transformers would only log it
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(out_dir))
     from transformers import GPT2Config, GPT2LMHeadModel  # seconds to import: after the checks
     vocab_size = min(vocab_size, cfg.vocab_size)
     eot = 50256 if vocab_size == 50257 else None  # GPT-2's <|endoftext|>; none for others
@@ -83,9 +87,20 @@ def export_hf(model, out_dir, vocab_size=50257):
                 v = v.t()
             sd_hf[k].copy_(v)
     hf.save_pretrained(out_dir)
+    # transformers writes the weights through a private temporary file (mode 0600): give them the
+    # mode of the other files, so that an export in a shared folder is readable by its readers
+    mode = 0o666 & ~current_umask()
+    for weights in Path(out_dir).glob("*.safetensors"):
+        weights.chmod(mode)
     if vocab_size == GPT2_VOCAB_SIZE:
         save_hf_tokenizer(out_dir, model_max_length=cfg.block_size)
     return out_dir
+
+
+def current_umask():
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def load_hf_gpt2(name_or_dir):
@@ -161,6 +176,10 @@ def main(argv=None):
         export_hf(model, args.out_dir, vocab_size=vocab_size)
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"hf_gpt2.py: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a file in the way, a full disk
+        print(f"hf_gpt2.py: error: cannot write {e.filename or args.out_dir} ({e.strerror or e}); "
+              f"choose a writable OUT_DIR", file=sys.stderr)
         return 2
     vocab_size = min(vocab_size, model.config.vocab_size)
     tokenizer = "with GPT-2's tokenizer" if vocab_size == GPT2_VOCAB_SIZE else "no tokenizer files"

@@ -318,6 +318,10 @@ def main(argv=None):
     except NotARun as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a colleague's read-only run, a full disk
+        print(f"error: cannot write {e.filename or argv[0]} ({e.strerror or e}): make the report "
+              f"on a copy: cp -r {argv[0]} MY_COPY && python -m trainer.report MY_COPY", file=sys.stderr)
+        return 2
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
