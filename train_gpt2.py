@@ -171,6 +171,8 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
                                                           train_loader)
         if master:
             print(f"resuming from {resume_path} at step {start_step}")
+    elif cfg.init_from:
+        load_pretrained(parallel, cfg.init_from, master)
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.json")
@@ -282,6 +284,19 @@ def build(cfg, runtime, amp_dtype, verbose=False):
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
                                           cfg.eps, runtime.device.type, verbose=verbose)
     return model, parallel, optimizer
+
+
+def load_pretrained(parallel, source, verbose):
+    """--init-from: a Hugging Face GPT-2's weights into every rank's model (its shards under FSDP)."""
+    from hf_gpt2 import hf_weights  # imports transformers: seconds
+
+    try:
+        _, state = hf_weights(source)
+    except ValueError as e:
+        raise BadInput(f"--init-from {source}: {e}") from None
+    parallel.load_full_state(None, {"model": state})
+    if verbose:
+        print(f"initialized from the weights of {source}")
 
 
 def fit_micro_batch(cfg, runtime, amp_dtype, data):

@@ -55,6 +55,11 @@ class TrainConfig:
     vocab_size: int = flag(50_304, "model", "output rows (GPT-2's 50,257 padded to a multiple of 64)")
     dropout: float = flag(0.0, "model", "dropout probability (0 for pretraining)")
     bias: bool = flag(True, "model", "biases in Linear and LayerNorm layers, as GPT-2")
+    init_from: str = flag("", "model", "start from a Hugging Face GPT-2's weights, as nanoGPT's "
+                                       "init_from: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a "
+                                       "save_pretrained folder; the model flags are then the "
+                                       "weights' (a different one is refused); a resume loads its "
+                                       "checkpoint instead")
     device: str = flag("auto", "distributed and hardware", "auto (cuda, else mps, else cpu) | cpu | cuda | mps")
     dtype: str = flag("auto", "distributed and hardware",
                       "auto (bfloat16 autocast on GPUs with native bf16, float16 with loss scaling on "
@@ -328,10 +333,12 @@ def parse_config(argv=None):
     values = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     values.update(PRESETS[preset])
     values["preset"] = preset
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ACTIONS}
     if args.config:
-        values.update(_read_config_file(parser, args.config))
-    values.update({k: v for k, v in vars(args).items()
-                   if v is not None and k not in ACTIONS})
+        given = {**_read_config_file(parser, args.config), **given}
+    values.update(given)
+    if values["init_from"]:
+        _model_from_weights(parser, values, given)
     config = TrainConfig(**values)
     _check(parser, config)
     return config
@@ -358,6 +365,23 @@ def _read_config_file(parser, path):
             parser.error(f"--config {path}: field {key!r} must be {kind.__name__}, got {value!r}")
         data[key] = value
     return data
+
+
+def _model_from_weights(parser, values, given):
+    """--init-from: the model's shape is the weights' (a flag or --config value that differs is
+    refused); the preset's shape gives way."""
+    from hf_gpt2 import hf_config  # the HF conversions, a layer below (as evaluation/models.py)
+
+    try:
+        weights = hf_config(values["init_from"]).to_dict()
+    except ValueError as e:
+        parser.error(f"--init-from: {e}")
+    for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias"):
+        if name in given and given[name] != weights[name]:
+            flag_name = "--" + name.replace("_", "-")
+            parser.error(f"{flag_name} {given[name]} contradicts --init-from {values['init_from']}, "
+                         f"whose {name} is {weights[name]}: leave {flag_name} out")
+        values[name] = weights[name]
 
 
 def _check(parser, c):
