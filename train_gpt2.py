@@ -120,8 +120,19 @@ def dry_run(cfg, world_size, gpu_memory, world_source):
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     cfg, lines = dry_run_plan(cfg, world_size, gpu_memory, world_source)
-    print(json.dumps(cfg.to_dict(), indent=1))
-    print("\n".join(lines))
+    tokens_per_micro_step = cfg.micro_batch_size * cfg.seq_len * world_size
+    if cfg.total_batch_size % tokens_per_micro_step:
+        print(f"error: --total-batch-size {cfg.total_batch_size} is not divisible by micro-batch "
+              f"{cfg.micro_batch_size} x --seq-len {cfg.seq_len} x {world_size} ranks; change "
+              f"--micro-batch-size (or use auto)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    accumulation = cfg.total_batch_size // tokens_per_micro_step
+    # what it assumed first; the ~50 values of the config only on request
+    print("\n".join([lines[0], f"{accumulation} accumulation step{'s' * (accumulation != 1)} x "
+                                f"micro-batch {cfg.micro_batch_size} x {cfg.seq_len} tokens x "
+                                f"{world_size} rank{'s' * (world_size != 1)} = "
+                                f"{cfg.total_batch_size:,} tokens a step", *lines[1:],
+                      "every resolved value: python -m trainer.config with the same flags"]))
     return 0
 
 
@@ -206,7 +217,7 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
         speed = throughput.update(step, time.time() - t0)
         metrics.log({"step": step, "loss": loss_value, "lr": lr, "norm": norm.item(), **speed,
                      "epoch": train_loader.epoch})
-        if master:
+        if master and (step % cfg.log_every == 0 or step + 1 == cfg.max_steps or stop_now):
             mfu_text = f" | mfu {100 * speed['mfu']:.1f}%" if speed["mfu"] is not None else ""
             print(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm.item():.4f} | "
                   f"{speed['ms']:.1f} ms | {speed['tokens_per_s']:,.0f} tok/s{mfu_text} | "
@@ -336,10 +347,11 @@ def record_start(cfg, runtime, parallel, optimizer, metrics, grad_accum, steps_p
     plan = memory_plan(cfg, runtime.world_size, parameters)
     if runtime.master:
         print(json.dumps(cfg.to_dict(), indent=1))
-        print(f"{parameters:,} parameters; {runtime.world_size} rank(s) "
-              f"{'FSDP' if cfg.fsdp else 'DDP' if runtime.distributed else ''} x {grad_accum} "
-              f"accumulation step(s) x {cfg.micro_batch_size} x {cfg.seq_len} tokens = "
-              f"{cfg.total_batch_size:,} tokens/step; {steps_per_epoch} steps/epoch; {precision}")
+        ranks = (f"{runtime.world_size} ranks ({'FSDP' if cfg.fsdp else 'DDP'})"
+                 if runtime.distributed else "1 process")  # the parameters: describe_plan's line
+        print(f"{ranks} x {grad_accum} accumulation step{'s' * (grad_accum != 1)} x "
+              f"{cfg.micro_batch_size} x {cfg.seq_len} tokens = {cfg.total_batch_size:,} tokens/step; "
+              f"{steps_per_epoch} steps/epoch; {precision}")
         print(f"micro-batch {cfg.micro_batch_size}: {micro_batch_why}")
         print("\n".join(describe_plan({**plan, **state_bytes}, cfg, runtime.world_size)))
     metrics.log_setup({"world_size": runtime.world_size, "parallelism": "fsdp" if cfg.fsdp else "ddp",

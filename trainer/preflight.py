@@ -80,7 +80,8 @@ def run_checks(cfg):
 def check_data_folder(cfg, report):
     if Path(cfg.data).is_dir():
         return True
-    report.fail(f"--data {cfg.data}: no such folder; make the shards with {data_command(cfg)}, "
+    what = "a file, not a shard folder" if Path(cfg.data).exists() else "no such folder"
+    report.fail(f"--data {cfg.data}: {what}; make the shards with {data_command(cfg)}, "
                 f"or point --data at them")
     return False
 

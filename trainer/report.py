@@ -209,20 +209,28 @@ def commands(run_dir, setup, config, checkpoint, hosts):
             resume=f"{start} train_gpt2.py --config {shlex.quote(run + '/config.json')} "
                    f"--resume {shlex.quote(checkpoint)} --max-steps {config['max_steps']}")
         if config["vocab_size"] >= GPT2_VOCAB_SIZE:  # HellaSwag and CORE are GPT-2 tokens
-            found["hellaswag"] = hellaswag_command(checkpoint, run, config)
-            found["core"] = (f"python core_eval.py --checkpoint {shlex.quote(checkpoint)} --json "
-                             f"> {shlex.quote(run + '/core.json')}")
+            found["hellaswag"] = kept_if_it_succeeds(hellaswag_command(checkpoint, config),
+                                                     run + "/hellaswag_harness.json")
+            found["core"] = kept_if_it_succeeds(
+                f"python core_eval.py --checkpoint {shlex.quote(checkpoint)} --json", run + "/core.json")
     return found
 
 
-def hellaswag_command(checkpoint, run, config):
+def kept_if_it_succeeds(command, path):
+    """`command > path`, through a temporary file: a failed command (offline, say) leaves no
+    empty file for the report to trip over."""
+    tmp, final = shlex.quote(path + ".tmp"), shlex.quote(path)
+    return f"{command} > {tmp} && mv {tmp} {final} || {{ rm -f {tmp}; false; }}"
+
+
+def hellaswag_command(checkpoint, config):
     """hellaswag.py on the run's checkpoint, with the run's own HellaSwag file and limit; a model
     with a shorter context than GPT-2's skips the few endings longer than it (and says how many)."""
     data = f" --data {shlex.quote(config['hellaswag_data'])}" if config.get("hellaswag_data") else ""
     limit = f" --limit {config['hellaswag_limit']}" if config.get("hellaswag_limit") else ""
     skip = " --skip-too-long" if config["block_size"] < 1024 else ""
     return (f"python hellaswag.py --checkpoint {shlex.quote(checkpoint)} --style harness{data}{limit}{skip} "
-            f"--json > {shlex.quote(run + '/hellaswag_harness.json')}")
+            f"--json")
 
 
 def build_report(run_dir):
