@@ -131,8 +131,8 @@ def fingerprint_change(old, new):
     if before or now:
         return (f"the source: {'a hub dataset' if before else 'local files'} there, "
                 f"{'a hub dataset' if now else 'local files'} now")
-    return ("the source's file names, sizes or modification times, --text-field or --doc-separator "
-            "changed")
+    return ("the source's fingerprint: its file names, sizes or modification times, --text-field "
+            "or --doc-separator changed")
 
 
 def damaged(path, entry):
