@@ -1,7 +1,7 @@
 """Train GPT-2 on token shards: one process, or one per device under torchrun (DDP or FSDP).
 
     python train_gpt2.py --preset cpu-smoke --data data/edu_fineweb10B   # tiny model, CPU, seconds
-    torchrun --standalone --nproc_per_node=8 train_gpt2.py               # GPT-2 124M, 10B tokens
+    python -m trainer.launch --standalone --nproc_per_node=8 train_gpt2.py   # GPT-2 124M, 10B tokens
 
 The defaults are build-nanogpt's GPT-2 124M recipe (see trainer/config.py). Every flag: --help.
 This file is the recipe: build, wrap, then loop (evaluate, forward, backward, step, log,
@@ -19,7 +19,8 @@ Every start first runs the preflight checks (trainer/preflight.py; alone: --pref
 Exit status: 0 all steps done; 2 bad input (one line says what to do); 3 stopped early by
 SIGUSR1, SIGTERM, SIGINT or a RUN/STOP file, after finishing the current step and saving a
 checkpoint (all ranks agree through a collective every step, so none hangs): run the same
-command to resume.
+command to resume. Under torchrun these reach the shell through `python -m trainer.launch`
+(trainer/launch.py); torchrun alone exits 1.
 """
 
 import gc

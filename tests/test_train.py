@@ -361,7 +361,7 @@ def test_help_groups_every_flag_with_a_line_of_its_own(capsys):
         parse_config(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "torchrun --standalone --nproc_per_node=8 train_gpt2.py" in out
+    assert "python -m trainer.launch --standalone --nproc_per_node=8 train_gpt2.py" in out
     for name in GROUPS:
         assert f"\n{name}:\n" in out
     for f in fields(TrainConfig):

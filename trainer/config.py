@@ -240,9 +240,10 @@ def _bool(text):
 HELP_HEADER = """Train GPT-2 on token shards, on one process or under torchrun (DDP or FSDP).
 
 most runs are one of:
-  torchrun --standalone --nproc_per_node=8 train_gpt2.py      # GPT-2 124M on FineWeb-Edu 10B
+  python -m trainer.launch --standalone --nproc_per_node=8 train_gpt2.py   # GPT-2 124M on FineWeb-Edu 10B
   python train_gpt2.py --preset cpu-smoke --data data/demo     # a tiny model on CPU, seconds
   sbatch slurm/train.sbatch --preset gpt2-350m --fsdp          # a bigger GPT-2 on a Slurm cluster
+(python -m trainer.launch is torchrun, exiting with the status below rather than torchrun's 1)
 
 values: defaults (the GPT-2 124M recipe), then --preset, then --config FILE, then flags"""
 

@@ -189,11 +189,13 @@ def ensure_plot(run_dir):
 
 
 def launcher(world_size, hosts):
+    """torchrun through trainer.launch: the trainer's exit status (2, 3), not torchrun's 1."""
     if world_size <= 1:
         return "python"
+    torchrun = "python -m trainer.launch"
     if hosts > 1:
-        return f"torchrun --nnodes={hosts} --nproc_per_node={world_size // hosts} --rdzv_endpoint=HOST:29500"
-    return f"torchrun --standalone --nproc_per_node={world_size}"
+        return f"{torchrun} --nnodes={hosts} --nproc_per_node={world_size // hosts} --rdzv_endpoint=HOST:29500"
+    return f"{torchrun} --standalone --nproc_per_node={world_size}"
 
 
 def commands(run_dir, setup, config, checkpoint, hosts):
