@@ -32,15 +32,16 @@ def record_exit(line, status):
                                           "status": status}))
 
 
-def recorded_exit(log_dir, since):
+def recorded_exit(log_dir, earlier_runs):
     """(line, status) of the lowest local rank that recorded its exit in this launch's newest
     attempt, else None; status None where torch's own @record wrote the file (an exception).
-    torchrun's layout: LOG_DIR/RUNID_xxxx/attempt_N/LOCAL_RANK/error.json."""
+    torchrun's layout: LOG_DIR/RUNID_xxxx/attempt_N/LOCAL_RANK/error.json, a RUNID_xxxx folder
+    per launch (earlier_runs: those of earlier launches, in a --log-dir given to us)."""
     found = []
     for path in glob.glob(os.path.join(log_dir, "*", "attempt_*", "*", "error.json")):
-        if os.path.getmtime(path) < since:  # an earlier launch's, in a --log-dir given to us
+        run_folder, attempt, local_rank = Path(path).parts[-4:-1]
+        if os.path.join(log_dir, run_folder) in earlier_runs:
             continue
-        attempt, local_rank = Path(path).parts[-3:-1]
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError):
@@ -78,9 +79,9 @@ def main(argv=None):
 
     args = parse_args(argv)
     check_train_flags(args.training_script, args.training_script_args)
-    started = time.time()
     with tempfile.TemporaryDirectory(prefix="launch-") as scratch:
         args.log_dir = args.log_dir or scratch  # where torchrun puts the workers' error files
+        earlier_runs = set(glob.glob(os.path.join(args.log_dir, "*")))
         try:
             run(args)
             return 0
@@ -94,7 +95,7 @@ def main(argv=None):
         except SignalException as e:  # torchrun passed the signal on and waited for the workers
             fallback = (f"{e.sigval.name}: the workers ended without recording an exit status",
                         128 + e.sigval)
-        recorded = recorded_exit(args.log_dir, started)
+        recorded = recorded_exit(args.log_dir, earlier_runs)
     if recorded is None:
         line, status = fallback
     else:
