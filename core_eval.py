@@ -68,8 +68,9 @@ def download(args):
         except Exception as e:  # network, a bad zip, a full disk: nothing was left behind
             reason = (str(e).splitlines() or [type(e).__name__])[0]
             print(f"error: the CORE eval bundle could not be fetched from {args.url} ({type(e).__name__}: "
-                  f"{reason}); fetch eval_bundle.zip on a connected machine and unzip it to {bundle}, "
-                  f"or pass --url", file=sys.stderr)
+                  f"{reason}); with eval_bundle.zip fetched on a connected machine: python core_eval.py "
+                  f"--download --url file:///path/to/eval_bundle.zip (or unzip it and move the "
+                  f"eval_bundle/ folder it holds to {bundle})", file=sys.stderr)
             return 2
         print(f"CORE eval bundle: {bundle}")
     if (bundle / core_hellaswag.BUNDLE_PATH).is_file():

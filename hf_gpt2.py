@@ -10,44 +10,76 @@ of nn.Linear's.
 """
 
 import argparse
+import errno
 import os
 import socket
 import sys
+from dataclasses import replace
+from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from model import MODEL_ALIASES, GPT, GPTConfig
+from model import MODEL_ALIASES, MODEL_CONFIGS, GPT, GPTConfig
 from pipeline.tokenizer import GPT2_VOCAB_SIZE, save_hf_tokenizer
 
 # HF's GPT-2 keeps these as Conv1D layers, whose weight is (in, out): transposed vs nn.Linear
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+OPENAI_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 def gpt_from_hf(name_or_dir):
     """Our GPT with the weights of OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl, or
     124m..1558m), any hub id of a GPT-2 model, or a local GPT2LMHeadModel folder."""
-    hf = load_hf_gpt2(str(name_or_dir))
-    c = hf.config
-    if c.activation_function != "gelu_new" or getattr(c, "n_inner", None) not in (None, 4 * c.n_embd):
-        raise ValueError(f"{name_or_dir!r} is not a standard GPT-2 (activation/width differ)")
-    config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size,  # 50257: not padded
-                       n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=True)
+    config, state = hf_weights(name_or_dir)
     model = GPT(config)
-    sd_hf = hf.state_dict()
-    with torch.no_grad():
-        for k, p in model.state_dict().items():
-            src = sd_hf.get(k)
-            if src is None and k == "lm_head.weight":
-                src = sd_hf["transformer.wte.weight"]  # tied
-            if src is None:
-                raise ValueError(f"{name_or_dir!r}: no weight {k!r} in the Hugging Face model")
-            if k.endswith(CONV1D):
-                src = src.t()
-            if src.shape != p.shape:
-                raise ValueError(f"{name_or_dir!r}: {k} has shape {tuple(src.shape)}, expected {tuple(p.shape)}")
-            p.copy_(src)
+    model.load_state_dict(state)
     return model
+
+
+def hf_weights(name_or_dir):
+    """(GPTConfig, state dict in model.py's names) of a Hugging Face GPT-2 (as gpt_from_hf)."""
+    hf = load_hf_gpt2(str(name_or_dir))
+    config = _gpt_config(hf.config, name_or_dir)
+    with torch.device("meta"):  # only the names and shapes
+        expected = GPT(config).state_dict()
+    sd_hf, state = hf.state_dict(), {}
+    for k, p in expected.items():
+        src = sd_hf.get(k)
+        if src is None and k == "lm_head.weight":
+            src = sd_hf["transformer.wte.weight"]  # tied
+        if src is None:
+            raise ValueError(f"{name_or_dir!r}: no weight {k!r} in the Hugging Face model")
+        if k.endswith(CONV1D):
+            src = src.t()
+        if src.shape != p.shape:
+            raise ValueError(f"{name_or_dir!r}: {k} has shape {tuple(src.shape)}, expected {tuple(p.shape)}")
+        state[k] = src.contiguous()
+    return config, state
+
+
+def hf_config(name_or_dir):
+    """The GPTConfig of a Hugging Face GPT-2 without its weights: OpenAI's four sizes by name,
+    else the folder's (or hub id's) config.json."""
+    key = MODEL_ALIASES.get(str(name_or_dir).lower(), str(name_or_dir).lower())
+    if key in OPENAI_SIZES:  # known shapes: no download to plan or resume a run
+        return replace(MODEL_CONFIGS[key], vocab_size=GPT2_VOCAB_SIZE)
+    from transformers import GPT2Config  # seconds to import: only for folders and hub ids
+
+    try:
+        return _gpt_config(GPT2Config.from_pretrained(os.path.expanduser(str(name_or_dir))), name_or_dir)
+    except OSError as e:
+        raise ValueError(f"could not read the GPT-2 config of {str(name_or_dir)!r} "
+                         f"({str(e).strip().splitlines()[0]}): pass gpt2, gpt2-medium, gpt2-large, "
+                         f"gpt2-xl or a folder written by save_pretrained") from None
+
+
+def _gpt_config(c, source):
+    """GPTConfig of a transformers GPT2Config: 50257 tokens stay unpadded, GPT-2 has biases."""
+    if c.activation_function != "gelu_new" or getattr(c, "n_inner", None) not in (None, 4 * c.n_embd):
+        raise ValueError(f"{str(source)!r} is not a standard GPT-2 (activation/width differ)")
+    return GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                     n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=True)
 
 
 def export_hf(model, out_dir, vocab_size=50257):
@@ -62,6 +94,8 @@ def export_hf(model, out_dir, vocab_size=50257):
     if not cfg.bias:
         raise ValueError("cannot export: Hugging Face's GPT2LMHeadModel has biases, and this model "
                          "was trained with --bias false")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # transformers would only log it
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(out_dir))
     from transformers import GPT2Config, GPT2LMHeadModel  # seconds to import: after the checks
     vocab_size = min(vocab_size, cfg.vocab_size)
     eot = 50256 if vocab_size == 50257 else None  # GPT-2's <|endoftext|>; none for others
@@ -83,9 +117,20 @@ def export_hf(model, out_dir, vocab_size=50257):
                 v = v.t()
             sd_hf[k].copy_(v)
     hf.save_pretrained(out_dir)
+    # transformers writes the weights through a private temporary file (mode 0600): give them the
+    # mode of the other files, so that an export in a shared folder is readable by its readers
+    mode = 0o666 & ~current_umask()
+    for weights in Path(out_dir).glob("*.safetensors"):
+        weights.chmod(mode)
     if vocab_size == GPT2_VOCAB_SIZE:
         save_hf_tokenizer(out_dir, model_max_length=cfg.block_size)
     return out_dir
+
+
+def current_umask():
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def load_hf_gpt2(name_or_dir):
@@ -161,6 +206,10 @@ def main(argv=None):
         export_hf(model, args.out_dir, vocab_size=vocab_size)
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"hf_gpt2.py: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a file in the way, a full disk
+        print(f"hf_gpt2.py: error: cannot write {e.filename or args.out_dir} ({e.strerror or e}); "
+              f"choose a writable OUT_DIR", file=sys.stderr)
         return 2
     vocab_size = min(vocab_size, model.config.vocab_size)
     tokenizer = "with GPT-2's tokenizer" if vocab_size == GPT2_VOCAB_SIZE else "no tokenizer files"

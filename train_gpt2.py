@@ -1,7 +1,7 @@
 """Train GPT-2 on token shards: one process, or one per device under torchrun (DDP or FSDP).
 
     python train_gpt2.py --preset cpu-smoke --data data/edu_fineweb10B   # tiny model, CPU, seconds
-    torchrun --standalone --nproc_per_node=8 train_gpt2.py               # GPT-2 124M, 10B tokens
+    python -m trainer.launch --standalone --nproc_per_node=8 train_gpt2.py   # GPT-2 124M, 10B tokens
 
 The defaults are build-nanogpt's GPT-2 124M recipe (see trainer/config.py). Every flag: --help.
 This file is the recipe: build, wrap, then loop (evaluate, forward, backward, step, log,
@@ -19,7 +19,8 @@ Every start first runs the preflight checks (trainer/preflight.py; alone: --pref
 Exit status: 0 all steps done; 2 bad input (one line says what to do); 3 stopped early by
 SIGUSR1, SIGTERM, SIGINT or a RUN/STOP file, after finishing the current step and saving a
 checkpoint (all ranks agree through a collective every step, so none hangs): run the same
-command to resume.
+command to resume. Under torchrun these reach the shell through `python -m trainer.launch`
+(trainer/launch.py); torchrun alone exits 1.
 """
 
 import gc
@@ -44,6 +45,7 @@ from trainer.config import (dry_run_target, parse_config, save_config, wants_dry
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype
 from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
+from trainer.launch import record_exit
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
 from trainer.memory import describe_plan, dry_run_plan, memory_plan
 from trainer.preflight import preflight
@@ -91,6 +93,7 @@ def main(argv=None):
     except (BadInput, LoaderError, ValueError) as e:
         if int(os.environ.get("RANK", 0)) == 0:  # every rank fails alike; one says so
             print(f"error: {e}", file=sys.stderr)
+        record_exit(f"error: {e}", EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
     runtime.init_process_group(cfg.dist_timeout_min)
     # from here on a stop request means: checkpoint and exit 3
@@ -100,6 +103,7 @@ def main(argv=None):
     except (BadInput, CheckpointError, LoaderError, WandbUnavailable) as e:  # raised alike on every rank
         if runtime.master:
             print(f"error: {e}", file=sys.stderr)
+        record_exit(f"error: {e}", EXIT_BAD_INPUT)
         status = EXIT_BAD_INPUT
     finally:
         stop.restore()
@@ -117,8 +121,19 @@ def dry_run(cfg, world_size, gpu_memory, world_source):
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     cfg, lines = dry_run_plan(cfg, world_size, gpu_memory, world_source)
-    print(json.dumps(cfg.to_dict(), indent=1))
-    print("\n".join(lines))
+    tokens_per_micro_step = cfg.micro_batch_size * cfg.seq_len * world_size
+    if cfg.total_batch_size % tokens_per_micro_step:
+        print(f"error: --total-batch-size {cfg.total_batch_size} is not divisible by micro-batch "
+              f"{cfg.micro_batch_size} x --seq-len {cfg.seq_len} x {world_size} ranks; change "
+              f"--micro-batch-size (or use auto)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    accumulation = cfg.total_batch_size // tokens_per_micro_step
+    # what it assumed first; the ~50 values of the config only on request
+    print("\n".join([lines[0], f"{accumulation} accumulation step{'s' * (accumulation != 1)} x "
+                                f"micro-batch {cfg.micro_batch_size} x {cfg.seq_len} tokens x "
+                                f"{world_size} rank{'s' * (world_size != 1)} = "
+                                f"{cfg.total_batch_size:,} tokens a step", *lines[1:],
+                      "every resolved value: python -m trainer.config with the same flags"]))
     return 0
 
 
@@ -168,6 +183,8 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
                                                           train_loader)
         if master:
             print(f"resuming from {resume_path} at step {start_step}")
+    elif cfg.init_from:
+        load_pretrained(parallel, cfg.init_from, master)
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.json")
@@ -201,7 +218,7 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
         speed = throughput.update(step, time.time() - t0)
         metrics.log({"step": step, "loss": loss_value, "lr": lr, "norm": norm.item(), **speed,
                      "epoch": train_loader.epoch})
-        if master:
+        if master and (step % cfg.log_every == 0 or step + 1 == cfg.max_steps or stop_now):
             mfu_text = f" | mfu {100 * speed['mfu']:.1f}%" if speed["mfu"] is not None else ""
             print(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm.item():.4f} | "
                   f"{speed['ms']:.1f} ms | {speed['tokens_per_s']:,.0f} tok/s{mfu_text} | "
@@ -217,13 +234,15 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
             if master:
                 print(f"saved {path} in {save_s:.1f} s")
         if stop_now:
+            since = stop.seconds_since_signal()
+            since = f" ({since:.1f} s after the signal)" if since is not None else ""
+            message = (f"stop requested ({stop.reason or 'by another rank'}): checkpoint at step "
+                       f"{done} saved, exiting with status {EXIT_STOPPED}{since}; run the same "
+                       f"command to resume")
             if master:
                 stop.acknowledge()
-                since = stop.seconds_since_signal()
-                since = f" ({since:.1f} s after the signal)" if since is not None else ""
-                print(f"stop requested ({stop.reason or 'by another rank'}): checkpoint at step "
-                      f"{done} saved, exiting with status {EXIT_STOPPED}{since}; run the same command "
-                      f"to resume")
+                print(message)
+            record_exit(message, EXIT_STOPPED)
             metrics.finish()
             return EXIT_STOPPED
 
@@ -279,6 +298,19 @@ def build(cfg, runtime, amp_dtype, verbose=False):
     return model, parallel, optimizer
 
 
+def load_pretrained(parallel, source, verbose):
+    """--init-from: a Hugging Face GPT-2's weights into every rank's model (its shards under FSDP)."""
+    from hf_gpt2 import hf_weights  # imports transformers: seconds
+
+    try:
+        _, state = hf_weights(source)
+    except ValueError as e:
+        raise BadInput(f"--init-from {source}: {e}") from None
+    parallel.load_full_state(None, {"model": state})
+    if verbose:
+        print(f"initialized from the weights of {source}")
+
+
 def fit_micro_batch(cfg, runtime, amp_dtype, data):
     """--micro-batch-size auto on CUDA: the largest micro-batch whose training step fits on every
     GPU; (cfg, data loaders, why) for it. Tried on a throwaway copy of the model built as the
@@ -316,10 +348,11 @@ def record_start(cfg, runtime, parallel, optimizer, metrics, grad_accum, steps_p
     plan = memory_plan(cfg, runtime.world_size, parameters)
     if runtime.master:
         print(json.dumps(cfg.to_dict(), indent=1))
-        print(f"{parameters:,} parameters; {runtime.world_size} rank(s) "
-              f"{'FSDP' if cfg.fsdp else 'DDP' if runtime.distributed else ''} x {grad_accum} "
-              f"accumulation step(s) x {cfg.micro_batch_size} x {cfg.seq_len} tokens = "
-              f"{cfg.total_batch_size:,} tokens/step; {steps_per_epoch} steps/epoch; {precision}")
+        ranks = (f"{runtime.world_size} ranks ({'FSDP' if cfg.fsdp else 'DDP'})"
+                 if runtime.distributed else "1 process")  # the parameters: describe_plan's line
+        print(f"{ranks} x {grad_accum} accumulation step{'s' * (grad_accum != 1)} x "
+              f"{cfg.micro_batch_size} x {cfg.seq_len} tokens = {cfg.total_batch_size:,} tokens/step; "
+              f"{steps_per_epoch} steps/epoch; {precision}")
         print(f"micro-batch {cfg.micro_batch_size}: {micro_batch_why}")
         print("\n".join(describe_plan({**plan, **state_bytes}, cfg, runtime.world_size)))
     metrics.log_setup({"world_size": runtime.world_size, "parallelism": "fsdp" if cfg.fsdp else "ddp",

@@ -7,6 +7,7 @@ manifest whose shards are all complete, plus at most one shard it does not list 
 resume simply writes again. So the same command continues from any kill point.
 """
 
+import re
 import sys
 from contextlib import suppress
 
@@ -95,7 +96,8 @@ def resume_manifest(out, old, identity, limit):
     """The manifest to continue from: the old one cut back to its full shards, or None if done."""
     different = [k for k in IDENTITY if old.get(k) != identity[k]]
     if different:
-        what = "; ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in different)
+        what = "; ".join(fingerprint_change(old.get(k), identity[k]) if k == "fingerprint" else
+                         f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in different)
         raise OutputError(f"{out} was made with different settings ({what}); use another --out "
                          "or delete it")
     for index, shard in enumerate(old["shards"]):
@@ -115,6 +117,22 @@ def resume_manifest(out, old, identity, limit):
     old["shards"] = [s for s in old["shards"] if s["tokens"] == old["shard_tokens"]]
     old["complete"] = False
     return old
+
+
+def fingerprint_change(old, new):
+    """Which setting a fingerprint change stands for. A hub source's fingerprint reads
+    hf:NAME:SUBSET:SPLIT@REVISION#TEXT_FIELD; a local one is a hash of the files' names, sizes
+    and modification times with --text-field and --doc-separator."""
+    hub = re.compile(r"hf:(?P<dataset>.*):(?P<subset>[^:]*):(?P<split>[^:@]*)@(?P<revision>[^#]*)#(?P<text_field>.*)")
+    before, now = hub.fullmatch(old or ""), hub.fullmatch(new)
+    if before and now:
+        return "; ".join(f"the source's {part.replace('_', ' ')}: {before[part]!r} there, {now[part]!r} now"
+                         for part in hub.groupindex if before[part] != now[part])
+    if before or now:
+        return (f"the source: {'a hub dataset' if before else 'local files'} there, "
+                f"{'a hub dataset' if now else 'local files'} now")
+    return ("the source's fingerprint: its file names, sizes or modification times, --text-field "
+            "or --doc-separator changed")
 
 
 def damaged(path, entry):

@@ -4,7 +4,8 @@
 #   1. corpus   the documentation every Python installation ships (pydoc's reference-manual
 #               topics + the standard library's docstrings), ~1.3 MB of English text
 #   2. shards   python -m pipeline.fineweb (GPT-2 BPE, the same tokenizer as the real run)
-#   3. train    torchrun --nproc_per_node=2 train_gpt2.py on CPU (DDP over gloo): a small
+#   3. train    torchrun --nproc_per_node=2 train_gpt2.py on CPU (DDP over gloo), through
+#               python -m trainer.launch (torchrun with the trainer's exit status): a small
 #               GPT-2-vocabulary model, validation loss and samples along the way, a checkpoint
 #   4. sample   python sample.py from the checkpoint (KV-cache generation)
 #   5. plot     python plot.py (loss against steps and tokens)
@@ -103,9 +104,9 @@ TRAIN_FLAGS=(--preset cpu-smoke --data "$DATA" --out-dir "$RUN" --resume never -
     --max-steps "$STEPS" --warmup-steps 20 --lr 1.5e-3 --min-lr 1.5e-4 --shuffle true
     --eval-every 100 --val-tokens 16384 --num-samples 1 --sample-tokens 24
     --sample-prompt "$PROMPT" --checkpoint-every 0 --hellaswag-every 0)
-say "3/5 train" "torchrun --standalone --nproc_per_node=$NPROC train_gpt2.py ${TRAIN_FLAGS[*]}"
-"$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" train_gpt2.py \
-    "${TRAIN_FLAGS[@]}" 2>&1 | grep -v -E '^ *"[a-z_0-9]+": |^[{}]$' \
+LAUNCH=(python -m trainer.launch --standalone --nproc_per_node="$NPROC" train_gpt2.py)
+say "3/5 train" "$(printf '%q ' "${LAUNCH[@]}" "${TRAIN_FLAGS[@]}")"
+"$PYTHON" "${LAUNCH[@]:1}" "${TRAIN_FLAGS[@]}" 2>&1 | grep -v -E '^ *"[a-z_0-9]+": |^[{}]$' \
     | awk -v every=$((STEPS / 10 > 0 ? STEPS / 10 : 1)) \
         '!/^step +[0-9]+ \| loss/ { print; next } { split($0, f, " "); if (f[2] % every == 0) print }'
 CKPT=$(ls "$RUN"/ckpt_*.pt | tail -1)
@@ -118,7 +119,7 @@ PY
 )
 
 # --- 4. sample --------------------------------------------------------------------------------
-say "4/5 sample" "python sample.py --checkpoint $CKPT --prompt '$PROMPT' --num-samples 2 --max-new-tokens 48"
+say "4/5 sample" "$(printf '%q ' python sample.py --checkpoint "$CKPT" --prompt "$PROMPT" --num-samples 2 --max-new-tokens 48)"
 "$PYTHON" sample.py --checkpoint "$CKPT" --prompt "$PROMPT" --num-samples 2 \
     --max-new-tokens 48 --device cpu
 
@@ -136,6 +137,6 @@ demo finished in $((SECONDS - START)) s. Validation loss: $VAL.
   report:     $RUN/report.md  (written by train_gpt2.py at the end; python -m trainer.report $RUN)
 The real thing, GPT-2 124M on FineWeb-Edu (10B tokens) on GPUs:
   python -m pipeline.fineweb                          # -> data/edu_fineweb10B (~100 shards)
-  torchrun --standalone --nproc_per_node=8 train_gpt2.py
+  python -m trainer.launch --standalone --nproc_per_node=8 train_gpt2.py   # torchrun, with its exit status
   sbatch slurm/train.sbatch                           # the same on a Slurm cluster (multi-node)
 EOF

@@ -7,6 +7,7 @@ info: source, tokenizer, format, and the shards with tokens per split.
 """
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -91,4 +92,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # `python -m shards info DIR | head`: end quietly when the reader is gone, as Unix tools do
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())

@@ -54,7 +54,7 @@ def sequences_in(tokens, seq_len):
 
 def describe_global_batch(global_seqs, seq_len):
     """'512 sequences of 1,024 tokens plus the target (524,288 tokens)': what one step reads."""
-    return (f"{global_seqs:,} sequences of {seq_len:,} tokens plus the target "
+    return (f"{global_seqs:,} sequence{'s' * (global_seqs != 1)} of {seq_len:,} tokens plus the target "
             f"({global_seqs * seq_len:,} tokens)")
 
 

@@ -35,5 +35,7 @@ def test_demo_runs_end_to_end_and_names_what_it_made(tmp_path):
     assert (tmp_path / "run" / "plot.png").read_bytes().startswith(b"\x89PNG")
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["finished"] and report["data"]["manifest"] and report["data"]["shards"] > 1
-    assert "torchrun --standalone --nproc_per_node=8 train_gpt2.py" in out
+    assert "python -m trainer.launch --standalone --nproc_per_node=8 train_gpt2.py" in out
+    # the echoed commands can be pasted into a shell: the prompt's spaces are quoted
+    assert re.search(r"^==> .*3/5 train.* --sample-prompt The\\ Python\\ interpreter ", out, re.MULTILINE)
     assert "sbatch slurm/train.sbatch" in out

@@ -94,7 +94,7 @@ def test_all_failures_listed_not_only_the_first(tmp_path, started, capsys, monke
                        str(tmp_path / "missing.pt"), "--wandb"),
                    "no such folder; make the shards with `make demo` (small GPT-2 shards in "
                    f"data/demo, then --data data/demo; or your own text: `python -m pipeline.fineweb "
-                   f"--source FILE.txt --out {tmp_path / 'nothing'} --shard-tokens 50000`)",
+                   f"--source FILE.txt --out {tmp_path / 'nothing'} --prefix nothing --shard-tokens 50000`)",
                    f"--resume: {tmp_path / 'missing.pt'}: no such checkpoint",
                    "--wandb: online mode, but no credentials")
     assert started == []

@@ -64,7 +64,7 @@ def test_report_of_a_two_rank_run_holds_every_field_and_the_logged_figures(wandb
     val = {r["step"]: (r["val_loss"], r["val_bpb"]) for r in records if "val_loss" in r}
 
     assert report["finished"] and report["steps"] == {"done": STEPS, "max_steps": STEPS}
-    assert report["command"].startswith("torchrun --standalone --nproc_per_node=2 train_gpt2.py ")
+    assert report["command"].startswith("python -m trainer.launch --standalone --nproc_per_node=2 train_gpt2.py ")
     assert report["command"].endswith(f"--out-dir {out} --wandb --wandb-project tests")
     assert report["config"] == json.loads((out / "config.json").read_text())
     assert report["code"] == {"git_commit": setup["versions"]["git_commit"],
@@ -101,7 +101,7 @@ def test_report_of_a_two_rank_run_holds_every_field_and_the_logged_figures(wandb
     commands = report["commands"]
     assert commands["sample"] == f"python sample.py --checkpoint {ckpt}"
     assert commands["export"] == f"python hf_gpt2.py export {ckpt} {out}/hf"
-    assert commands["resume"].startswith("torchrun --standalone --nproc_per_node=2 train_gpt2.py "
+    assert commands["resume"].startswith("python -m trainer.launch --standalone --nproc_per_node=2 train_gpt2.py "
                                          f"--config {out}/config.json --resume {ckpt}")
     md = (out / "report.md").read_text()
     for text in (f"{val[STEPS][0]:.4f}", f"{val[STEPS][1]:.4f}", f"{STEPS * TOKENS_PER_STEP:,}",

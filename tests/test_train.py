@@ -361,7 +361,7 @@ def test_help_groups_every_flag_with_a_line_of_its_own(capsys):
         parse_config(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "torchrun --standalone --nproc_per_node=8 train_gpt2.py" in out
+    assert "python -m trainer.launch --standalone --nproc_per_node=8 train_gpt2.py" in out
     for name in GROUPS:
         assert f"\n{name}:\n" in out
     for f in fields(TrainConfig):
@@ -479,7 +479,7 @@ def test_gpt2_124m_preset_two_ranks_end_to_end(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "124,475,904 parameters" in proc.stdout and "AdamW fused" in proc.stdout
-    assert "2 accumulation step(s) x 1 x 1024 tokens" in proc.stdout
+    assert "2 ranks (DDP) x 2 accumulation steps x 1 x 1024 tokens" in proc.stdout
     train, val = read_log(out)
     assert sorted(train) == [0, 1, 2] and all(math.isfinite(v) for v in train.values())
     assert train[2] < train[1] < train[0] and sorted(val) == [0, 3] and val[3] < val[0]

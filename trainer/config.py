@@ -8,6 +8,7 @@ Resolution order: the dataclass defaults (= the GPT-2 124M reference recipe), th
 """
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -55,6 +56,11 @@ class TrainConfig:
     vocab_size: int = flag(50_304, "model", "output rows (GPT-2's 50,257 padded to a multiple of 64)")
     dropout: float = flag(0.0, "model", "dropout probability (0 for pretraining)")
     bias: bool = flag(True, "model", "biases in Linear and LayerNorm layers, as GPT-2")
+    init_from: str = flag("", "model", "start from a Hugging Face GPT-2's weights, as nanoGPT's "
+                                       "init_from: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a "
+                                       "save_pretrained folder; the model flags are then the "
+                                       "weights' (a different one is refused); a resume loads its "
+                                       "checkpoint instead")
     device: str = flag("auto", "distributed and hardware", "auto (cuda, else mps, else cpu) | cpu | cuda | mps")
     dtype: str = flag("auto", "distributed and hardware",
                       "auto (bfloat16 autocast on GPUs with native bf16, float16 with loss scaling on "
@@ -71,6 +77,8 @@ class TrainConfig:
                                  "a hung rank (alive but stuck) holds every rank and its GPU this long "
                                  "before the job fails")
     peak_flops: float = flag(0.0, "logging", "peak FLOP/s of one device, for MFU; 0 = known GPUs")
+    log_every: int = flag(1, "logging", "print a train step line every N steps (and the last); "
+                                        "log.jsonl and wandb get every step")
     eval_every: int = flag(250, "evaluation", "validation loss, bits per byte and samples every N "
                                               "steps and at the end; 0 = never")
     val_tokens: int = flag(10_485_760, "evaluation", "validation tokens (the same for any world size)")
@@ -145,7 +153,7 @@ PRESETS = {
         vocab_size=65, max_steps=5000, lr=3e-3, min_lr=1e-4, warmup_steps=100,
         weight_decay=0.01, beta2=0.99, shuffle=True, eval_every=500, val_tokens=111_540,
         num_samples=1, sample_tokens=200, sample_prompt="\n", hellaswag_every=0,
-        core_every=0, checkpoint_every=1000, keep_checkpoints=1),
+        core_every=0, checkpoint_every=1000, keep_checkpoints=1, log_every=10),
     # The lecture's (and nanoGPT's train_shakespeare_char.py) GPU model: 10.7M parameters,
     # val ~1.47-1.48; lr 1e-3 -> 1e-4 cosine after 100 warmup steps, beta2 0.99 as nanoGPT.
     "shakespeare-char-big": dict(
@@ -154,7 +162,7 @@ PRESETS = {
         n_head=6, n_embd=384, dropout=0.2, vocab_size=65, max_steps=5000, lr=1e-3, min_lr=1e-4,
         warmup_steps=100, beta2=0.99, shuffle=True, eval_every=250, val_tokens=111_540,
         num_samples=1, sample_tokens=500, sample_prompt="\n", hellaswag_every=0,
-        core_every=0, checkpoint_every=1000, keep_checkpoints=1),
+        core_every=0, checkpoint_every=1000, keep_checkpoints=1, log_every=10),
     # TinyStories (python -m pipeline.fineweb --source hf:roneneldan/TinyStories --out
     # data/tinystories --prefix tinystories --shard-tokens 10000000), GPT-2 BPE: 6 layers, 6 heads,
     # 384 wide, ~30M parameters (most in the 50k embedding); 40k steps x 16k tokens = 655M tokens
@@ -181,7 +189,7 @@ DATA_COMMANDS = {
     "gpt2-1558m": _FINEWEB_100B,
     "cpu-smoke": ("make demo", "small GPT-2 shards in data/demo, then --data data/demo; or your own "
                                "text: `python -m pipeline.fineweb --source FILE.txt --out {data} "
-                               "--shard-tokens 50000`"),
+                               "--prefix {name} --shard-tokens 50000`"),
     "shakespeare-char": _SHAKESPEARE,
     "shakespeare-char-big": _SHAKESPEARE,
     "tinystories": ("python -m pipeline.fineweb --source hf:roneneldan/TinyStories --out "
@@ -193,7 +201,14 @@ _DEFAULT_OUT = {"pipeline.fineweb": "data/edu_fineweb10B",
 
 
 def data_command(cfg):
-    """'`COMMAND` (note)': the README's command making the shards of cfg.preset, in cfg.data."""
+    """'`COMMAND` (note)': the README's command making the shards of cfg.preset, in cfg.data; or,
+    where --data holds text rather than shards, the command tokenizing it into a folder beside."""
+    data = Path(cfg.data)
+    if holds_text(data):
+        shards = data.with_name(f"{data.stem}_shards")
+        return (f"`python -m pipeline.fineweb --source {data} --out {shards} --prefix {data.stem}` "
+                f"(--data {data} is text, not shards: this tokenizes it with GPT-2's BPE; then "
+                f"--data {shards})")
     command, note = DATA_COMMANDS.get(cfg.preset, DATA_COMMANDS["gpt2-124m"])
     if Path(cfg.data) == Path(_DEFAULT_OUT["demo"]):
         command, note = "make demo", "it then trains a small model on them"
@@ -202,7 +217,16 @@ def data_command(cfg):
         words[words.index("--out") + 1] = cfg.data
     elif words[0] == "python" and cfg.data != _DEFAULT_OUT[words[2]]:
         words += ["--out", cfg.data]
-    return f"`{' '.join(words)}`" + (f" ({note.format(data=cfg.data)})" if note else "")
+    return f"`{' '.join(words)}`" + (f" ({note.format(data=cfg.data, name=data.name)})" if note else "")
+
+
+def holds_text(path):
+    """A file, or a folder of files none of which is a shard or a manifest: a corpus."""
+    if path.is_file():
+        return True
+    files = [p.name for p in path.iterdir() if p.is_file()] if path.is_dir() else []
+    return bool(files) and not any(re.search(r"_(train|val)_\d{6}\.(bin|npy)$", name) or
+                                   name in ("manifest.json", "tokenizer.json") for name in files)
 
 
 def _bool(text):
@@ -216,9 +240,10 @@ def _bool(text):
 HELP_HEADER = """Train GPT-2 on token shards, on one process or under torchrun (DDP or FSDP).
 
 most runs are one of:
-  torchrun --standalone --nproc_per_node=8 train_gpt2.py      # GPT-2 124M on FineWeb-Edu 10B
+  python -m trainer.launch --standalone --nproc_per_node=8 train_gpt2.py   # GPT-2 124M on FineWeb-Edu 10B
   python train_gpt2.py --preset cpu-smoke --data data/demo     # a tiny model on CPU, seconds
   sbatch slurm/train.sbatch --preset gpt2-350m --fsdp          # a bigger GPT-2 on a Slurm cluster
+(python -m trainer.launch is torchrun, exiting with the status below rather than torchrun's 1)
 
 values: defaults (the GPT-2 124M recipe), then --preset, then --config FILE, then flags"""
 
@@ -234,8 +259,27 @@ def _typed(text, kinds):
                                          f"auto, got {text!r}") from None
 
 
+class FlagParser(argparse.ArgumentParser):
+    """argparse without abbreviations (--max-step is not --max-steps: a typo must not pass), and
+    with the nearest flag suggested for an unknown one (--max_steps=10: did you mean --max-steps)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            flags = [o for action in self._actions for o in action.option_strings]
+            for word in message[len(prefix):].split():
+                guess = difflib.get_close_matches(word.split("=")[0].replace("_", "-"), flags, n=1)
+                if word.startswith("-") and guess:
+                    message += f" (did you mean {guess[0]}?)"
+                    break
+        super().error(message)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="train_gpt2.py", usage="%(prog)s [--preset NAME] [--config FILE] [flags]",
         description=HELP_HEADER,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -328,10 +372,12 @@ def parse_config(argv=None):
     values = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     values.update(PRESETS[preset])
     values["preset"] = preset
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ACTIONS}
     if args.config:
-        values.update(_read_config_file(parser, args.config))
-    values.update({k: v for k, v in vars(args).items()
-                   if v is not None and k not in ACTIONS})
+        given = {**_read_config_file(parser, args.config), **given}
+    values.update(given)
+    if values["init_from"]:
+        _model_from_weights(parser, values, given)
     config = TrainConfig(**values)
     _check(parser, config)
     return config
@@ -360,11 +406,28 @@ def _read_config_file(parser, path):
     return data
 
 
+def _model_from_weights(parser, values, given):
+    """--init-from: the model's shape is the weights' (a flag or --config value that differs is
+    refused); the preset's shape gives way."""
+    from hf_gpt2 import hf_config  # the HF conversions, a layer below (as evaluation/models.py)
+
+    try:
+        weights = hf_config(values["init_from"]).to_dict()
+    except ValueError as e:
+        parser.error(f"--init-from: {e}")
+    for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias"):
+        if name in given and given[name] != weights[name]:
+            flag_name = "--" + name.replace("_", "-")
+            parser.error(f"{flag_name} {given[name]} contradicts --init-from {values['init_from']}, "
+                         f"whose {name} is {weights[name]}: leave {flag_name} out")
+        values[name] = weights[name]
+
+
 def _check(parser, c):
     """Value checks that need no data or hardware; argparse prints one line and exits 2."""
     if c.micro_batch_size != "auto" and c.micro_batch_size <= 0:
         parser.error(f"--micro-batch-size must be positive or auto, got {c.micro_batch_size}")
-    positive = ("total_batch_size", "seq_len", "max_steps", "n_layer",
+    positive = ("total_batch_size", "seq_len", "max_steps", "n_layer", "log_every",
                 "n_head", "n_embd", "block_size", "vocab_size", "val_tokens")
     for name in positive:
         if getattr(c, name) <= 0:
@@ -396,6 +459,9 @@ def save_config(config, path):
     Path(path).write_text(json.dumps(config.to_dict(), indent=1) + "\n")
 
 
-if __name__ == "__main__":  # print the resolved config: python config.py --preset cpu-smoke
+if __name__ == "__main__":  # print the resolved config: python -m trainer.config --preset cpu-smoke
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends quietly
     json.dump(parse_config().to_dict(), sys.stdout, indent=1)
     print()

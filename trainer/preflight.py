@@ -34,6 +34,7 @@ from shards.manifest import ManifestError, list_shards
 from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoints,
                                 load_checkpoint, resolve_checkpoint)
 from trainer.config import data_command
+from trainer.launch import record_exit
 from trainer.memory import GiB, MiB, checkpoint_bytes, count_parameters
 
 
@@ -79,7 +80,8 @@ def run_checks(cfg):
 def check_data_folder(cfg, report):
     if Path(cfg.data).is_dir():
         return True
-    report.fail(f"--data {cfg.data}: no such folder; make the shards with {data_command(cfg)}, "
+    what = "a file, not a shard folder" if Path(cfg.data).exists() else "no such folder"
+    report.fail(f"--data {cfg.data}: {what}; make the shards with {data_command(cfg)}, "
                 f"or point --data at them")
     return False
 
@@ -348,4 +350,6 @@ def preflight(cfg):
     elif local_rank == 0:
         for text in report.failures:
             print(f"error: [{socket.gethostname()} rank {rank}] {text}", file=sys.stderr, flush=True)
+    if report.failures:  # for trainer.launch to print last: the problems, not the summary
+        record_exit("\n".join(f"error: {text}" for text in report.failures), 2)
     return not report.failures

@@ -189,11 +189,13 @@ def ensure_plot(run_dir):
 
 
 def launcher(world_size, hosts):
+    """torchrun through trainer.launch: the trainer's exit status (2, 3), not torchrun's 1."""
     if world_size <= 1:
         return "python"
+    torchrun = "python -m trainer.launch"
     if hosts > 1:
-        return f"torchrun --nnodes={hosts} --nproc_per_node={world_size // hosts} --rdzv_endpoint=HOST:29500"
-    return f"torchrun --standalone --nproc_per_node={world_size}"
+        return f"{torchrun} --nnodes={hosts} --nproc_per_node={world_size // hosts} --rdzv_endpoint=HOST:29500"
+    return f"{torchrun} --standalone --nproc_per_node={world_size}"
 
 
 def commands(run_dir, setup, config, checkpoint, hosts):
@@ -209,20 +211,28 @@ def commands(run_dir, setup, config, checkpoint, hosts):
             resume=f"{start} train_gpt2.py --config {shlex.quote(run + '/config.json')} "
                    f"--resume {shlex.quote(checkpoint)} --max-steps {config['max_steps']}")
         if config["vocab_size"] >= GPT2_VOCAB_SIZE:  # HellaSwag and CORE are GPT-2 tokens
-            found["hellaswag"] = hellaswag_command(checkpoint, run, config)
-            found["core"] = (f"python core_eval.py --checkpoint {shlex.quote(checkpoint)} --json "
-                             f"> {shlex.quote(run + '/core.json')}")
+            found["hellaswag"] = kept_if_it_succeeds(hellaswag_command(checkpoint, config),
+                                                     run + "/hellaswag_harness.json")
+            found["core"] = kept_if_it_succeeds(
+                f"python core_eval.py --checkpoint {shlex.quote(checkpoint)} --json", run + "/core.json")
     return found
 
 
-def hellaswag_command(checkpoint, run, config):
+def kept_if_it_succeeds(command, path):
+    """`command > path`, through a temporary file: a failed command (offline, say) leaves no
+    empty file for the report to trip over."""
+    tmp, final = shlex.quote(path + ".tmp"), shlex.quote(path)
+    return f"{command} > {tmp} && mv {tmp} {final} || {{ rm -f {tmp}; false; }}"
+
+
+def hellaswag_command(checkpoint, config):
     """hellaswag.py on the run's checkpoint, with the run's own HellaSwag file and limit; a model
     with a shorter context than GPT-2's skips the few endings longer than it (and says how many)."""
     data = f" --data {shlex.quote(config['hellaswag_data'])}" if config.get("hellaswag_data") else ""
     limit = f" --limit {config['hellaswag_limit']}" if config.get("hellaswag_limit") else ""
     skip = " --skip-too-long" if config["block_size"] < 1024 else ""
     return (f"python hellaswag.py --checkpoint {shlex.quote(checkpoint)} --style harness{data}{limit}{skip} "
-            f"--json > {shlex.quote(run + '/hellaswag_harness.json')}")
+            f"--json")
 
 
 def build_report(run_dir):
@@ -318,6 +328,10 @@ def main(argv=None):
         path, _ = write_report(argv[0])
     except NotARun as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a colleague's read-only run, a full disk
+        print(f"error: cannot write {e.filename or argv[0]} ({e.strerror or e}): make the report "
+              f"on a copy: cp -r {argv[0]} MY_COPY && python -m trainer.report MY_COPY", file=sys.stderr)
         return 2
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0

@@ -125,8 +125,9 @@ def render_markdown(r):
         f"(training steps); MFU {mfu} |",
         f"| model | {params} parameters: {model['n_layer']} layers, {model['n_head']} heads, "
         f"{model['n_embd']} wide, context {model['block_size']}, vocab {model['vocab_size']} |",
-        f"| hardware | {devices} on {hw['hosts']} host(s); {hw['world_size']} rank(s), "
-        f"{(hw['parallelism'] or '?').upper()}; {hw['precision']} |",
+        f"| hardware | {devices} on {hw['hosts']} host(s); " + (
+            f"{hw['world_size']} ranks, {(hw['parallelism'] or '?').upper()}" if hw["world_size"] != 1
+            else "1 process") + f"; {hw['precision']} |",
         f"| data | `{data['path']}`: " + (
             f"source {data['source']}, fingerprint `{data['fingerprint']}`, tokenizer "
             f"{data['tokenizer']}, {data['shards']} shards |" if data["manifest"] else
