@@ -247,7 +247,8 @@ def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr,
         # gradients are reduced across ranks on the last micro-step only
         with parallel.gradient_sync(micro_step == grad_accum - 1):
             with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
-                _, loss = parallel.train_module(x, y)
+                # the logits (B x T x vocab) are not kept: backward does not need them
+                loss = parallel.train_module(x, y)[1]
             # each micro-batch's loss is a mean: scale so the gradients sum to the global mean
             loss = loss / grad_accum
             loss_accum += loss.detach()

@@ -133,7 +133,7 @@ def try_training_step(parallel, optimizer, micro_batch, micro_steps, seq_len, vo
             x = torch.randint(0, vocab_size, (micro_batch, seq_len), device=device, generator=generator)
             with parallel.gradient_sync(micro_step == micro_steps - 1):
                 with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
-                    _, loss = module(x, x)
+                    loss = module(x, x)[1]  # the logits freed, as in the run
                 loss.backward()
         # a step whose gradients miss the optimizer's parameters (FSDP left mid-iteration: it
         # computes with unsharded copies) would pass for one that fits

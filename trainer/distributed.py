@@ -4,7 +4,7 @@
     runtime.init_process_group(timeout_min=30)
     parallel = ParallelModel(model, runtime, fsdp=False, compile=False)
     with parallel.gradient_sync(micro_step == grad_accum - 1):
-        _, loss = parallel.train_module(x, y)
+        loss = parallel.train_module(x, y)[1]     # the logits are not kept through backward
         loss.backward()
     norm = parallel.clip_grad_norm_(1.0)
     state = parallel.full_state(optimizer)        # rank 0: full tensors (FSDP: gathered); others: {}
