@@ -22,7 +22,6 @@ checkpoint (all ranks agree through a collective every step, so none hangs): run
 command to resume.
 """
 
-import gc
 import json
 import math
 import os
@@ -97,7 +96,8 @@ def main(argv=None):
     stop = StopRequest(Path(cfg.out_dir) / "STOP", announce=runtime.master)
     try:
         status = train(cfg, runtime, data, stop, probe, why)
-    except (BadInput, CheckpointError, LoaderError, WandbUnavailable) as e:  # raised alike on every rank
+    except (BadInput, CheckpointError, LoaderError, WandbUnavailable,
+            batch_size.MicroBatchError) as e:  # raised alike on every rank
         if runtime.master:
             print(f"error: {e}", file=sys.stderr)
         status = EXIT_BAD_INPUT
@@ -285,9 +285,7 @@ def fit_micro_batch(cfg, runtime, amp_dtype, data):
     GPU; (cfg, data loaders, why) for it. Tried on a throwaway copy of the model built as the
     run builds it (uncompiled; without DDP, whose reduction buckets are the run's gradients)."""
     micro_batch, why = _probe(cfg, runtime, amp_dtype)
-    gc.collect()  # the copy's FSDP state holds reference cycles: free its memory before the run's
-    if runtime.device.type == "cuda":
-        torch.cuda.empty_cache()
+    batch_size.release_memory(runtime.device)  # the copy's FSDP state holds reference cycles
     if micro_batch != cfg.micro_batch_size:
         cfg = replace(cfg, micro_batch_size=micro_batch)
         data = prepare_data(cfg, runtime)

@@ -19,6 +19,8 @@ memory casts one "no" vote instead of going on, which the others meet at their n
 all abandon the try together, their collectives matched one for one.
 """
 
+import gc
+
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
@@ -78,19 +80,38 @@ def largest_that_fits(options, fits, runtime):
     when even the smallest does not fit."""
     others_failed = None
     for b in options:
-        try:
-            fits(b)
-        except PeerOutOfMemory:  # its vote was this rank's vote for the try
+        outcome = _outcome(fits, b)
+        # the failed try's tensors died with its exception: hand their memory back before the
+        # vote or the next try allocates (cuBLAS and NCCL allocate outside the caching allocator)
+        release_memory(runtime.device)
+        if outcome == "peer out of memory":  # its vote was this rank's vote for the try
             others_failed = others_failed or b
-            continue
-        except torch.OutOfMemoryError:
-            agree(runtime, ok=False)
-            continue
-        if agree(runtime):
+        elif agree(runtime, ok=outcome == "fits"):
             return b, others_failed
-        others_failed = others_failed or b
+        elif outcome == "fits":
+            others_failed = others_failed or b
     raise MicroBatchError(f"even a micro-batch of {options[-1]} sequence(s) runs out of GPU memory: "
                           f"use --fsdp, --activation-checkpointing, a shorter --seq-len, or more GPUs")
+
+
+def _outcome(fits, b):
+    """"fits", "out of memory" or "peer out of memory": what fits(b) did, as a word, so that the
+    exception and the frames it holds (the try's activations) are gone once it returns."""
+    try:
+        fits(b)
+    except PeerOutOfMemory:
+        return "peer out of memory"
+    except torch.OutOfMemoryError:
+        return "out of memory"
+    return "fits"
+
+
+def release_memory(device):
+    """Free what nothing refers to any more (reference cycles included) and, on CUDA, return
+    the caching allocator's free blocks to the device."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class _VotingCollective:
@@ -148,8 +169,6 @@ def try_training_step(parallel, optimizer, micro_batch, micro_steps, seq_len, vo
     finally:
         optimizer.zero_grad(set_to_none=True)
         optimizer.state.clear()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
 
 
 def choose(cfg, runtime, fits=None):
