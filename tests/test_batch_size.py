@@ -89,7 +89,8 @@ def test_probe_gives_up_with_one_clear_line():
 
 
 def test_trying_a_step_runs_the_steps_shape_and_leaves_the_optimizer_ready():
-    """Accumulation: a micro-step without gradient sync, then the synchronised one, then AdamW."""
+    """Two steps (the first makes AdamW's state, the second is the run's steady step), each of a
+    micro-step without gradient sync, then the synchronised one, then AdamW."""
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
     parallel = ParallelModel(model, runtime(1))
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), 1e-8, "cpu", verbose=False)
@@ -97,7 +98,7 @@ def test_trying_a_step_runs_the_steps_shape_and_leaves_the_optimizer_ready():
     parallel.gradient_sync = lambda enabled: syncs.append(enabled) or gradient_sync(enabled)
     before = [p.clone() for p in model.parameters()]
     batch_size.try_training_step(parallel, optimizer, 4, 2, 16, 64, None)
-    assert syncs == [False, True]
+    assert syncs == [False, True, False, True]
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # AdamW stepped
     assert not optimizer.state and all(p.grad is None for p in model.parameters())
 

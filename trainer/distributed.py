@@ -167,11 +167,14 @@ def compile_regions(model, backend=None):
     model.head = torch.compile(model.head, backend=backend, fullgraph=True)
 
 
-def _fill_shard(param, init):
-    """Draw `init`'s values for the whole of a sharded parameter (on CPU, as a model built on
-    CPU draws them) and keep this rank's shard: one full parameter at a time in memory."""
+def _fill_from_cpu(param, init):
+    """Draw `init`'s values for the whole of a parameter on CPU, as a model built on CPU draws
+    them, and keep this rank's part (its shard of a sharded one): one full parameter at a time
+    in memory."""
     full = init(torch.empty(param.shape))
-    param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
+    if hasattr(param, "device_mesh"):  # a DTensor: FSDP's shard
+        full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(full)
 
 
 class ParallelModel:
@@ -184,17 +187,21 @@ class ParallelModel:
     """
 
     def __init__(self, model, runtime, fsdp=False, compile=False, activation_checkpointing=False,
-                 param_dtype=None):
+                 param_dtype=None, draw_weights=True):
+        """draw_weights=False: a model built on the meta device gets memory but no values (the
+        micro-batch probe's copy: nothing drawn from the generator, which takes minutes for
+        gpt2-1558m on CPU)."""
         self.module, self.runtime, self.fsdp = model, runtime, fsdp
         model.activation_checkpointing = activation_checkpointing
         if compile:  # before sharding, as torchtitan does
             compile_regions(model)
+        # built on the meta device (train_gpt2.build under FSDP, and the probe's copy): no rank
+        # ever holds the whole model; each allocates its part below (its shards under FSDP),
+        # with the weights a model built whole gets unless draw_weights is False
+        on_meta = model.lm_head.weight.is_meta
+        if on_meta and draw_weights:
+            model.draw_default_init()
         if fsdp:
-            # built on the meta device (train_gpt2.build): no rank ever holds the whole model;
-            # each materialises its shards below, with the weights a model built whole gets
-            on_meta = model.lm_head.weight.is_meta
-            if on_meta:
-                model.draw_default_init()
             # param_dtype: weights gathered and computed in bf16, gradients reduced in fp32; the
             # sharded master weights and AdamW state stay fp32
             policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -203,17 +210,16 @@ class ParallelModel:
             # the root holds the embeddings, ln_f and lm_head: the tied wte/lm_head weight is one
             # parameter there, so it stays tied
             fully_shard(model, mp_policy=policy)
-            if on_meta:
-                model.to_empty(device=runtime.device)
-                model.init_weights(fill=_fill_shard)
-            wrapped = model
-        else:
-            wrapped = model
-            if runtime.distributed:
-                device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-                # gradients are views of DDP's reduction buckets, no second copy of them, as long
-                # as they are zeroed in place between steps (zero_grad below)
-                wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
+        if on_meta:
+            model.to_empty(device=runtime.device)
+            if draw_weights:
+                model.init_weights(fill=_fill_from_cpu)
+        wrapped = model
+        if runtime.distributed and not fsdp:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            # gradients are views of DDP's reduction buckets, no second copy of them, as long
+            # as they are zeroed in place between steps (zero_grad below)
+            wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
         self.train_module = wrapped
 
     def eager(self):
