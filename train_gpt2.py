@@ -91,7 +91,7 @@ def main(argv=None):
         if int(os.environ.get("RANK", 0)) == 0:  # every rank fails alike; one says so
             print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    runtime.init_process_group(cfg.dist_timeout_min)
+    runtime.init_process_group(cfg.dist_timeout_min, group_of_one=cfg.fsdp)
     # from here on a stop request means: checkpoint and exit 3
     stop = StopRequest(Path(cfg.out_dir) / "STOP", announce=runtime.master)
     try:

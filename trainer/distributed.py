@@ -95,17 +95,24 @@ class Runtime:
         dev = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device(device_type)
         return cls(rank, local_rank, world_size, dev)
 
-    def init_process_group(self, timeout_min=30):
+    def init_process_group(self, timeout_min=30, group_of_one=False):
         """Join the job's process group (NCCL on CUDA, gloo otherwise). The timeout bounds how
-        long a collective waits for a slow rank, e.g. rank 0 writing a large checkpoint."""
+        long a collective waits for a slow rank, e.g. rank 0 writing a large checkpoint.
+
+        In a world of one only with `group_of_one` (FSDP, whose fully_shard would otherwise make
+        a default group itself: from torchrun's env:// without this device or timeout, never
+        destroyed; under plain python, with no env:// to read, an error). Plain python has no
+        torchrun rendezvous: its group of one keeps its store in memory."""
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if self.distributed:
+        if self.distributed or group_of_one:
+            alone = {} if "MASTER_ADDR" in os.environ else dict(store=dist.HashStore(), rank=0, world_size=1)
             # device_id binds NCCL to this rank's GPU: its communicator is made here, so a broken
             # NCCL set-up fails at start-up rather than at the first collective
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo",
                                     timeout=timedelta(minutes=timeout_min),
-                                    device_id=self.device if self.device.type == "cuda" else None)
+                                    device_id=self.device if self.device.type == "cuda" else None,
+                                    **alone)
 
     def all_reduce(self, tensor, op=dist.ReduceOp.SUM):
         """In place over all ranks (nothing to do in a world of one); returns the tensor."""
@@ -138,7 +145,7 @@ class Runtime:
         return self.all_gather_object(f"{socket.gethostname()}: {name}")
 
     def close(self):
-        if self.distributed and dist.is_initialized():
+        if dist.is_initialized():
             dist.barrier()  # gloo can abort at exit if one rank leaves while another is busy
             dist.destroy_process_group()
 
