@@ -164,10 +164,13 @@ def compile_regions(model, backend=None):
     is one full graph (fullgraph=True: a break is an error, never a silent fallback), and all
     blocks share one compiled graph: compile time does not grow with depth (torchtitan's
     per-block compile). DDP uses the same regions so every mode runs the same compiled code: its
-    gradient hooks stay outside the graphs, overlapping the all-reduce with the backward without
-    DDPOptimizer's graph splitting; what is lost is fusion across a block boundary (one residual
-    add). The backend is inductor unless $TRAIN_COMPILE_BACKEND names another."""
+    gradient hooks stay outside the graphs, overlapping the all-reduce with the backward; what
+    is lost is fusion across a block boundary (one residual add). Dynamo's DDPOptimizer, which
+    would cut a region's graph where each 25 MB bucket of DDP ends (a 124m block is 28 MB: its
+    graph in two), is turned off for the process (torch._dynamo.config.optimize_ddp). The
+    backend is inductor unless $TRAIN_COMPILE_BACKEND names another."""
     backend = backend or os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+    torch._dynamo.config.optimize_ddp = False
     for block in model.transformer.h:
         block.compile(backend=backend, fullgraph=True)
     model.embed = torch.compile(model.embed, backend=backend, fullgraph=True)
