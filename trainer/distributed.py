@@ -209,8 +209,6 @@ class ParallelModel:
         # ever holds the whole model; each allocates its part below (its shards under FSDP),
         # with the weights a model built whole gets unless draw_weights is False
         on_meta = model.lm_head.weight.is_meta
-        if on_meta and draw_weights:
-            model.draw_default_init()
         if fsdp:
             # param_dtype: weights gathered and computed in bf16, gradients reduced in fp32; the
             # sharded master weights and AdamW state stay fp32
