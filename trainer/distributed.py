@@ -106,7 +106,8 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.distributed or group_of_one:
-            alone = {} if "MASTER_ADDR" in os.environ else dict(store=dist.HashStore(), rank=0, world_size=1)
+            plain_python = not self.distributed and "MASTER_ADDR" not in os.environ
+            alone = dict(store=dist.HashStore(), rank=0, world_size=1) if plain_python else {}
             # device_id binds NCCL to this rank's GPU: its communicator is made here, so a broken
             # NCCL set-up fails at start-up rather than at the first collective
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo",
