@@ -9,7 +9,6 @@ References:
 2) nanoGPT: https://github.com/karpathy/nanoGPT/blob/master/model.py
 """
 
-import copy
 import inspect
 import math
 from dataclasses import asdict, dataclass, fields, replace
@@ -176,16 +175,21 @@ class GPT(nn.Module):
         super().__init__()
         config = config or GPTConfig()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        device = torch.get_default_device()
+        # built on the meta device, then allocated and initialised once (init_weights): each
+        # module's default initialisation, which init_weights replaces, would be drawn for
+        # nothing (a minute of CPU for gpt2-xl)
+        with torch.device("meta"):
+            self.transformer = nn.ModuleDict(
+                dict(
+                    wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+                    wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings
+                    drop=nn.Dropout(config.dropout),
+                    h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                    ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+                )
             )
-        )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying (as GPT-2): the output layer reuses the token embedding matrix
         self.transformer.wte.weight = self.lm_head.weight
 
@@ -193,46 +197,48 @@ class GPT(nn.Module):
         # trainer's --activation-checkpointing): ~1/3 more compute for a much larger micro-batch
         self.activation_checkpointing = False
 
-        if not self.lm_head.weight.is_meta:  # on the meta device: see draw_default_init
+        if device.type != "meta":  # on the meta device the trainer allocates each rank's part
+            self.to_empty(device=device)
             self.init_weights()
+
+    def to_empty(self, *, device, recurse=True):
+        """nn.Module.to_empty, the output layer still tied to the token embeddings (from the
+        meta device each module gets a new Parameter)."""
+        super().to_empty(device=device, recurse=recurse)
+        if self.transformer.wte.weight is not self.lm_head.weight:
+            self.transformer.wte.weight = self.lm_head.weight
+        return self
 
     @torch.no_grad()
     def init_weights(self, fill=None):
-        """GPT-2's initialisation: N(0, 0.02) for Linear and Embedding weights, zero biases,
-        LayerNorms the identity, then the residual projections scaled down. The
-        values come from torch's global generator, drawn in this order.
+        """GPT-2's initialisation: N(0, 0.02) for Linear and Embedding weights, the residual
+        projections (c_proj) scaled down, zero biases, LayerNorms the identity. The values come
+        from torch's global generator, each parameter drawn once, in the order of the modules.
 
         fill(param, init) gives `param` the values that `init` (an in-place function of
         torch.nn.init) draws for a tensor of the parameter's full shape; by default in place.
         A model sharded by FSDP passes one that draws each full tensor and keeps its shard."""
         fill = fill or (lambda param, init: init(param))
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                fill(module.weight, partial(torch.nn.init.normal_, mean=0.0, std=0.02))
-                if module.bias is not None:
-                    fill(module.bias, torch.nn.init.zeros_)
-            elif isinstance(module, nn.Embedding):
-                fill(module.weight, partial(torch.nn.init.normal_, mean=0.0, std=0.02))
-            elif isinstance(module, nn.LayerNorm):
-                fill(module.weight, torch.nn.init.ones_)
-                if module.bias is not None:
-                    fill(module.bias, torch.nn.init.zeros_)
         # GPT-2 paper: scale the weights of residual projections by 1/sqrt(N), N = the number of
         # residual additions = 2 per layer (attention and MLP), so the stream's variance stays ~1
-        std = 0.02 / math.sqrt(2 * self.config.n_layer)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                fill(p, partial(torch.nn.init.normal_, mean=0.0, std=std))
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        filled = set()  # the tied wte/lm_head weight is met twice
+        for name, module in self.named_modules():
+            for param, init in self._initialisers(name, module, residual_std):
+                if id(param) not in filled:
+                    filled.add(id(param))
+                    fill(param, init)
 
-    def draw_default_init(self):
-        """Take from the global generator what building this model on CPU takes: each module
-        draws default weights as it is built (init_weights then replaces them), which the meta
-        device does not. A model built on the meta device calls this before init_weights so
-        that it gets the very weights of a model built on CPU from the same seed. One module's
-        weights at a time are in memory, in the order the modules were built."""
-        for module in self.modules():
-            if hasattr(module, "reset_parameters"):
-                copy.deepcopy(module).to_empty(device="cpu").reset_parameters()
+    @staticmethod
+    def _initialisers(name, module, residual_std):
+        """(parameter, init) pairs of one module for init_weights."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            std = residual_std if name.endswith("c_proj") else 0.02
+            yield module.weight, partial(torch.nn.init.normal_, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            yield module.weight, torch.nn.init.ones_
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is not None:
+            yield module.bias, torch.nn.init.zeros_
 
     def num_params(self, non_embedding=False):
         """Number of parameters (the tied embedding/output matrix counted once).

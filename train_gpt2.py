@@ -23,7 +23,6 @@ command to resume. Under torchrun these reach the shell through `python -m train
 (trainer/launch.py); torchrun alone exits 1.
 """
 
-import gc
 import json
 import math
 import os
@@ -95,12 +94,13 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr)
         record_exit(f"error: {e}", EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
-    runtime.init_process_group(cfg.dist_timeout_min)
+    runtime.init_process_group(cfg.dist_timeout_min, group_of_one=cfg.fsdp)
     # from here on a stop request means: checkpoint and exit 3
     stop = StopRequest(Path(cfg.out_dir) / "STOP", announce=runtime.master)
     try:
         status = train(cfg, runtime, data, stop, probe, why)
-    except (BadInput, CheckpointError, LoaderError, WandbUnavailable) as e:  # raised alike on every rank
+    except (BadInput, CheckpointError, LoaderError, WandbUnavailable,
+            batch_size.MicroBatchError) as e:  # raised alike on every rank
         if runtime.master:
             print(f"error: {e}", file=sys.stderr)
         record_exit(f"error: {e}", EXIT_BAD_INPUT)
@@ -266,7 +266,8 @@ def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr,
         # gradients are reduced across ranks on the last micro-step only
         with parallel.gradient_sync(micro_step == grad_accum - 1):
             with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
-                _, loss = parallel.train_module(x, y)
+                # the logits (B x T x vocab) are not kept: backward does not need them
+                loss = parallel.train_module(x, y)[1]
             # each micro-batch's loss is a mean: scale so the gradients sum to the global mean
             loss = loss / grad_accum
             loss_accum += loss.detach()
@@ -314,11 +315,9 @@ def load_pretrained(parallel, source, verbose):
 def fit_micro_batch(cfg, runtime, amp_dtype, data):
     """--micro-batch-size auto on CUDA: the largest micro-batch whose training step fits on every
     GPU; (cfg, data loaders, why) for it. Tried on a throwaway copy of the model built as the
-    run builds it (uncompiled; without DDP, whose reduction buckets are the run's gradients)."""
+    run builds it (uncompiled; without DDP, see batch_size.try_training_step)."""
     micro_batch, why = _probe(cfg, runtime, amp_dtype)
-    gc.collect()  # the copy's FSDP state holds reference cycles: free its memory before the run's
-    if runtime.device.type == "cuda":
-        torch.cuda.empty_cache()
+    batch_size.release_memory(runtime.device)  # the copy's FSDP state holds reference cycles
     if micro_batch != cfg.micro_batch_size:
         cfg = replace(cfg, micro_batch_size=micro_batch)
         data = prepare_data(cfg, runtime)
@@ -328,16 +327,34 @@ def fit_micro_batch(cfg, runtime, amp_dtype, data):
 def _probe(cfg, runtime, amp_dtype):
     """(micro-batch, why) from trying steps on the copy, which is freed on return."""
     per_rank = batch_size.sequences_per_rank(cfg.total_batch_size, cfg.seq_len, runtime.world_size)
-    wrap_runtime = runtime if cfg.fsdp else replace(runtime, world_size=1)
-    _, parallel, optimizer = build(replace(cfg, compile=False), wrap_runtime, amp_dtype)
-    batch_size.vote_before_collectives(parallel.module, runtime)
+    parallel, optimizer = build_probe_copy(cfg, runtime, amp_dtype)
+    keep_gradients = runtime.distributed and not cfg.fsdp  # DDP's buckets
 
     def fits(b):
         micro_steps = min(2, per_rank // b)  # accumulating steps hold gradients between micro-steps
         batch_size.try_training_step(parallel, optimizer, b, micro_steps, cfg.seq_len,
-                                     cfg.vocab_size, amp_dtype)
+                                     cfg.vocab_size, amp_dtype, keep_gradients)
 
-    return batch_size.choose(replace(cfg, micro_batch_size="auto"), runtime, fits)
+    with batch_size.headroom(runtime.device):
+        return batch_size.choose(replace(cfg, micro_batch_size="auto"), runtime, fits)
+
+
+def build_probe_copy(cfg, runtime, amp_dtype):
+    """(ParallelModel, AdamW) of the model the run builds, sharded alike under FSDP, uncompiled,
+    built on the meta device and left uninitialised: its values do not matter, and drawing
+    them takes minutes for the largest GPT-2 on CPU. The votes (batch_size) before FSDP's
+    collectives."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**cfg.model_config()))
+    wrap_runtime = runtime if cfg.fsdp else replace(runtime, world_size=1)
+    parallel = ParallelModel(model, wrap_runtime, fsdp=cfg.fsdp,
+                             activation_checkpointing=cfg.activation_checkpointing,
+                             param_dtype=amp_dtype if runtime.device.type == "cuda" else None,
+                             draw_weights=False)
+    batch_size.vote_before_collectives(parallel.module, runtime)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps,
+                                          runtime.device.type, verbose=False)
+    return parallel, optimizer
 
 
 def record_start(cfg, runtime, parallel, optimizer, metrics, grad_accum, steps_per_epoch,

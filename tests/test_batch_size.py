@@ -89,7 +89,8 @@ def test_probe_gives_up_with_one_clear_line():
 
 
 def test_trying_a_step_runs_the_steps_shape_and_leaves_the_optimizer_ready():
-    """Accumulation: a micro-step without gradient sync, then the synchronised one, then AdamW."""
+    """Two steps (the first makes AdamW's state, the second is the run's steady step), each of a
+    micro-step without gradient sync, then the synchronised one, then AdamW."""
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
     parallel = ParallelModel(model, runtime(1))
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), 1e-8, "cpu", verbose=False)
@@ -97,7 +98,7 @@ def test_trying_a_step_runs_the_steps_shape_and_leaves_the_optimizer_ready():
     parallel.gradient_sync = lambda enabled: syncs.append(enabled) or gradient_sync(enabled)
     before = [p.clone() for p in model.parameters()]
     batch_size.try_training_step(parallel, optimizer, 4, 2, 16, 64, None)
-    assert syncs == [False, True]
+    assert syncs == [False, True, False, True]
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # AdamW stepped
     assert not optimizer.state and all(p.grad is None for p in model.parameters())
 
@@ -196,3 +197,41 @@ def test_probe_recovers_from_out_of_memory_in_backward(char_shards, fsdp_at_micr
     assert setup["micro_batch_size"] == 2 and setup["grad_accum"] == 4
     assert losses == pytest.approx(fsdp_at_micro_batch_2, rel=1e-6)
     assert losses[-1] < losses[0] - 0.1
+
+
+def test_a_failed_try_is_freed_before_the_vote_and_the_next_try(monkeypatch):
+    """The try's activations are held by the frames of its torch.OutOfMemoryError: none may be
+    alive when the ranks vote or the next try starts."""
+    from live_bytes import LiveBytes
+
+    live_at_votes, live_at_tries = [], []
+    vote = batch_size.agree
+    with LiveBytes() as counter:
+        def fits(b):
+            live_at_tries.append(counter.now)
+            activations = torch.ones(b, 1 << 16)  # noqa: F841 (alive in this frame)
+            if b > 2:
+                raise torch.OutOfMemoryError(f"out of memory at {b}")
+
+        monkeypatch.setattr(batch_size, "agree",
+                            lambda runtime, ok=True: live_at_votes.append(counter.now) or vote(runtime, ok))
+        micro, _ = batch_size.choose(replace(DEFAULT, total_batch_size=8 * 1024), runtime(1), fits)
+    assert micro == 2
+    assert live_at_votes == [0, 0, 0] and live_at_tries == [0, 0, 0]
+
+
+def test_out_of_memory_at_every_micro_batch_is_one_line_and_exit_2(char_shards, tmp_path, monkeypatch,
+                                                                    capsys):
+    import train_gpt2
+    from conftest import tiny_train_flags
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CPU out of memory (emulated)")
+
+    monkeypatch.setattr(batch_size, "PROBED_DEVICES", ("cpu",))
+    monkeypatch.setattr(batch_size, "try_training_step", out_of_memory)
+    argv = tiny_train_flags(2, 256, 0) + ["--data", str(char_shards), "--out-dir", str(tmp_path),
+                                          "--hellaswag-every", "0", "--micro-batch-size", "auto"]
+    assert train_gpt2.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: even a micro-batch of 1 sequence(s) runs out"), err

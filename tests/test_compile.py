@@ -29,6 +29,10 @@ def runs(char_shards, tmp_path_factory):
             argvs[name] = tiny_train_flags(4, 512, 2) + flags + [
                 "--device", "cpu", "--dtype", "float32", "--compile", compiled,
                 "--data", str(char_shards), "--out-dir", str(tmp / name)]
+    # a 768-wide block (28 MB of fp32 weights, GPT-2's width) is more than one of DDP's 25 MB buckets
+    argvs["ddp-wide-compiled"] = tiny_train_flags(2, 512, 0) + [
+        "--n-layer", "1", "--n-embd", "768", "--device", "cpu", "--dtype", "float32", "--compile",
+        "true", "--data", str(char_shards), "--out-dir", str(tmp / "ddp-wide-compiled")]
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node=2", "tests/dynamo_counters.py", str(tmp / "counters.json"),
                           json.dumps(argvs)], cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -52,3 +56,14 @@ def test_compiled_training_has_no_graph_break_nor_recompile(runs, mode):
     ref_train, ref_val = read_log(tmp / f"{mode}-eager")
     assert sorted(train) == [0, 1, 2, 3] and sorted(val) == [0, 2, 4]
     assert train == pytest.approx(ref_train, rel=1e-6) and val == pytest.approx(ref_val, rel=1e-6)
+
+
+def test_ddp_does_not_split_the_compiled_regions_at_its_buckets(runs):
+    """Dynamo's DDPOptimizer would cut a region's graph where DDP's 25 MB gradient buckets end
+    (the wide block's graph in two): the regions stay whole, DDP's hooks outside them."""
+    _, results = runs
+    wide = results["ddp-wide-compiled"]
+    assert wide["status"] == 0
+    counters = wide["counters"]
+    # DDPOptimizer splits inside Dynamo's graph: the backend then compiles each piece
+    assert counters["stats"]["unique_graphs"] == 3 and counters["aot_autograd"]["total"] == 3, counters

@@ -57,6 +57,41 @@ def test_fsdp_holds_half_the_state_per_rank(fsdp_run, reference):
     assert ratio <= 0.55, ratio
 
 
+def test_fsdp_trains_in_one_process(data, reference, tmp_path):
+    """`python train_gpt2.py --fsdp`: FSDP over a group of one that the runtime makes (plain
+    python has no torchrun rendezvous), with the losses of one process without FSDP."""
+    run(tmp_path, data, extra=FSDP)
+    train, val = read_log(tmp_path)
+    ref_train, ref_val = read_log(reference)
+    assert_close_losses(train, ref_train, 1e-5)
+    assert_close_losses(val, ref_val, 1e-5)
+
+
+def test_fsdp_under_torchrun_of_one_trains_in_the_runtimes_group(char_shards, tmp_path, monkeypatch):
+    """torchrun --nproc_per_node=1 ... --fsdp: the group is the runtime's (its timeout), not
+    one fully_shard makes for itself, and it is destroyed at the end."""
+    import socket
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    import train_gpt2
+    from conftest import tiny_train_flags
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    timeouts, init = [], dist.init_process_group
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: timeouts.append(kw["timeout"]) or init(**kw))
+    argv = tiny_train_flags(2, 256, 0) + ["--fsdp", "--dist-timeout-min", "7", "--data", str(char_shards),
+                                          "--out-dir", str(tmp_path), "--hellaswag-every", "0"]
+    assert train_gpt2.main(argv) == 0
+    assert timeouts == [timedelta(minutes=7)] and not dist.is_initialized()
+
+
 def kill_after_checkpoint(out_dir, data, step):
     """Start a 2-rank FSDP run, kill -9 every process of it once ckpt_{step} exists."""
     proc = launch(out_dir, data, nproc=2, extra=FSDP)

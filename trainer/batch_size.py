@@ -5,9 +5,11 @@ world_size ranks handles S / world_size sequences per step, in grad_accum micro-
 B only trades memory for speed, never the data or the result, so it can be chosen per machine:
 
 - it must be a power of two dividing S / world_size (then grad_accum is a whole number);
-- on CUDA it must fit: the step's real shape (two micro-steps when it accumulates, then AdamW)
-  is tried at start-up on a throwaway copy of the model, halving B on torch.OutOfMemoryError;
-  all ranks agree on each try's outcome, so they all take the same B;
+- on CUDA it must fit: the run's steady step (two micro-steps when it accumulates, then AdamW,
+  with AdamW's state and DDP's gradients resident from the start, as from the run's second step
+  on) is tried at start-up on a throwaway copy of the model under PROBE_MEMORY_FRACTION of the
+  GPU's memory, halving B on torch.OutOfMemoryError; all ranks agree on each try's outcome, so
+  they all take the same B;
 - on CPU and MPS (no reliable out-of-memory error) the largest divisor not above 64.
 
 Under FSDP a try is full of collectives (each block's weights are gathered in forward and in
@@ -19,11 +21,15 @@ memory casts one "no" vote instead of going on, which the others meet at their n
 all abandon the try together, their collectives matched one for one.
 """
 
+import gc
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 
 CPU_MAX_MICRO_BATCH = 64
+PROBE_MEMORY_FRACTION = 0.9  # of each GPU's memory a try may use: see headroom()
 PROBED_DEVICES = ("cuda",)  # those whose torch.OutOfMemoryError comes before the machine swaps
 
 
@@ -78,19 +84,38 @@ def largest_that_fits(options, fits, runtime):
     when even the smallest does not fit."""
     others_failed = None
     for b in options:
-        try:
-            fits(b)
-        except PeerOutOfMemory:  # its vote was this rank's vote for the try
+        outcome = _outcome(fits, b)
+        # the failed try's tensors died with its exception: hand their memory back before the
+        # vote or the next try allocates (cuBLAS and NCCL allocate outside the caching allocator)
+        release_memory(runtime.device)
+        if outcome == "peer out of memory":  # its vote was this rank's vote for the try
             others_failed = others_failed or b
-            continue
-        except torch.OutOfMemoryError:
-            agree(runtime, ok=False)
-            continue
-        if agree(runtime):
+        elif agree(runtime, ok=outcome == "fits"):
             return b, others_failed
-        others_failed = others_failed or b
+        elif outcome == "fits":
+            others_failed = others_failed or b
     raise MicroBatchError(f"even a micro-batch of {options[-1]} sequence(s) runs out of GPU memory: "
                           f"use --fsdp, --activation-checkpointing, a shorter --seq-len, or more GPUs")
+
+
+def _outcome(fits, b):
+    """"fits", "out of memory" or "peer out of memory": what fits(b) did, as a word, so that the
+    exception and the frames it holds (the try's activations) are gone once it returns."""
+    try:
+        fits(b)
+    except PeerOutOfMemory:
+        return "peer out of memory"
+    except torch.OutOfMemoryError:
+        return "out of memory"
+    return "fits"
+
+
+def release_memory(device):
+    """Free what nothing refers to any more (reference cycles included) and, on CUDA, return
+    the caching allocator's free blocks to the device."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class _VotingCollective:
@@ -120,27 +145,36 @@ def vote_before_collectives(module, runtime):
 
 
 def try_training_step(parallel, optimizer, micro_batch, micro_steps, seq_len, vocab_size,
-                      autocast_dtype):
-    """The training step's shape on random tokens: `micro_steps` forwards and backwards (1, or 2
+                      autocast_dtype, keep_gradients=False):
+    """The run's steady step on random tokens, on the probe's copy of the model (its weights do
+    not matter): two steps of the run's shape, `micro_steps` forwards and backwards (1, or 2
     when the step accumulates: FSDP then holds unsharded gradients from the first while the
-    second runs and reduces) and AdamW's step. Raises torch.OutOfMemoryError when it does not
-    fit (or PeerOutOfMemory). Run on the probe's copy of the model, the weights do not matter;
-    after a failure the model and optimizer are ready for the next try."""
+    second runs and reduces) and AdamW's step. The first step makes what the run holds from its
+    second step on, before its forward: AdamW's moments, and with keep_gradients the gradients
+    (DDP's buckets, zeroed in place, never freed); the second is the step that must fit.
+
+    Under DDP the copy is not wrapped: the try must issue no collective but the votes (a rank
+    out of memory in backward would leave the others waiting in DDP's all-reduce), and the
+    gradients it keeps are the buckets' memory (in the run they are views of the buckets).
+    Raises torch.OutOfMemoryError when it does not fit (or PeerOutOfMemory); after a failure
+    the model and optimizer are ready for the next try."""
     device, module = parallel.runtime.device, parallel.module
     generator = torch.Generator(device).manual_seed(0)  # leaves the global generator alone
     try:
-        for micro_step in range(micro_steps):
-            x = torch.randint(0, vocab_size, (micro_batch, seq_len), device=device, generator=generator)
-            with parallel.gradient_sync(micro_step == micro_steps - 1):
-                with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
-                    _, loss = module(x, x)
-                loss.backward()
-        # a step whose gradients miss the optimizer's parameters (FSDP left mid-iteration: it
-        # computes with unsharded copies) would pass for one that fits
-        missing = sum(p.grad is None for group in optimizer.param_groups for p in group["params"])
-        if missing:
-            raise RuntimeError(f"the micro-batch probe's step gave {missing} parameters no gradient")
-        optimizer.step()
+        for _ in range(2):
+            optimizer.zero_grad(set_to_none=not keep_gradients)
+            for micro_step in range(micro_steps):
+                x = torch.randint(0, vocab_size, (micro_batch, seq_len), device=device, generator=generator)
+                with parallel.gradient_sync(micro_step == micro_steps - 1):
+                    with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+                        loss = module(x, x)[1]  # the logits freed, as in the run
+                    loss.backward()
+            # a step whose gradients miss the optimizer's parameters (FSDP left mid-iteration:
+            # it computes with unsharded copies) would pass for one that fits
+            missing = sum(p.grad is None for group in optimizer.param_groups for p in group["params"])
+            if missing:
+                raise RuntimeError(f"the micro-batch probe's step gave {missing} parameters no gradient")
+            optimizer.step()
     except BaseException:
         if parallel.fsdp:  # FSDP's state is left mid-iteration (see fully_shard's docstring)
             module.reset_iter_state()
@@ -148,8 +182,21 @@ def try_training_step(parallel, optimizer, micro_batch, micro_steps, seq_len, vo
     finally:
         optimizer.zero_grad(set_to_none=True)
         optimizer.state.clear()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+
+
+@contextmanager
+def headroom(device):
+    """Tries under it may use PROBE_MEMORY_FRACTION of the GPU's memory: the rest is left for
+    what a try does not show (NCCL's buffers and cuBLAS's workspaces, allocated outside
+    PyTorch's caching allocator; fragmentation over a long run; evaluation's other shapes)."""
+    if device.type != "cuda":
+        yield
+        return
+    torch.cuda.set_per_process_memory_fraction(PROBE_MEMORY_FRACTION, device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
 def choose(cfg, runtime, fits=None):

@@ -4,7 +4,7 @@
     runtime.init_process_group(timeout_min=30)
     parallel = ParallelModel(model, runtime, fsdp=False, compile=False)
     with parallel.gradient_sync(micro_step == grad_accum - 1):
-        _, loss = parallel.train_module(x, y)
+        loss = parallel.train_module(x, y)[1]     # the logits are not kept through backward
         loss.backward()
     norm = parallel.clip_grad_norm_(1.0)
     state = parallel.full_state(optimizer)        # rank 0: full tensors (FSDP: gathered); others: {}
@@ -95,17 +95,25 @@ class Runtime:
         dev = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device(device_type)
         return cls(rank, local_rank, world_size, dev)
 
-    def init_process_group(self, timeout_min=30):
+    def init_process_group(self, timeout_min=30, group_of_one=False):
         """Join the job's process group (NCCL on CUDA, gloo otherwise). The timeout bounds how
-        long a collective waits for a slow rank, e.g. rank 0 writing a large checkpoint."""
+        long a collective waits for a slow rank, e.g. rank 0 writing a large checkpoint.
+
+        In a world of one only with `group_of_one` (FSDP, whose fully_shard would otherwise make
+        a default group itself: from torchrun's env:// without this device or timeout, never
+        destroyed; under plain python, with no env:// to read, an error). Plain python has no
+        torchrun rendezvous: its group of one keeps its store in memory."""
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if self.distributed:
+        if self.distributed or group_of_one:
+            plain_python = not self.distributed and "MASTER_ADDR" not in os.environ
+            alone = dict(store=dist.HashStore(), rank=0, world_size=1) if plain_python else {}
             # device_id binds NCCL to this rank's GPU: its communicator is made here, so a broken
             # NCCL set-up fails at start-up rather than at the first collective
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo",
                                     timeout=timedelta(minutes=timeout_min),
-                                    device_id=self.device if self.device.type == "cuda" else None)
+                                    device_id=self.device if self.device.type == "cuda" else None,
+                                    **alone)
 
     def all_reduce(self, tensor, op=dist.ReduceOp.SUM):
         """In place over all ranks (nothing to do in a world of one); returns the tensor."""
@@ -138,7 +146,7 @@ class Runtime:
         return self.all_gather_object(f"{socket.gethostname()}: {name}")
 
     def close(self):
-        if self.distributed and dist.is_initialized():
+        if dist.is_initialized():
             dist.barrier()  # gloo can abort at exit if one rank leaves while another is busy
             dist.destroy_process_group()
 
@@ -157,21 +165,27 @@ def compile_regions(model, backend=None):
     is one full graph (fullgraph=True: a break is an error, never a silent fallback), and all
     blocks share one compiled graph: compile time does not grow with depth (torchtitan's
     per-block compile). DDP uses the same regions so every mode runs the same compiled code: its
-    gradient hooks stay outside the graphs, overlapping the all-reduce with the backward without
-    DDPOptimizer's graph splitting; what is lost is fusion across a block boundary (one residual
-    add). The backend is inductor unless $TRAIN_COMPILE_BACKEND names another."""
+    gradient hooks stay outside the graphs, overlapping the all-reduce with the backward; what
+    is lost is fusion across a block boundary (one residual add). Dynamo's DDPOptimizer, which
+    would cut a region's graph where each 25 MB bucket of DDP ends (a 124m block is 28 MB: its
+    graph in two), is turned off for the process (torch._dynamo.config.optimize_ddp). The
+    backend is inductor unless $TRAIN_COMPILE_BACKEND names another."""
     backend = backend or os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+    torch._dynamo.config.optimize_ddp = False
     for block in model.transformer.h:
         block.compile(backend=backend, fullgraph=True)
     model.embed = torch.compile(model.embed, backend=backend, fullgraph=True)
     model.head = torch.compile(model.head, backend=backend, fullgraph=True)
 
 
-def _fill_shard(param, init):
-    """Draw `init`'s values for the whole of a sharded parameter (on CPU, as a model built on
-    CPU draws them) and keep this rank's shard: one full parameter at a time in memory."""
+def _fill_from_cpu(param, init):
+    """Draw `init`'s values for the whole of a parameter on CPU, as a model built on CPU draws
+    them, and keep this rank's part (its shard of a sharded one): one full parameter at a time
+    in memory."""
     full = init(torch.empty(param.shape))
-    param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
+    if hasattr(param, "device_mesh"):  # a DTensor: FSDP's shard
+        full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(full)
 
 
 class ParallelModel:
@@ -184,17 +198,19 @@ class ParallelModel:
     """
 
     def __init__(self, model, runtime, fsdp=False, compile=False, activation_checkpointing=False,
-                 param_dtype=None):
+                 param_dtype=None, draw_weights=True):
+        """draw_weights=False: a model built on the meta device gets memory but no values (the
+        micro-batch probe's copy: nothing drawn from the generator, which takes minutes for
+        gpt2-1558m on CPU)."""
         self.module, self.runtime, self.fsdp = model, runtime, fsdp
         model.activation_checkpointing = activation_checkpointing
         if compile:  # before sharding, as torchtitan does
             compile_regions(model)
+        # built on the meta device (train_gpt2.build under FSDP, and the probe's copy): no rank
+        # ever holds the whole model; each allocates its part below (its shards under FSDP),
+        # with the weights a model built whole gets unless draw_weights is False
+        on_meta = model.lm_head.weight.is_meta
         if fsdp:
-            # built on the meta device (train_gpt2.build): no rank ever holds the whole model;
-            # each materialises its shards below, with the weights a model built whole gets
-            on_meta = model.lm_head.weight.is_meta
-            if on_meta:
-                model.draw_default_init()
             # param_dtype: weights gathered and computed in bf16, gradients reduced in fp32; the
             # sharded master weights and AdamW state stay fp32
             policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -203,17 +219,16 @@ class ParallelModel:
             # the root holds the embeddings, ln_f and lm_head: the tied wte/lm_head weight is one
             # parameter there, so it stays tied
             fully_shard(model, mp_policy=policy)
-            if on_meta:
-                model.to_empty(device=runtime.device)
-                model.init_weights(fill=_fill_shard)
-            wrapped = model
-        else:
-            wrapped = model
-            if runtime.distributed:
-                device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-                # gradients are views of DDP's reduction buckets, no second copy of them, as long
-                # as they are zeroed in place between steps (zero_grad below)
-                wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
+        if on_meta:
+            model.to_empty(device=runtime.device)
+            if draw_weights:
+                model.init_weights(fill=_fill_from_cpu)
+        wrapped = model
+        if runtime.distributed and not fsdp:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            # gradients are views of DDP's reduction buckets, no second copy of them, as long
+            # as they are zeroed in place between steps (zero_grad below)
+            wrapped = DDP(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
         self.train_module = wrapped
 
     def eager(self):

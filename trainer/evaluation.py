@@ -134,13 +134,14 @@ class Evaluator:
                 first = (x, y)
             x, y = x.to(device), y.to(device)
             with self.autocast():
-                logits, _ = model(x)
+                logits = model(x)[0]
             if counted:
                 losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
                 total[0] += losses.double().sum()
                 total[1] += y.numel()
                 if self.token_bytes is not None:
                     total[2] += self.token_bytes[y].sum()
+            del logits  # not alive through the next batch's forward
         self.runtime.all_reduce(total)
         model.train(was_training)
         loss_sum, tokens, num_bytes = total.tolist()
