@@ -19,6 +19,7 @@ slurm-deps:
 # the machine offers for the locked version: a local CPU wheel where one is offered (find-links, or
 # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu), else PyPI's (CUDA on Linux).
 $(VENV)/.installed: pyproject.toml $(LOCK)
+	@echo "make setup: creating $(VENV) and installing the locked versions of $(LOCK) (1-2 min; torch is the large one)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --constraint $(LOCK) -e ".[dev]"

@@ -76,7 +76,7 @@ install() {
         echo "note: Slurm tests will be skipped: slurm-wlm/munge missing (as root: apt-get install slurm-wlm munge)" >&2
         return 0
     fi
-    echo "installing slurm-wlm and munge (apt-get)"
+    echo "make setup: running as root, so installing Debian's slurm-wlm and munge with apt-get for the Slurm tests (a few seconds to a minute)"
     export DEBIAN_FRONTEND=noninteractive
     local log
     log=$(mktemp)
