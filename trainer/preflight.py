@@ -3,7 +3,8 @@
     python train_gpt2.py [flags] --preflight    # one line per check; exit 0 all good, 2 any problem
 
 run_checks(cfg) looks at everything a run reads or writes before its first step, reading headers
-and metadata only: the shard folder and every shard's header and size, the training tokens the
+and metadata only: the shard folder (a warning if its manifest says the pipeline has not finished
+it) and every shard's header and size, the training tokens the
 planned steps need (more than one epoch is a warning), the validation shard, the HellaSwag file
 (local only: training never downloads it) and whether its examples fit the model's context, the
 CORE bundle (local too), the tokenizer (offline), the output folder (writable, room for two checkpoints), the resume target,
@@ -30,7 +31,7 @@ from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding, load_tokenize
 from shards.format import ShardError, read_shard
 from shards.loader import (describe_global_batch, describe_shards, sequences_in,
                            too_short_for_a_batch)
-from shards.manifest import ManifestError, list_shards
+from shards.manifest import MANIFEST, ManifestError, list_shards, read_manifest
 from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoints,
                                 load_checkpoint, resolve_checkpoint)
 from trainer.config import data_command
@@ -101,6 +102,7 @@ def check_shards(cfg, report):
     except ManifestError as e:
         report.fail(e)
         return
+    check_data_finished(cfg, train, report)
     if not train:
         report.fail(f"--data {cfg.data}: no train shards (*_train_NNNNNN.bin/.npy); make them with "
                     f"{data_command(cfg)}")
@@ -123,6 +125,17 @@ def check_shards(cfg, report):
         else:
             report.ok(f"--data {cfg.data}: validation on {min(sequences * cfg.seq_len, cfg.val_tokens):,} "
                       f"tokens every {cfg.eval_every} steps")
+
+
+def check_data_finished(cfg, train, report):
+    """A folder whose manifest says the pipeline has not finished it: a warning, not a failure
+    (training on the shards finished so far is a legitimate choice), saying what it costs."""
+    if (Path(cfg.data) / MANIFEST).exists() and not read_manifest(cfg.data).get("complete", True):
+        report.warn(f"--data {cfg.data}: INCOMPLETE (`python -m shards info {cfg.data}`): the pipeline "
+                    f"that makes it is still running or was stopped; training uses the {len(train)} "
+                    f"train shard(s) finished so far, and shards that appear later change the data "
+                    f"stream of a resumed run; finish it first by running its command again (it "
+                    f"resumes)")
 
 
 def check_train_tokens(cfg, counts, sequences_per_step, report):
