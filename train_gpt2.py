@@ -12,7 +12,8 @@ Run folder (--out-dir): config.json, log.jsonl (one JSON object a line: one "set
 start, train steps, val loss, HellaSwag, samples), ckpt_{step:07d}.pt, DONE once the last step is
 finished, then report.md and report.json (trainer/report.py). Resuming is automatic (--resume
 auto): rank 0 picks the newest checkpoint in the run folder and the run continues as if never
-interrupted, on any number of ranks, DDP or FSDP.
+interrupted, on any number of ranks, DDP or FSDP. One run writes a folder at a time, and a
+finished run is not run again (trainer/run_folder.py).
 
 Every start first runs the preflight checks (trainer/preflight.py; alone: --preflight).
 
@@ -48,6 +49,7 @@ from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_
 from trainer.memory import describe_plan, dry_run_plan, memory_plan
 from trainer.preflight import preflight
 from trainer.report import wandb_summary, write_report
+from trainer.run_folder import RunFolderError, hold
 from trainer.signals import StopRequest
 
 EXIT_BAD_INPUT = 2
@@ -59,12 +61,14 @@ class BadInput(Exception):
 
 
 def get_lr(step, cfg):
-    """Linear warmup for warmup_steps, then cosine decay from lr to min_lr at max_steps."""
+    """Linear warmup for warmup_steps, then cosine decay from lr to min_lr at lr_decay_steps (0:
+    max_steps; a resumed run keeps its own, see trainer/run_folder.py), then min_lr."""
+    decay_steps = cfg.lr_decay_steps or cfg.max_steps
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    if step >= cfg.max_steps:
+    if step >= decay_steps:
         return cfg.min_lr
-    decay_ratio = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
+    decay_ratio = (step - cfg.warmup_steps) / max(decay_steps - cfg.warmup_steps, 1)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 
@@ -96,8 +100,10 @@ def main(argv=None):
     # from here on a stop request means: checkpoint and exit 3
     stop = StopRequest(Path(cfg.out_dir) / "STOP", announce=runtime.master)
     try:
-        status = train(cfg, runtime, data, stop, probe, why)
-    except (BadInput, CheckpointError, LoaderError, WandbUnavailable) as e:  # raised alike on every rank
+        with hold(cfg, runtime, get_lr) as start:  # one writer: rank 0 locks RUN until the end
+            status = 0 if start.finished else train(start.cfg, runtime, data, stop, probe, why)
+    except (BadInput, CheckpointError, LoaderError, RunFolderError, WandbUnavailable) as e:
+        # raised alike on every rank
         if runtime.master:
             print(f"error: {e}", file=sys.stderr)
         status = EXIT_BAD_INPUT
@@ -171,8 +177,6 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.json")
-        (out_dir / "DONE").unlink(missing_ok=True)
-        trim_log(out_dir / "log.jsonl", start_step)
     metrics = MetricsLogger(out_dir, cfg.to_dict(), runtime.rank, wandb_enabled=cfg.wandb,
                             wandb_project=cfg.wandb_project, wandb_run_name=cfg.wandb_run_name or None,
                             wandb_run_id=wandb_run_id)
@@ -342,23 +346,6 @@ def finish_run(out_dir, cfg, metrics):
     else:
         metrics.summarize(wandb_summary(report))
         print(f"report: {report_path}")
-
-
-def trim_log(path, step):
-    """Drop log.jsonl lines of steps >= `step` (a resumed run logs them again) and any line torn
-    by a kill mid-write."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines(keepends=True):
-        try:
-            if json.loads(line).get("step", -1) < step:
-                keep.append(line)
-        except ValueError:
-            pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(keep))
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

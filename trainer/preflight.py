@@ -36,6 +36,7 @@ from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoi
                                 load_checkpoint, resolve_checkpoint)
 from trainer.config import data_command
 from trainer.memory import GiB, MiB, checkpoint_bytes, count_parameters
+from trainer.run_folder import refuse_mixing
 
 
 class Report:
@@ -281,7 +282,13 @@ def check_out_dir(cfg, report):
 
 
 def check_resume(cfg, report):
-    """--resume PATH: a readable checkpoint of this model; auto: the newest one in out_dir is."""
+    """--resume PATH: a readable checkpoint of this model; auto: the newest one in out_dir is;
+    never or PATH: a start that would not continue the run in out_dir is refused
+    (trainer/run_folder.py)."""
+    refusal = refuse_mixing(cfg)
+    if refusal:
+        report.fail(refusal)
+        return
     if cfg.resume == "never":
         return
     if cfg.resume == "auto":
@@ -291,7 +298,7 @@ def check_resume(cfg, report):
             return
         path = found[-1]
         fix = (f"move it aside to resume from {found[-2].name}" if len(found) > 1 else
-               "move it aside") + ", or pass --resume never to start over"
+               "move it aside") + ", or start over in another --out-dir"
     else:
         try:
             path = resolve_checkpoint(cfg.resume)
