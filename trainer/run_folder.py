@@ -49,7 +49,7 @@ class RunFolderError(ValueError):
 
 @dataclass
 class Start:
-    cfg: object  # the TrainConfig to train with: resume target and schedule horizon resolved
+    cfg: object  # the TrainConfig to train with: the schedule's horizon resolved
     finished: bool  # the run is already done: nothing to do
 
 
@@ -69,8 +69,8 @@ def hold(cfg, runtime, lr_at):
     try:
         if isinstance(outcome, str):
             raise RunFolderError(outcome)
-        resume, lr_decay_steps, finished = outcome
-        yield Start(replace(cfg, resume=resume, lr_decay_steps=lr_decay_steps), finished)
+        lr_decay_steps, finished = outcome
+        yield Start(replace(cfg, lr_decay_steps=lr_decay_steps), finished)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
@@ -141,8 +141,8 @@ def finished_steps(out_dir):
 
 
 def plan(cfg, lr_at):
-    """(resume target: a checkpoint path or "never", cosine horizon, finished), rank 0, under the
-    lock; prints what it decided."""
+    """(cosine horizon, finished), rank 0, under the lock; prints what it decided. The checkpoint
+    it reads is the one train_gpt2 resumes from (checkpoint.choose_resume): nobody else writes."""
     out_dir = Path(cfg.out_dir)
     refusal = refuse_mixing(cfg)
     if refusal:
@@ -153,16 +153,15 @@ def plan(cfg, lr_at):
         print(f"{out_dir}: already finished ({done:,} steps, --max-steps {cfg.max_steps:,}"
               f"{f'; report: {report}' if report.exists() else ''}): nothing to do; to train "
               f"further, pass a larger --max-steps")
-        return "never", cfg.lr_decay_steps, True
+        return cfg.lr_decay_steps, True
     (out_dir / "DONE").unlink(missing_ok=True)  # until the last step is done again
     if cfg.resume == "never":
-        return "never", cfg.lr_decay_steps, False
+        return cfg.lr_decay_steps, False
     path = find_latest(out_dir) if cfg.resume == "auto" else resolve_checkpoint(cfg.resume)
     if path is None:
-        return "never", cfg.lr_decay_steps, False
+        return cfg.lr_decay_steps, False
     state = load_checkpoint(path)
-    horizon = keep_schedule(cfg, state["config"], state["step"], lr_at)
-    return str(path), horizon, False
+    return keep_schedule(cfg, state["config"], state["step"], lr_at), False
 
 
 def keep_schedule(cfg, saved, step, lr_at):
