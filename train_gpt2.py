@@ -50,7 +50,7 @@ from trainer.memory import describe_plan, dry_run_plan, memory_plan
 from trainer.preflight import preflight
 from trainer.report import wandb_summary, write_report
 from trainer.run_folder import RunFolderError, hold
-from trainer.signals import StopRequest
+from trainer.signals import StopPoll, StopRequest
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
@@ -182,15 +182,24 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
                             wandb_run_id=wandb_run_id)
     record_start(cfg, runtime, parallel, optimizer, metrics, grad_accum, len(train_loader),
                  start_step, precision, micro_batch_why)
-    evaluator = Evaluator(cfg, parallel, data["val_loader"], data["tokenizer"], metrics, amp_dtype)
+    evaluator = Evaluator(cfg, parallel, data["val_loader"], data["tokenizer"], metrics, amp_dtype,
+                          StopPoll(stop, runtime))
     peak_flops = cfg.peak_flops or (peak_flops_of(torch.cuda.get_device_name(device))
                                     if device.type == "cuda" else None)
     throughput = Throughput(cfg.total_batch_size, model.flops_per_token(cfg.seq_len) * cfg.total_batch_size,
                             peak_flops, runtime.world_size, start_step, cfg.max_steps)
 
+    saved_step = start_step if resume_path is not None else None  # its checkpoint is on disk
     for step in range(start_step, cfg.max_steps + 1):
         last_step = step == cfg.max_steps
-        evaluator.run(step, last_step)  # evaluations see the model after `step` updates
+        # evaluations see the model after `step` updates; a stop request ends them early, on every
+        # rank alike, and the checkpoint follows at once (the resumed run evaluates `step` again)
+        if not evaluator.run(step, last_step):
+            # before the first step there is nothing to save: the same command starts over (and
+            # torch's optimizer state dict would give AdamW a step count of 1 before any step)
+            if step not in (0, saved_step):
+                checkpoint(out_dir, step, parallel, optimizer, scaler, train_loader, cfg, metrics)
+            return stopped(stop, step, runtime, metrics)
         if last_step:
             break
 
@@ -213,28 +222,40 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
 
         done = step + 1
         if stop_now or done == cfg.max_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            t_save = time.time()
-            path = save_training_state(out_dir, done, parallel, optimizer, scaler, train_loader, cfg,
-                                       metrics.run_id)
-            save_s = time.time() - t_save  # what a stop on SIGTERM needs before KillWait's SIGKILL
-            metrics.log({"step": step, "checkpoint_s": save_s})  # the step it follows: kept on resume
-            if master:
-                print(f"saved {path} in {save_s:.1f} s")
+            checkpoint(out_dir, done, parallel, optimizer, scaler, train_loader, cfg, metrics)
+            saved_step = done
         if stop_now:
-            if master:
-                stop.acknowledge()
-                since = stop.seconds_since_signal()
-                since = f" ({since:.1f} s after the signal)" if since is not None else ""
-                print(f"stop requested ({stop.reason or 'by another rank'}): checkpoint at step "
-                      f"{done} saved, exiting with status {EXIT_STOPPED}{since}; run the same command "
-                      f"to resume")
-            metrics.finish()
-            return EXIT_STOPPED
+            return stopped(stop, done, runtime, metrics)
 
     if master:
         finish_run(out_dir, cfg, metrics)
     metrics.finish()
     return 0
+
+
+def checkpoint(out_dir, done, parallel, optimizer, scaler, train_loader, cfg, metrics):
+    """The checkpoint after `done` steps (every rank takes part, rank 0 writes); its save time
+    goes to log.jsonl at the step it follows, so a resume from it keeps the line."""
+    t_save = time.time()
+    path = save_training_state(out_dir, done, parallel, optimizer, scaler, train_loader, cfg,
+                               metrics.run_id)
+    save_s = time.time() - t_save  # what a stop on SIGTERM needs before KillWait's SIGKILL
+    metrics.log({"step": done - 1, "checkpoint_s": save_s})
+    if parallel.runtime.master:
+        print(f"saved {path} in {save_s:.1f} s")
+
+
+def stopped(stop, done, runtime, metrics):
+    """After the stop checkpoint at `done` steps: rank 0 says so and removes RUN/STOP; exit 3."""
+    if runtime.master:
+        stop.acknowledge()
+        since = stop.seconds_since_signal()
+        since = f" ({since:.1f} s after the signal)" if since is not None else ""
+        saved = f"checkpoint at step {done} saved" if done else "before the first step, nothing to save"
+        print(f"stop requested ({stop.reason or 'by another rank'}): {saved}, exiting with status "
+              f"{EXIT_STOPPED}{since}; run the same command to resume")
+    metrics.finish()
+    return EXIT_STOPPED
 
 
 def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr, grad_clip, amp_dtype):

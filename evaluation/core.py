@@ -201,15 +201,18 @@ def score_example(model_fn, task, rendered, enc, context, device="cpu", autocast
 
 
 def evaluate_task(model_fn, task, rows, enc, context, device="cpu", rank=0, world_size=1,
-                  autocast_dtype=None, lockstep=False):
+                  autocast_dtype=None, lockstep=False, should_stop=None):
     """(correct, scored, left out) over `rows`, summed over ranks: rank r scores rows r,
     r + world_size, ...; each row's choices go through the model in one batch. Rows are cropped
     to their last `context` tokens; a row whose continuation does not fit is left out.
     `lockstep`: every rank makes the same number of forwards (an FSDP model gathers its weights
-    from all ranks in each)."""
+    from all ranks in each). `should_stop()`: polled before each row, as many times on every
+    rank; when it returns True the scoring ends and None is returned."""
     counts = torch.zeros(3, dtype=torch.long)  # correct, scored, left out
     rounds = -(-len(rows) // world_size)
     for k in range(rounds):
+        if should_stop is not None and should_stop():
+            return None
         index = rank + k * world_size
         rendered = render_example(task, rows, index, enc) if index < len(rows) else None
         if rendered is not None and not all(continuation_fits(m, context) for m in rendered.mask):
@@ -229,16 +232,20 @@ def centered(accuracy, baseline):
 
 
 def evaluate(model_fn, tasks, enc, context, max_per_task=None, device="cpu", rank=None,
-             world_size=None, autocast_dtype=None, lockstep=False, report=None):
+             world_size=None, autocast_dtype=None, lockstep=False, report=None, should_stop=None):
     """CORE over `tasks` (see load_tasks): {"tasks": {label: {accuracy, centered, n, left_out}},
-    "core", "examples_per_second"}. `report(line)` is called after each task, on every rank."""
+    "core", "examples_per_second"}, or None when `should_stop()` ended it early (see
+    evaluate_task). `report(line)` is called after each task, on every rank."""
     rank, world_size = rank_and_world(rank, world_size)
     results, start, scored = {}, time.time(), 0
     for task in tasks:
         task_start = time.time()
         rows = load_rows(task, max_per_task)
-        correct, n, left_out = evaluate_task(model_fn, task, rows, enc, context, device, rank,
-                                             world_size, autocast_dtype, lockstep)
+        counts = evaluate_task(model_fn, task, rows, enc, context, device, rank, world_size,
+                               autocast_dtype, lockstep, should_stop)
+        if counts is None:
+            return None
+        correct, n, left_out = counts
         accuracy = correct / max(n, 1)
         results[task.label] = {"accuracy": accuracy, "centered": centered(accuracy, task.baseline), "n": n,
                                "left_out": left_out}
@@ -252,7 +259,8 @@ def evaluate(model_fn, tasks, enc, context, max_per_task=None, device="cpu", ran
     return {"tasks": results, "core": core, "examples_per_second": scored / max(time.time() - start, 1e-9)}
 
 
-def evaluate_gpt(model, tasks, *, max_per_task=None, device="cpu", autocast_dtype=None, lockstep=False):
+def evaluate_gpt(model, tasks, *, max_per_task=None, device="cpu", autocast_dtype=None, lockstep=False,
+                 should_stop=None):
     """CORE for our GPT during training: every rank must call it (the counts are summed across
     ranks). The plain module is used, in eval mode, and its training mode is restored afterwards."""
     raw = unwrap(model)
@@ -261,7 +269,8 @@ def evaluate_gpt(model, tasks, *, max_per_task=None, device="cpu", autocast_dtyp
     raw.eval()
     try:
         return evaluate(lambda idx: raw(idx)[0], tasks, get_gpt2_encoding(), raw.config.block_size,
-                        max_per_task, device, autocast_dtype=autocast_dtype, lockstep=lockstep)
+                        max_per_task, device, autocast_dtype=autocast_dtype, lockstep=lockstep,
+                        should_stop=should_stop)
     finally:
         raw.train(was_training)
 

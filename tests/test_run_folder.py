@@ -168,3 +168,37 @@ def test_a_finished_run_does_nothing_and_more_steps_keep_the_schedule(char_shard
     lrs = {r["step"]: r["lr"] for r in read_log(copy_of / "log.jsonl") if "lr" in r}
     assert [lrs[s] for s in range(8, 12)] == [1e-4] * 4, "no jump: the floor, as planned"
     assert (copy_of / "DONE").read_text() == "12\n"
+
+
+def stop_after(polls):
+    """A should_stop that says True from its (polls + 1)-th call on."""
+    calls = iter(range(1 << 30))
+    return lambda: next(calls) >= polls
+
+
+def test_hellaswag_core_and_samples_end_early_on_a_stop_request(tmp_path):
+    """should_stop, polled before each batch (HellaSwag), row (CORE) or token (samples): once it
+    says True the evaluation returns None, with no further forward."""
+    from core_bundle import write_bundle
+    from evaluation import core, hellaswag
+    from model import GPT, GPTConfig
+    from pipeline.tokenizer import get_gpt2_encoding
+
+    enc, forwards = get_gpt2_encoding(), []
+
+    def model_fn(idx):
+        forwards.append(idx.shape)
+        return torch.zeros(*idx.shape, enc.n_vocab)
+
+    example = {"ctx": "A man sits down.", "ctx_a": "A man sits down.", "ctx_b": "", "label": 1,
+               "activity_label": "Sitting", "endings": ["He flies.", "He rests.", "He sings.", "He runs."]}
+    assert hellaswag.evaluate(model_fn, [example] * 40, enc, batch_size=2, should_stop=stop_after(3)) is None
+    assert len(forwards) == 3  # of 20 batches
+    tasks, _ = core.load_tasks(write_bundle(tmp_path / "eval_bundle"))
+    forwards.clear()
+    assert core.evaluate(model_fn, tasks, enc, context=64, should_stop=stop_after(2)) is None
+    assert len(forwards) == 2  # of 12 rows
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=1, n_embd=8))
+    prompt = torch.zeros(1, 2, dtype=torch.long)
+    assert model.generate(prompt, 10, should_stop=stop_after(3)) is None
+    assert model.generate(prompt, 10, should_stop=stop_after(10)).shape == (1, 12)
