@@ -251,7 +251,7 @@ def stopped(stop, done, runtime, metrics):
         stop.acknowledge()
         since = stop.seconds_since_signal()
         since = f" ({since:.1f} s after the signal)" if since is not None else ""
-        saved = f"checkpoint at step {done} saved" if done else "before the first step, nothing to save"
+        saved = f"checkpoint at step {done} saved" if done else "nothing to save before the first step"
         print(f"stop requested ({stop.reason or 'by another rank'}): {saved}, exiting with status "
               f"{EXIT_STOPPED}{since}; run the same command to resume")
     metrics.finish()

@@ -169,6 +169,15 @@ def test_a_finished_run_does_nothing_and_more_steps_keep_the_schedule(char_shard
     assert [lrs[s] for s in range(8, 12)] == [1e-4] * 4, "no jump: the floor, as planned"
     assert (copy_of / "DONE").read_text() == "12\n"
 
+    assert train(char_shards, copy_of, "--max-steps", "16", "--lr-decay-steps", "16") == 0
+    stretched = parse_config([*FLAGS, "--max-steps", "16", "--lr-decay-steps", "16"])
+    assert (f"note: --lr-decay-steps 16 (the run's cosine ended at step 8): at step 12 the learning "
+            f"rate goes from 1.00e-04 to {train_gpt2.get_lr(12, stretched):.2e}, cosine to 1.00e-04 at "
+            f"step 16, stopping at step 16") in capsys.readouterr().out
+    lrs = {r["step"]: r["lr"] for r in read_log(copy_of / "log.jsonl") if "lr" in r}
+    assert [lrs[s] for s in range(12, 16)] == [train_gpt2.get_lr(s, stretched) for s in range(12, 16)]
+    assert lrs[12] > 1e-4
+
 
 def stop_after(polls):
     """A should_stop that says True from its (polls + 1)-th call on."""

@@ -23,7 +23,8 @@ from pipeline.tokenizer import GPT2_VOCAB_SIZE
 
 
 class Evaluator:
-    def __init__(self, cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype=None, stop_poll=None):
+    def __init__(self, cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype=None,
+                 stop_poll=None):
         self.cfg, self.parallel, self.val_loader = cfg, parallel, val_loader
         self.should_stop = stop_poll  # signals.StopPoll, or None: never ends early
         self.tokenizer, self.metrics = tokenizer, metrics

@@ -172,18 +172,20 @@ def keep_schedule(cfg, saved, step, lr_at):
     horizon = cfg.lr_decay_steps or saved_horizon
     if (saved_max, saved_horizon) == (cfg.max_steps, horizon):
         return horizon
-    new = replace(cfg, lr_decay_steps=horizon)
     old = replace(cfg, max_steps=saved_max, lr_decay_steps=saved_horizon)
+    lr_old = f"{lr_at(step, old):.2e}"
     floor = f"then {cfg.min_lr:.2e} to step {cfg.max_steps:,}" if cfg.max_steps > horizon else \
         f"stopping at step {cfg.max_steps:,}"
     if horizon == saved_horizon:
-        print(f"note: --max-steps {cfg.max_steps:,} (the run was planned for {saved_max:,}): the learning "
-              f"rate keeps its schedule, cosine to {cfg.min_lr:.2e} at step {horizon:,}, {floor}; "
-              f"to stretch the cosine over the new length instead pass --lr-decay-steps "
-              f"{cfg.max_steps} (at step {step:,} the learning rate would go from "
-              f"{lr_at(step, old):.2e} to {lr_at(step, replace(new, lr_decay_steps=cfg.max_steps)):.2e})")
+        stretched = lr_at(step, replace(cfg, lr_decay_steps=cfg.max_steps))
+        print(f"note: --max-steps {cfg.max_steps:,} (the run was planned for {saved_max:,}): the "
+              f"learning rate keeps its schedule, cosine to {cfg.min_lr:.2e} at step {horizon:,}, "
+              f"{floor}; to stretch the cosine over the new length instead pass --lr-decay-steps "
+              f"{cfg.max_steps} (at step {step:,} the learning rate would go from {lr_old} to "
+              f"{stretched:.2e})")
     else:
-        print(f"note: --lr-decay-steps {horizon:,} (the run's cosine ended at step {saved_horizon:,}): at "
-              f"step {step:,} the learning rate goes from {lr_at(step, old):.2e} to "
-              f"{lr_at(step, new):.2e}, cosine to {cfg.min_lr:.2e} at step {horizon:,}, {floor}")
+        print(f"note: --lr-decay-steps {horizon:,} (the run's cosine ended at step {saved_horizon:,}): "
+              f"at step {step:,} the learning rate goes from {lr_old} to "
+              f"{lr_at(step, replace(cfg, lr_decay_steps=horizon)):.2e}, cosine to {cfg.min_lr:.2e} "
+              f"at step {horizon:,}, {floor}")
     return horizon
