@@ -63,8 +63,10 @@ def hold(cfg, runtime, lr_at):
         try:
             lock = take_lock(Path(cfg.out_dir))
             outcome = plan(cfg, lr_at)
-        except (Locked, RunFolderError, ValueError) as e:  # CheckpointError is a ValueError
+        except (Locked, ValueError) as e:  # RunFolderError, CheckpointError are ValueErrors
             outcome = str(e)
+        except OSError as e:  # every rank must hear of it: the others wait in the broadcast
+            outcome = f"--out-dir {cfg.out_dir}: {e.strerror or e}; check the folder and its disk"
     outcome = runtime.broadcast_object(outcome)
     try:
         if isinstance(outcome, str):
