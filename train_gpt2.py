@@ -17,10 +17,11 @@ finished run is not run again (trainer/run_folder.py).
 
 Every start first runs the preflight checks (trainer/preflight.py; alone: --preflight).
 
-Exit status: 0 all steps done; 2 bad input (one line says what to do); 3 stopped early by
-SIGUSR1, SIGTERM, SIGINT or a RUN/STOP file, after finishing the current step and saving a
-checkpoint (all ranks agree through a collective every step, so none hangs): run the same
-command to resume.
+Exit status: 0 all steps done (now, or already: nothing to do); 2 bad input (one line says what
+to do); 3 stopped early by SIGUSR1, SIGTERM, SIGINT or a RUN/STOP file, after finishing the current
+step, or ending an evaluation early, and saving a checkpoint (all ranks agree through a
+collective every step and every few evaluation batches, so none hangs): run the same command to
+resume.
 """
 
 import gc
