@@ -153,12 +153,13 @@ def worker_pids(torchrun_pid):
 
 
 def test_signal_checkpoints_exits_3_and_resumes(data, reference, tmp_path):
-    """SIGUSR1 to one rank only: both finish the step, agree, checkpoint and exit 3;
-    resuming (here on 1 rank) continues the uninterrupted run's losses."""
+    """SIGUSR1 to one rank only, during training: both finish the step, agree, checkpoint and
+    exit 3; resuming (here on 1 rank) continues the uninterrupted run's losses."""
     proc = launch(tmp_path, data, nproc=2)
-    deadline = time.time() + 60
+    deadline, log = time.time() + 60, tmp_path / "log.jsonl"
     target = None
-    while target is None and time.time() < deadline and proc.poll() is None:
+    while (target is None or not (log.exists() and '"loss"' in log.read_text())) and \
+            time.time() < deadline and proc.poll() is None:
         for pid in worker_pids(proc.pid):
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             if b"RANK=1" in env and catches(pid, signal.SIGUSR1):
