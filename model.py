@@ -338,6 +338,7 @@ class GPT(nn.Module):
         generator=None,
         use_kv_cache=True,
         vocab_size=None,
+        should_stop=None,
     ):
         """Continue the prompts idx (B, T) by max_new_tokens sampled tokens; returns (B, T + n).
 
@@ -347,12 +348,16 @@ class GPT(nn.Module):
         With use_kv_cache each step feeds only the new token; the tokens equal those of the
         recompute path. Once the sequence outgrows block_size, the context is cropped to the last
         block_size tokens and recomputed every step (positions shift, so the cache cannot serve).
+        `should_stop()`, polled before each token, ends generation early: None is returned.
         """
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
         cache = KVCache(self.config.n_layer, block_size) if use_kv_cache else None
         for _ in range(max_new_tokens):
+            if should_stop is not None and should_stop():
+                self.train(was_training)
+                return None
             if cache is not None and idx.size(1) <= block_size:
                 logits, _ = self(idx[:, cache.pos :], kv_cache=cache)  # only the unseen tokens
             else:

@@ -12,14 +12,16 @@ Run folder (--out-dir): config.json, log.jsonl (one JSON object a line: one "set
 start, train steps, val loss, HellaSwag, samples), ckpt_{step:07d}.pt, DONE once the last step is
 finished, then report.md and report.json (trainer/report.py). Resuming is automatic (--resume
 auto): rank 0 picks the newest checkpoint in the run folder and the run continues as if never
-interrupted, on any number of ranks, DDP or FSDP.
+interrupted, on any number of ranks, DDP or FSDP. One run writes a folder at a time, and a
+finished run is not run again (trainer/run_folder.py).
 
 Every start first runs the preflight checks (trainer/preflight.py; alone: --preflight).
 
-Exit status: 0 all steps done; 2 bad input (one line says what to do); 3 stopped early by
-SIGUSR1, SIGTERM, SIGINT or a RUN/STOP file, after finishing the current step and saving a
-checkpoint (all ranks agree through a collective every step, so none hangs): run the same
-command to resume. Under torchrun these reach the shell through `python -m trainer.launch`
+Exit status: 0 all steps done (now, or already: nothing to do); 2 bad input (one line says what
+to do); 3 stopped early by SIGUSR1, SIGTERM, SIGINT or a RUN/STOP file, after finishing the current
+step, or ending an evaluation early, and saving a checkpoint (all ranks agree through a
+collective every step and every few evaluation batches, so none hangs): run the same command to
+resume. Under torchrun these reach the shell through `python -m trainer.launch`
 (trainer/launch.py); torchrun alone exits 1.
 """
 
@@ -49,7 +51,8 @@ from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_
 from trainer.memory import describe_plan, dry_run_plan, memory_plan
 from trainer.preflight import preflight
 from trainer.report import wandb_summary, write_report
-from trainer.signals import StopRequest
+from trainer.run_folder import RunFolderError, hold
+from trainer.signals import StopPoll, StopRequest
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
@@ -60,12 +63,14 @@ class BadInput(Exception):
 
 
 def get_lr(step, cfg):
-    """Linear warmup for warmup_steps, then cosine decay from lr to min_lr at max_steps."""
+    """Linear warmup for warmup_steps, then cosine decay from lr to min_lr at lr_decay_steps (0:
+    max_steps; a resumed run keeps its own, see trainer/run_folder.py), then min_lr."""
+    decay_steps = cfg.lr_decay_steps or cfg.max_steps
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    if step >= cfg.max_steps:
+    if step >= decay_steps:
         return cfg.min_lr
-    decay_ratio = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
+    decay_ratio = (step - cfg.warmup_steps) / max(decay_steps - cfg.warmup_steps, 1)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 
@@ -98,8 +103,9 @@ def main(argv=None):
     # from here on a stop request means: checkpoint and exit 3
     stop = StopRequest(Path(cfg.out_dir) / "STOP", announce=runtime.master)
     try:
-        status = train(cfg, runtime, data, stop, probe, why)
-    except (BadInput, CheckpointError, LoaderError, WandbUnavailable,
+        with hold(cfg, runtime, get_lr) as start:  # one writer: rank 0 locks RUN until the end
+            status = 0 if start.finished else train(start.cfg, runtime, data, stop, probe, why)
+    except (BadInput, CheckpointError, LoaderError, RunFolderError, WandbUnavailable,
             batch_size.MicroBatchError) as e:  # raised alike on every rank
         if runtime.master:
             print(f"error: {e}", file=sys.stderr)
@@ -188,22 +194,29 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.json")
-        (out_dir / "DONE").unlink(missing_ok=True)
-        trim_log(out_dir / "log.jsonl", start_step)
     metrics = MetricsLogger(out_dir, cfg.to_dict(), runtime.rank, wandb_enabled=cfg.wandb,
                             wandb_project=cfg.wandb_project, wandb_run_name=cfg.wandb_run_name or None,
                             wandb_run_id=wandb_run_id)
     record_start(cfg, runtime, parallel, optimizer, metrics, grad_accum, len(train_loader),
                  start_step, precision, micro_batch_why)
-    evaluator = Evaluator(cfg, parallel, data["val_loader"], data["tokenizer"], metrics, amp_dtype)
+    evaluator = Evaluator(cfg, parallel, data["val_loader"], data["tokenizer"], metrics, amp_dtype,
+                          StopPoll(stop, runtime))
     peak_flops = cfg.peak_flops or (peak_flops_of(torch.cuda.get_device_name(device))
                                     if device.type == "cuda" else None)
     throughput = Throughput(cfg.total_batch_size, model.flops_per_token(cfg.seq_len) * cfg.total_batch_size,
                             peak_flops, runtime.world_size, start_step, cfg.max_steps)
 
+    saved_step = start_step if resume_path is not None else None  # its checkpoint is on disk
     for step in range(start_step, cfg.max_steps + 1):
         last_step = step == cfg.max_steps
-        evaluator.run(step, last_step)  # evaluations see the model after `step` updates
+        # evaluations see the model after `step` updates; a stop request ends them early, on every
+        # rank alike, and the checkpoint follows at once (the resumed run evaluates `step` again)
+        if not evaluator.run(step, last_step):
+            # before the first step there is nothing to save: the same command starts over (and
+            # torch's optimizer state dict would give AdamW a step count of 1 before any step)
+            if step not in (0, saved_step):
+                checkpoint(out_dir, step, parallel, optimizer, scaler, train_loader, cfg, metrics)
+            return stopped(stop, step, runtime, metrics)
         if last_step:
             break
 
@@ -226,30 +239,42 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
 
         done = step + 1
         if stop_now or done == cfg.max_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            t_save = time.time()
-            path = save_training_state(out_dir, done, parallel, optimizer, scaler, train_loader, cfg,
-                                       metrics.run_id)
-            save_s = time.time() - t_save  # what a stop on SIGTERM needs before KillWait's SIGKILL
-            metrics.log({"step": step, "checkpoint_s": save_s})  # the step it follows: kept on resume
-            if master:
-                print(f"saved {path} in {save_s:.1f} s")
+            checkpoint(out_dir, done, parallel, optimizer, scaler, train_loader, cfg, metrics)
+            saved_step = done
         if stop_now:
-            since = stop.seconds_since_signal()
-            since = f" ({since:.1f} s after the signal)" if since is not None else ""
-            message = (f"stop requested ({stop.reason or 'by another rank'}): checkpoint at step "
-                       f"{done} saved, exiting with status {EXIT_STOPPED}{since}; run the same "
-                       f"command to resume")
-            if master:
-                stop.acknowledge()
-                print(message)
-            record_exit(message, EXIT_STOPPED)
-            metrics.finish()
-            return EXIT_STOPPED
+            return stopped(stop, done, runtime, metrics)
 
     if master:
         finish_run(out_dir, cfg, metrics)
     metrics.finish()
     return 0
+
+
+def checkpoint(out_dir, done, parallel, optimizer, scaler, train_loader, cfg, metrics):
+    """The checkpoint after `done` steps (every rank takes part, rank 0 writes); its save time
+    goes to log.jsonl at the step it follows, so a resume from it keeps the line."""
+    t_save = time.time()
+    path = save_training_state(out_dir, done, parallel, optimizer, scaler, train_loader, cfg,
+                               metrics.run_id)
+    save_s = time.time() - t_save  # what a stop on SIGTERM needs before KillWait's SIGKILL
+    metrics.log({"step": done - 1, "checkpoint_s": save_s})
+    if parallel.runtime.master:
+        print(f"saved {path} in {save_s:.1f} s")
+
+
+def stopped(stop, done, runtime, metrics):
+    """After the stop checkpoint at `done` steps: rank 0 says so and removes RUN/STOP; exit 3."""
+    since = stop.seconds_since_signal()
+    since = f" ({since:.1f} s after the signal)" if since is not None else ""
+    saved = f"checkpoint at step {done} saved" if done else "nothing to save before the first step"
+    message = (f"stop requested ({stop.reason or 'by another rank'}): {saved}, exiting with status "
+               f"{EXIT_STOPPED}{since}; run the same command to resume")
+    if runtime.master:
+        stop.acknowledge()
+        print(message)
+    record_exit(message, EXIT_STOPPED)
+    metrics.finish()
+    return EXIT_STOPPED
 
 
 def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr, grad_clip, amp_dtype):
@@ -392,23 +417,6 @@ def finish_run(out_dir, cfg, metrics):
     else:
         metrics.summarize(wandb_summary(report))
         print(f"report: {report_path}")
-
-
-def trim_log(path, step):
-    """Drop log.jsonl lines of steps >= `step` (a resumed run logs them again) and any line torn
-    by a kill mid-write."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines(keepends=True):
-        try:
-            if json.loads(line).get("step", -1) < step:
-                keep.append(line)
-        except ValueError:
-            pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(keep))
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

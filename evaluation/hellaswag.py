@@ -309,7 +309,7 @@ def fit_to_context(rendered, max_length, style, n_examples, rank, world_size, de
 
 def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu",
              rank=None, world_size=None, autocast_dtype=None, progress=False, max_length=None,
-             lockstep=False, skip_too_long=False):
+             lockstep=False, skip_too_long=False, should_stop=None):
     """Score `examples` with `model_fn(idx (B, T) LongTensor) -> logits (B, T, V)`.
 
     Rank r scores examples r, r + world_size, ...; with world_size > 1 the counts are summed
@@ -319,6 +319,8 @@ def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu
     `left_out`) instead of refusing them all.
     `lockstep`: every rank makes the same number of model calls (an FSDP model gathers its weights
     from all ranks in every forward); a rank with a shorter share scores a batch again, unused.
+    `should_stop()`: polled before each batch, as many times on every rank (a rank with a shorter
+    share polls on); when it returns True the scoring ends and None is returned.
     Returns dict(acc, acc_norm, n, correct, correct_norm, truncated, left_out, style, predictions),
     where predictions maps this rank's example indices to (pred, pred_norm, [4 log-likelihoods]).
     """
@@ -332,20 +334,22 @@ def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu
     predictions = {}
     scored = [i for i in mine if i in rendered]
     batches = [scored[start : start + batch_size] for start in range(0, len(scored), batch_size)]
-    if lockstep:
-        if not scored:
-            raise ValueError(f"lockstep scoring needs at least one example per rank: {len(examples)} "
-                             f"examples for {world_size} ranks")
+    if lockstep and not scored:
+        raise ValueError(f"lockstep scoring needs at least one example per rank: {len(examples)} "
+                         f"examples for {world_size} ranks")
+    if lockstep or should_stop is not None:  # as many rounds on every rank
         most = -(-len(range(0, len(examples), world_size)) // batch_size)  # rank 0's share
-        filler = [rendered[scored[0]]]
         batches += [None] * (most - len(batches))
     if progress:
         from tqdm import tqdm
 
         batches = tqdm(batches, desc=f"hellaswag ({style})", unit="batch", file=sys.stderr)
     for indices in batches:
+        if should_stop is not None and should_stop():
+            return None
         if indices is None:
-            score_batch(model_fn, filler, device, enc.n_vocab, autocast_dtype)
+            if lockstep:  # a forward the others make too; its result is not used
+                score_batch(model_fn, [rendered[scored[0]]], device, enc.n_vocab, autocast_dtype)
             continue
         batch = [rendered[i] for i in indices]
         ll = score_batch(model_fn, batch, device, enc.n_vocab, autocast_dtype)
@@ -373,7 +377,7 @@ def evaluate(model_fn, examples, enc, style="default", batch_size=8, device="cpu
 
 
 def evaluate_gpt(model, examples, *, enc=None, style="default", batch_size=8, rank=None,
-                 world_size=None, device="cpu", autocast_dtype=None, lockstep=False):
+                 world_size=None, device="cpu", autocast_dtype=None, lockstep=False, should_stop=None):
     """HellaSwag for our GPT during training: every rank must call it (the counts are summed
     across ranks). `model` may be wrapped in DDP and/or torch.compile: the plain module is
     used, in eval mode, and its training mode is restored afterwards. `enc` defaults to GPT-2's."""
@@ -384,7 +388,7 @@ def evaluate_gpt(model, examples, *, enc=None, style="default", batch_size=8, ra
     try:
         return evaluate(Logits(raw), examples, enc or get_gpt2_encoding(), style,
                         batch_size, device, rank, world_size, autocast_dtype,
-                        max_length=raw.config.block_size, lockstep=lockstep)
+                        max_length=raw.config.block_size, lockstep=lockstep, should_stop=should_stop)
     finally:
         raw.train(was_training)
 

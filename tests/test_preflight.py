@@ -163,6 +163,22 @@ def test_short_shards_are_left_out_in_one_line(tmp_path, started, capsys):
                    f"holds (the largest has 1,000 tokens) one global batch of 512 sequences of 32 tokens")
 
 
+def test_a_folder_the_pipeline_has_not_finished_is_a_warning(data, tmp_path, started, capsys):
+    """A manifest with "complete": false (the pipeline still running, or stopped): one warning
+    saying so and what it costs; the run may still start."""
+    shards = [{"name": p.name, "split": "val" if "_val_" in p.name else "train"}
+              for p in sorted(data.glob("t_*.bin"))]
+    manifest = {"version": 1, "tokenizer": "char", "shards": shards, "complete": False}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    status, out, errors = run(capsys, data, tmp_path / "run")
+    assert (status, errors) == (0, []), out
+    assert f"warning: --data {data}: INCOMPLETE (`python -m shards info {data}`)" in out
+    assert "training uses the 1 train shard(s) finished so far" in out
+    manifest["complete"] = True
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert "INCOMPLETE" not in run(capsys, data, tmp_path / "run")[1]
+
+
 def test_validation_shard_required_only_when_evaluating(data, tmp_path, started, capsys):
     (data / "t_val_000000.bin").unlink()
     [line] = assert_refused(run(capsys, data, tmp_path / "run"), f"--data {data}: no val shard")

@@ -253,18 +253,20 @@ def test_scancel_checkpoints_and_the_resubmitted_job_resumes_with_same_losses(sl
     step, and torchrun's own SIGTERM to its workers a moment later, no USR1 warning. Every rank
     checkpoints within KillWait, the job ends CANCELLED and does not requeue itself (scancel means
     stop), and the same sbatch command, submitted again, resumes from that checkpoint to the
-    uninterrupted run's losses. The signals land during the evaluation at step 0, kept busy by
-    2,000 sample tokens (a real model's step and checkpoint take seconds; this one's would be
-    over before torchrun's SIGTERM)."""
+    uninterrupted run's losses. The signals land during the evaluation at step 40, kept going
+    for seconds by 2,000 sample tokens (a real model's step and checkpoint take seconds; this
+    one's are over in milliseconds), which the stop ends early: the checkpoint of step 40
+    follows at once."""
     out = tmp_path / "run"
     long_samples = ("--sample-tokens", "2000")  # samples only: the losses are TINY's
     job = submit_training(slurm_env, tmp_path, out, *long_samples)
 
-    def trainers_catch_sigterm():
+    def in_step_40s_evaluation():
         workers = trainer_workers(job)
-        return len(workers) == 2 and all(catches(pid, signal.SIGTERM) for pid in workers)
+        return (len(workers) == 2 and all(catches(pid, signal.SIGTERM) for pid in workers)
+                and max(trained_steps(out), default=-1) >= 39)
 
-    wait_for(trainers_catch_sigterm, 180, f"job {job} training ({job_info(slurm_env, job)})")
+    wait_for(in_step_40s_evaluation, 180, f"job {job} training ({job_info(slurm_env, job)})")
     cancelled = subprocess.run(["scancel", job], env=slurm_env, capture_output=True, text=True, timeout=30)
     assert cancelled.returncode == 0, cancelled.stderr
     info = wait_job(slurm_env, job)

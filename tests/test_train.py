@@ -153,12 +153,13 @@ def worker_pids(torchrun_pid):
 
 
 def test_signal_checkpoints_exits_3_and_resumes(data, reference, tmp_path):
-    """SIGUSR1 to one rank only: both finish the step, agree, checkpoint and exit 3;
-    resuming (here on 1 rank) continues the uninterrupted run's losses."""
+    """SIGUSR1 to one rank only, during training: both finish the step, agree, checkpoint and
+    exit 3; resuming (here on 1 rank) continues the uninterrupted run's losses."""
     proc = launch(tmp_path, data, nproc=2)
-    deadline = time.time() + 60
+    deadline, log = time.time() + 60, tmp_path / "log.jsonl"
     target = None
-    while target is None and time.time() < deadline and proc.poll() is None:
+    while (target is None or not (log.exists() and '"loss"' in log.read_text())) and \
+            time.time() < deadline and proc.poll() is None:
         for pid in worker_pids(proc.pid):
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             if b"RANK=1" in env and catches(pid, signal.SIGUSR1):
@@ -214,25 +215,62 @@ def test_sigterm_exit_status_3_single_process(data, tmp_path):
     assert f"checkpoint at step {step} saved" in output
 
 
+def test_sigterm_during_a_long_validation_checkpoints_within_seconds_and_resumes(data, reference,
+                                                                               tmp_path):
+    """Resumed from the reference's step-10 checkpoint with a validation of 16M tokens every 3
+    steps (minutes here), SIGTERM to rank 1 alone during step 12's: both ranks end it together at
+    their next poll, the checkpoint of step 12 follows at once, exit 3, no validation logged;
+    resumed again with the reference's flags, the losses are the uninterrupted run's."""
+    long_val = tmp_path / "long_val"
+    long_val.mkdir()
+    for path in data.iterdir():
+        if "_val_" not in path.name:
+            shutil.copy(path, long_val)
+    write_shard(long_val / "t_val_000000.bin", np.random.default_rng(0).integers(0, 64, 16_000_000))
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(reference / "ckpt_0000010.pt", out)
+    proc = launch(out, long_val, nproc=2, extra=["--val-tokens", "16000000", "--eval-every", "3"])
+    deadline, rank1, log = time.time() + 90, None, out / "log.jsonl"
+    while rank1 is None or not (log.exists() and '"step": 11, "loss"' in log.read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        for pid in worker_pids(proc.pid):
+            if b"RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                rank1 = pid
+        time.sleep(0.01)
+    time.sleep(1.0)  # step 12's validation under way
+    t0 = time.monotonic()
+    os.kill(rank1, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert "checkpoint at step 12 saved, exiting with status 3" in output and "exitcode  : 3" in output, output
+    assert time.monotonic() - t0 < 20, "the stop waited for the validation"
+    assert "val_loss" not in log.read_text()
+    assert sorted(p.name for p in out.glob("ckpt_*.pt")) == ["ckpt_0000010.pt", "ckpt_0000012.pt"]
+    assert "at step 12" in run(out, data, nproc=1)
+    train, val = read_log(out)
+    ref_train, ref_val = read_log(reference)
+    assert_same_losses(train, {s: ref_train[s] for s in range(10, STEPS)}, 1e-5)
+    assert_same_losses(val, {s: ref_val[s] for s in (20, 40)}, 1e-5)
+
+
 @pytest.mark.slow
 def test_sigterm_storm_from_slurm_and_torchrun_still_checkpoints_and_resumes(data, reference, tmp_path):
     """What one scancel does to a torchrun job: Slurm sends SIGTERM to every process of the step
     (the workers too), and torchrun, on its own SIGTERM, sends the workers another one a moment
     later. Both are one request: every rank finishes its step, checkpoints, exits 3; the same
-    command resumes to the uninterrupted run's losses. The TERMs land during the evaluation at
-    step 0, kept busy past the second one by 2,000 sample tokens (a real model's step and
-    checkpoint take seconds; this one's would be over before the second TERM)."""
-    long_samples = ["--sample-tokens", "2000"]  # samples only: the losses are TINY's
-    proc = launch(tmp_path, data, nproc=2, extra=long_samples)
-    deadline = time.time() + 60
+    command resumes to the uninterrupted run's losses. The TERMs land during training, torchrun's
+    right after the workers' own, while the ranks finish their step and checkpoint (a real
+    model's step and checkpoint take seconds; this one's a fraction of one: an evaluation, which
+    used to keep them busy, now ends at once)."""
+    proc = launch(tmp_path, data, nproc=2)
+    deadline, log = time.time() + 60, tmp_path / "log.jsonl"
     workers = []
-    while not (len(workers) == 2 and all(catches(pid, signal.SIGTERM) for pid in workers)):
+    while not (len(workers) == 2 and log.exists() and '"step": 1, "loss"' in log.read_text()):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
         workers = worker_pids(proc.pid)
         time.sleep(0.005)
     for pid in workers:  # slurmstepd signals every process of the step...
         os.kill(pid, signal.SIGTERM)
-    time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)  # ...torchrun among them, which passes it on to its workers
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0  # torchrun exits 1 after a SIGTERM, whatever its workers did
@@ -240,7 +278,7 @@ def test_sigterm_storm_from_slurm_and_torchrun_still_checkpoints_and_resumes(dat
     stopped = re.search(r"checkpoint at step (\d+) saved, exiting with status 3", output)
     assert stopped, output
     assert (tmp_path / f"ckpt_{int(stopped.group(1)):07d}.pt").exists()
-    output = run(tmp_path, data, nproc=2, extra=long_samples)
+    output = run(tmp_path, data, nproc=2)
     assert f"at step {stopped.group(1)}" in output and (tmp_path / "DONE").exists()
     train, val = read_log(tmp_path)
     ref_train, ref_val = read_log(reference)

@@ -52,12 +52,15 @@ def list_checkpoints(run_dir):
 
 
 def save_checkpoint(state, run_dir, step, keep=0):
-    """Atomically write `state` as ckpt_{step}.pt, then delete all but the newest `keep`."""
+    """Atomically write `state` as ckpt_{step}.pt, then delete all but the newest `keep` up to
+    it. A checkpoint of a later step is not this run's history (a damaged one that resuming
+    skipped, or the later steps of a run resumed from an earlier --resume PATH): never deleted."""
     path = checkpoint_path(run_dir, step)
     with atomic_write(path) as f:
         torch.save(state, f)
     if keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
+        up_to_this = [p for p in list_checkpoints(run_dir) if int(PATTERN.fullmatch(p.name)[1]) <= step]
+        for old in up_to_this[:-keep]:
             old.unlink(missing_ok=True)
     return path
 
@@ -162,13 +165,14 @@ def check_compatible(state, model_config, path):
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: written by an older train_gpt2.py (checkpoint format "
                               f"{state.get('format', 1)}, now {CHECKPOINT_FORMAT}); its weights still "
-                              f"load in sample.py/hellaswag.py, but training restarts: --resume never")
+                              f"load in sample.py/hellaswag.py, but training cannot continue it: start "
+                              f"a new run in another --out-dir")
     saved = state["config"].get("model", {})
     diff = [f"{k} {saved.get(k)} != {v}" for k, v in model_config.items()
             if k != "dropout" and saved.get(k) != v]
     if diff:
         raise CheckpointError(f"{path}: checkpoint is from another model config ({', '.join(diff)}); "
-                              f"use the same model flags, another --out-dir, or --resume never")
+                              f"use the same model flags, or start a new run in another --out-dir")
 
 
 def rng_state(device):

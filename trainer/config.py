@@ -44,6 +44,8 @@ class TrainConfig:
     lr: float = flag(6e-4, "optimization", "peak learning rate, reached after the warmup")
     min_lr: float = flag(6e-5, "optimization", "learning rate at the end of the cosine decay")
     warmup_steps: int = flag(715, "optimization", "steps of linear warmup (715 = 375M tokens)")
+    lr_decay_steps: int = flag(0, "optimization", "the step where the cosine reaches --min-lr (then "
+                                                  "flat); 0 = --max-steps, on resume the run's own")
     weight_decay: float = flag(0.1, "optimization", "AdamW weight decay, on matrices and embeddings only")
     beta1: float = flag(0.9, "optimization", "AdamW beta1")
     beta2: float = flag(0.95, "optimization", "AdamW beta2")
@@ -432,8 +434,8 @@ def _check(parser, c):
     for name in positive:
         if getattr(c, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
-    non_negative = ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
-                    "hellaswag_every", "hellaswag_limit", "core_max_per_task", "weight_decay", "grad_clip",
+    non_negative = ("warmup_steps", "lr_decay_steps", "eval_every", "checkpoint_every",
+                    "keep_checkpoints", "hellaswag_every", "hellaswag_limit", "core_max_per_task", "weight_decay", "grad_clip",
                     "peak_flops", "num_samples", "sample_tokens", "min_lr", "lr")
     if c.dist_timeout_min <= 0:
         parser.error(f"--dist-timeout-min must be positive, got {c.dist_timeout_min}")

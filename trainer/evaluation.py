@@ -1,12 +1,16 @@
 """What the training loop measures every N steps: validation loss and bits per byte, text
 samples, HellaSwag, CORE.
 
-    evaluator = Evaluator(cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype)
-    evaluator.run(step, last_step)   # on every rank; evaluations due at `step` run, results logged
+    evaluator = Evaluator(cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype, stop_poll)
+    evaluator.run(step, last_step)   # on every rank; evaluations due at `step` run, results logged;
+                                     # False: a stop request ended one early (on every rank alike)
 
 Evaluations see the model after `step` updates, through the plain module run eagerly, and use
 generators of their own, so the training RNG stream (and so an exact resume) is untouched.
 Under FSDP each forward gathers weights from every rank: all ranks then run the same forwards.
+A stop request (signals.StopPoll, polled every few batches at the same iterations on every rank)
+ends the evaluation in progress with nothing logged for it; the loop checkpoints at once and the
+resumed run evaluates that step again.
 """
 
 import math
@@ -19,8 +23,10 @@ from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding
 
 
 class Evaluator:
-    def __init__(self, cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype=None):
+    def __init__(self, cfg, parallel, val_loader, tokenizer, metrics, autocast_dtype=None,
+                 stop_poll=None):
         self.cfg, self.parallel, self.val_loader = cfg, parallel, val_loader
+        self.should_stop = stop_poll  # signals.StopPoll, or None: never ends early
         self.tokenizer, self.metrics = tokenizer, metrics
         self.runtime = parallel.runtime
         self.autocast_dtype = autocast_dtype
@@ -43,13 +49,21 @@ class Evaluator:
         return torch.autocast(device_type, self.autocast_dtype) if self.autocast_dtype else nullcontext()
 
     def run(self, step, last_step):
+        """The evaluations due at `step`; False when a stop request ended one early."""
         with self.parallel.eager():  # the compiled training regions would recompile for these
-            self.run_due(step, last_step)
+            ran = self.run_due(step, last_step)
+        # one more vote after any evaluation: a request that came after the last poll, or that
+        # only rank 0's samples heard, stops here rather than after another training step
+        return not (ran is None or (ran and self.should_stop is not None and self.should_stop.vote()))
 
     def run_due(self, step, last_step):
-        cfg, master = self.cfg, self.runtime.master
+        """Whether any evaluation was due; None when a stop request ended one early."""
+        cfg, master, due = self.cfg, self.runtime.master, False
         if self.val_loader is not None and (step % cfg.eval_every == 0 or last_step):
-            val_loss, val_bpb = self.validation_loss()
+            due, result = True, self.validation_loss()
+            if result is None:
+                return None
+            val_loss, val_bpb = result
             self.metrics.log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb})
             if master:
                 bpb_text = f" | {val_bpb:.4f} bits/byte" if val_bpb is not None else ""
@@ -57,7 +71,9 @@ class Evaluator:
                       f"({self.val_loader.num_tokens:,} tokens)")
             if self.tokenizer is not None and cfg.num_samples and (master or self.parallel.lockstep):
                 samples = self.samples(step)
-                if master:
+                if samples is None and self.parallel.lockstep:  # all ranks stopped together
+                    return None
+                if samples is not None and master:  # rank 0 alone stopped: the next vote tells all
                     for text in samples:
                         print(f"sample: {text!r}")
                     self.metrics.log_samples(step, samples)
@@ -65,11 +81,18 @@ class Evaluator:
             # build-nanogpt's scoring every time; lm-evaluation-harness's too at the end, so the
             # run report holds both
             for style in ("default", "harness") if last_step else ("default",):
-                self.log_hellaswag(step, style, self.hellaswag(style))
+                due, result = True, self.hellaswag(style)
+                if result is None:
+                    return None
+                self.log_hellaswag(step, style, result)
         core_every = cfg.core_every if cfg.core_every != "auto" else 0  # auto: the last step only
         # not at step 0, as nanochat: an untrained model's CORE is a minute's work for nothing
         if self.core_tasks and (last_step or (core_every and step > 0 and step % core_every == 0)):
-            self.log_core(step, self.core())
+            due, result = True, self.core()
+            if result is None:
+                return None
+            self.log_core(step, result)
+        return due
 
     def log_hellaswag(self, step, style, result):
         prefix = "hellaswag" if style == "default" else f"hellaswag_{style}"
@@ -92,7 +115,8 @@ class Evaluator:
                                               self.parallel.module.config.block_size,
                                               self.cfg.core_max_per_task or None)
         return core.evaluate_gpt(self.parallel.module, self.core_prepared, device=self.runtime.device,
-                                 autocast_dtype=self.autocast_dtype, lockstep=self.parallel.lockstep)
+                                 autocast_dtype=self.autocast_dtype, lockstep=self.parallel.lockstep,
+                                 should_stop=self.should_stop)
 
     def log_core(self, step, result):
         """log.jsonl and wandb: "core" and over how many of CORE's 22 tasks ("core_tasks"), GPT-2's
@@ -117,18 +141,26 @@ class Evaluator:
         """(mean cross-entropy in nats per token, bits per byte or None) over the val loader's
         tokens, summed over ranks: the same for any world size (per-token losses summed in
         float64, whatever the batching). Bits per byte = summed nats / (ln 2 x the raw bytes of
-        the target tokens)."""
+        the target tokens). None when a stop request ended it early."""
         model, device = self.parallel.module, self.runtime.device
         was_training = model.training
         model.eval()
         total = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, bytes
         batches = iter(self.val_loader)
-        # in lockstep a rank whose share is one batch shorter scores its first batch again, unused
-        rounds = self.val_loader.max_batches if self.parallel.lockstep else self.val_loader.num_batches
+        # in lockstep a rank whose share is one batch shorter scores its first batch again,
+        # unused; polling for a stop, it polls as often as the others
+        lockstep, should_stop = self.parallel.lockstep, self.should_stop
+        loader = self.val_loader
+        rounds = loader.max_batches if lockstep or should_stop is not None else loader.num_batches
         first = None
         for _ in range(rounds):
+            if should_stop is not None and should_stop():
+                model.train(was_training)
+                return None
             batch = next(batches, None)
             counted = batch is not None
+            if not (counted or lockstep):
+                continue
             x, y = batch if counted else first
             if first is None:
                 first = (x, y)
@@ -150,7 +182,8 @@ class Evaluator:
 
     def samples(self, step):
         """cfg.num_samples continuations of cfg.sample_prompt; a generator seeded by the step
-        (the same on every rank: under FSDP all ranks generate the same tokens together)."""
+        (the same on every rank: under FSDP all ranks generate the same tokens together). None
+        when a stop request ended it early."""
         cfg, tokenizer = self.cfg, self.tokenizer
         try:
             prompt = tokenizer.encode(cfg.sample_prompt)[-cfg.block_size:]  # generate() crops as it goes
@@ -161,10 +194,14 @@ class Evaluator:
         device = self.runtime.device
         idx = torch.tensor([prompt] * cfg.num_samples, dtype=torch.long, device=device)
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed + step)
+        # under FSDP every rank generates: they poll together; otherwise rank 0 alone, on its own
+        should_stop = self.should_stop
+        if should_stop is not None and not self.parallel.lockstep:
+            should_stop = should_stop.requested_here
         with self.autocast():
             out = self.parallel.module.generate(idx, cfg.sample_tokens, top_k=50, generator=generator,
-                                                vocab_size=tokenizer.vocab_size)
-        return [tokenizer.decode(row.tolist()) for row in out]
+                                                vocab_size=tokenizer.vocab_size, should_stop=should_stop)
+        return None if out is None else [tokenizer.decode(row.tolist()) for row in out]
 
     def hellaswag(self, style):
         from evaluation import hellaswag
@@ -172,7 +209,7 @@ class Evaluator:
         # each rank scores its share, the counts are summed
         return hellaswag.evaluate_gpt(self.parallel.module, self.hellaswag_examples, style=style,
                                       device=self.runtime.device, autocast_dtype=self.autocast_dtype,
-                                      lockstep=self.parallel.lockstep)
+                                      lockstep=self.parallel.lockstep, should_stop=self.should_stop)
 
 
 def load_hellaswag(cfg, tokenizer, runtime):

@@ -10,6 +10,8 @@
 
 Every log.jsonl line also gets "time" (unix seconds, when it was written): the run report reads
 wall times from it, across every attempt of a requeued run. wandb keeps its own timestamps.
+log.jsonl is only appended to, never rewritten (another process may be reading or following it):
+read it with read_log(path), which drops the lines a resumed start superseded.
 
 wandb is imported only when enabled: without --wandb nothing touches it. It logs the resolved
 config, every line given to log() at its "step", samples as a table, and horizontal reference
@@ -106,6 +108,8 @@ class MetricsLogger:
         if rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(self.run_dir / "log.jsonl", "a", buffering=1)
+            if not _ends_a_line(self.run_dir / "log.jsonl"):  # a kill mid-write: keep ours apart
+                self._file.write("\n")
         if self.wandb_enabled:
             error = self._start_wandb(wandb_project, wandb_run_name) if rank == 0 else None
             error = _agree(error)  # every rank learns rank 0's outcome
@@ -215,6 +219,37 @@ class MetricsLogger:
         if self._run is not None:
             self._wandb_call(self._run.finish)
             self._run = None
+
+
+def _ends_a_line(path):
+    """Whether the file is empty or ends with a newline."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def read_log(path):
+    """The records of a log.jsonl that stand, in order. The file is only ever appended to: a
+    start's {"setup"} record with "start_step" S supersedes the earlier records of steps S and
+    later (the steps a stopped or killed run did after its last checkpoint, which the resumed run
+    does and logs again), and a line torn by a kill mid-write is skipped."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            setup = record.get("setup")
+            start = setup.get("start_step") if isinstance(setup, dict) else None
+            if start is not None:
+                records = [r for r in records if r.get("step", -1) < start]
+            records.append(record)
+    return records
 
 
 def _agree(error):

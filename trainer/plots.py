@@ -25,6 +25,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # no display needed: we only write files
 import matplotlib.pyplot as plt  # noqa: E402
 
+from trainer import metrics  # noqa: E402
 from trainer.metrics import GPT2_124M_REFERENCE  # noqa: E402
 from pipeline.tokenizer import GPT2_VOCAB_SIZE  # noqa: E402
 
@@ -37,23 +38,18 @@ def read_log(path):
     "hellaswag": [(step, acc_norm)], "core": [(step, CORE)], "core_tasks": [(step, over how many
     tasks)], "core_gpt2": [(step, GPT-2's CORE)]}.
 
-    Later lines win for a repeated step (a resumed run logs the steps after its checkpoint
-    again); lines of other kinds (samples, ...) and a torn last line are ignored.
+    The lines a resumed start superseded are left out (metrics.read_log); lines of other kinds
+    (samples, ...) are ignored.
     """
     keys = {"train": "loss", "val": "val_loss", "bpb": "val_bpb", "hellaswag": "hellaswag_acc_norm",
             "core": "core", "core_tasks": "core_tasks", "core_gpt2": "core_gpt2"}
     series = {name: {} for name in keys}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a run killed mid-write leaves a partial last line
-            if not isinstance(record, dict) or "step" not in record:
-                continue
-            for name, key in keys.items():
-                if isinstance(record.get(key), (int, float)):
-                    series[name][int(record["step"])] = float(record[key])
+    for record in metrics.read_log(path):
+        if "step" not in record:
+            continue
+        for name, key in keys.items():
+            if isinstance(record.get(key), (int, float)):
+                series[name][int(record["step"])] = float(record[key])
     return {name: sorted(points.items()) for name, points in series.items()}
 
 

@@ -3,7 +3,8 @@
     python train_gpt2.py [flags] --preflight    # one line per check; exit 0 all good, 2 any problem
 
 run_checks(cfg) looks at everything a run reads or writes before its first step, reading headers
-and metadata only: the shard folder and every shard's header and size, the training tokens the
+and metadata only: the shard folder (a warning if its manifest says the pipeline has not finished
+it) and every shard's header and size, the training tokens the
 planned steps need (more than one epoch is a warning), the validation shard, the HellaSwag file
 (local only: training never downloads it) and whether its examples fit the model's context, the
 CORE bundle (local too), the tokenizer (offline), the output folder (writable, room for two checkpoints), the resume target,
@@ -30,12 +31,13 @@ from pipeline.tokenizer import GPT2_VOCAB_SIZE, get_gpt2_encoding, load_tokenize
 from shards.format import ShardError, read_shard
 from shards.loader import (describe_global_batch, describe_shards, sequences_in,
                            too_short_for_a_batch)
-from shards.manifest import ManifestError, list_shards
+from shards.manifest import MANIFEST, ManifestError, list_shards, read_manifest
 from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoints,
                                 load_checkpoint, resolve_checkpoint)
 from trainer.config import data_command
 from trainer.launch import record_exit
 from trainer.memory import GiB, MiB, checkpoint_bytes, count_parameters
+from trainer.run_folder import refuse_mixing
 
 
 class Report:
@@ -103,6 +105,7 @@ def check_shards(cfg, report):
     except ManifestError as e:
         report.fail(e)
         return
+    check_data_finished(cfg, train, report)
     if not train:
         report.fail(f"--data {cfg.data}: no train shards (*_train_NNNNNN.bin/.npy); make them with "
                     f"{data_command(cfg)}")
@@ -125,6 +128,17 @@ def check_shards(cfg, report):
         else:
             report.ok(f"--data {cfg.data}: validation on {min(sequences * cfg.seq_len, cfg.val_tokens):,} "
                       f"tokens every {cfg.eval_every} steps")
+
+
+def check_data_finished(cfg, train, report):
+    """A folder whose manifest says the pipeline has not finished it: a warning, not a failure
+    (training on the shards finished so far is a legitimate choice), saying what it costs."""
+    if (Path(cfg.data) / MANIFEST).exists() and not read_manifest(cfg.data).get("complete", True):
+        report.warn(f"--data {cfg.data}: INCOMPLETE (`python -m shards info {cfg.data}`): the pipeline "
+                    f"that makes it is still running or was stopped; training uses the {len(train)} "
+                    f"train shard(s) finished so far, and shards that appear later change the data "
+                    f"stream of a resumed run; finish it first by running its command again (it "
+                    f"resumes)")
 
 
 def check_train_tokens(cfg, counts, sequences_per_step, report):
@@ -270,7 +284,13 @@ def check_out_dir(cfg, report):
 
 
 def check_resume(cfg, report):
-    """--resume PATH: a readable checkpoint of this model; auto: the newest one in out_dir is."""
+    """--resume PATH: a readable checkpoint of this model; auto: the newest one in out_dir is;
+    never or PATH: a start that would not continue the run in out_dir is refused
+    (trainer/run_folder.py)."""
+    refusal = refuse_mixing(cfg)
+    if refusal:
+        report.fail(refusal)
+        return
     if cfg.resume == "never":
         return
     if cfg.resume == "auto":
@@ -280,7 +300,7 @@ def check_resume(cfg, report):
             return
         path = found[-1]
         fix = (f"move it aside to resume from {found[-2].name}" if len(found) > 1 else
-               "move it aside") + ", or pass --resume never to start over"
+               "move it aside") + ", or start over in another --out-dir"
     else:
         try:
             path = resolve_checkpoint(cfg.resume)

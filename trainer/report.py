@@ -12,8 +12,8 @@ and the commands that sample from it, export it and resume it.
 Sources: config.json, log.jsonl and the checkpoints. Each {"setup"} record of log.jsonl starts an
 attempt (a preempted and requeued, or stopped and resumed, run has several); every line carries
 the unix "time" it was written, so an attempt's wall time runs from its setup record to its last
-line (steps a crash lost after the last checkpoint are trimmed from the log, and their time with
-them). HellaSwag: training logs build-nanogpt's "default" (completion) style at every evaluation
+line (steps a crash lost after the last checkpoint are superseded by the resumed start's and left
+out, and their time with them). HellaSwag: training logs build-nanogpt's "default" (completion) style at every evaluation
 and lm-evaluation-harness's style too at the last step; `hellaswag.py --json` results saved as
 RUN/hellaswag_*.json (the command is in the report) are reported beside them.
 The page itself is drawn by trainer/report_markdown.py.
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pipeline.tokenizer import GPT2_VOCAB_SIZE
 from trainer.checkpoint import list_checkpoints
+from trainer.metrics import read_log
 from trainer.report_markdown import STYLE_NAMES, render_markdown
 
 class NotARun(ValueError):
@@ -34,22 +35,14 @@ class NotARun(ValueError):
 
 
 def read_run(run_dir):
-    """(config dict, [log records]) of a run folder; a line torn by a kill is skipped."""
+    """(config dict, [log records that stand]) of a run folder (metrics.read_log)."""
     run_dir = Path(run_dir)
     log, config = run_dir / "log.jsonl", run_dir / "config.json"
     if not (log.is_file() and config.is_file()):
         raise NotARun(f"{run_dir} is not a run folder (no log.jsonl and config.json): pass the "
                       f"--out-dir of a train_gpt2.py run")
-    records = []
-    for line in log.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
     try:
-        return json.loads(config.read_text()), records
+        return json.loads(config.read_text()), read_log(log)
     except ValueError as e:
         raise NotARun(f"{config}: unreadable ({e}); rewrite it from a checkpoint's config") from None
 

@@ -1,11 +1,14 @@
-"""Stopping a run gracefully: the loop finishes its step, checkpoints and exits with status 3.
+"""Stopping a run gracefully: the loop finishes its step, or ends an evaluation early, checkpoints
+and exits with status 3.
 
 A stop is asked for by SIGUSR1 (Slurm's pre-emption warning), SIGTERM, SIGINT (Ctrl-C), or by a
 file RUN/STOP (`touch RUN/STOP`). The file is the fallback where a signal cannot reach the
 workers: torchrun starts them in sessions of their own, and Slurm sites that track processes by
 process group (proctrack/pgid) never deliver `scancel --signal=USR1 JOB.0` to them; the batch
 script touches RUN/STOP as well. The loop reads `requested()` every step and all ranks agree
-through one all-reduce, so none is left waiting in a collective.
+through one all-reduce, so none is left waiting in a collective. Evaluations (validation, samples,
+HellaSwag, CORE: minutes at GPT-2 scale) poll a StopPoll every few batches, at the same
+iterations on every rank, and end early together.
 
 One request often arrives as several signals, and none of them may end the process before its
 checkpoint is written:
@@ -27,6 +30,8 @@ import os
 import signal
 import time
 from pathlib import Path
+
+import torch
 
 
 class StopRequest:
@@ -50,8 +55,8 @@ class StopRequest:
             if self.announce:  # os.write: a print() interrupted mid-print would raise
                 now = (f" (Ctrl-C again after {self.SAME_REQUEST_S:.0f} s ends the process at once, "
                        f"without a checkpoint)" if signum == signal.SIGINT else "")
-                os.write(2, f"{self.reason}: finishing this step, then a checkpoint and exit 3{now}\n"
-                         .encode())
+                os.write(2, f"{self.reason}: finishing this step (an evaluation ends early), then a "
+                            f"checkpoint and exit 3{now}\n".encode())
         elif (signal.SIGINT in (signum, self.first_signal) and signum != signal.SIGUSR1
               and time.monotonic() - self.first_signal_at > self.SAME_REQUEST_S):
             signal.signal(signum, signal.SIG_DFL)
@@ -77,3 +82,28 @@ class StopRequest:
         """Give the signals back to their former handlers (train_gpt2.main may run in-process)."""
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+class StopPoll:
+    """`should_stop` for the evaluation loops: every rank calls it at the same iterations, and every
+    `every`-th call (the first included) all ranks agree through one all-reduce whether any was
+    asked to stop; once they have, it stays True. `vote()` agrees at once."""
+
+    def __init__(self, stop, runtime, every=4):
+        self.stop, self.runtime, self.every = stop, runtime, every
+        self.calls, self.agreed = 0, False
+
+    def __call__(self):
+        self.calls += 1
+        if self.agreed or (self.calls - 1) % self.every:
+            return self.agreed
+        return self.vote()
+
+    def vote(self):
+        flag = torch.tensor(float(self.stop.requested()), device=self.runtime.device)
+        self.agreed = self.agreed or self.runtime.all_reduce(flag).item() > 0
+        return self.agreed
+
+    def requested_here(self):
+        """This rank's own request, no collective: for work that one rank does alone (samples)."""
+        return self.stop.requested()
