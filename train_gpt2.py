@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
-from model import GPT, GPTConfig
+from models.checkpoint import CheckpointError
+from models.gpt2 import GPT, GPTConfig
 from pipeline.tokenizer import load_tokenizer
 from shards.loader import LoaderError, ShardLoader, ValLoader
 from trainer import batch_size
-from trainer.checkpoint import (CheckpointError, choose_resume, restore_training_state,
-                                save_training_state)
+from trainer.checkpoint import choose_resume, restore_training_state, save_training_state
 from trainer.config import (dry_run_target, parse_config, save_config, wants_dry_run,
                             wants_preflight)
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype

@@ -28,7 +28,7 @@ import torch
 
 from evaluation.scoring import (check_gpt2_vocab, continuation_fits, crop_left, rank_and_world,
                                 score_rows, sum_over_ranks)
-from model import unwrap
+from models.gpt2 import unwrap
 from pipeline.tokenizer import get_gpt2_encoding
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"  # nanochat's
@@ -272,7 +272,7 @@ def evaluate_gpt(model, tasks, *, max_per_task=None, device="cpu", autocast_dtyp
 
 def gpt2_name_for(n_layer, n_embd):
     """The OpenAI GPT-2 of this shape ("gpt2", ...), or None."""
-    from model import MODEL_CONFIGS
+    from models.gpt2 import MODEL_CONFIGS
 
     for name, shape in MODEL_CONFIGS.items():
         if name in GPT2_LABELS and (shape.n_layer, shape.n_embd) == (n_layer, n_embd):

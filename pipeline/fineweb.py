@@ -10,7 +10,7 @@ across interruptions.
     python -m pipeline.fineweb --source data/my.jsonl --out data/mine --shard-tokens 10_000_000
     python -m pipeline.fineweb --source input.txt --tokenizer char --out data/shakespeare_char
 
-The recipe: open the source (pipeline/sources.py), tokenize it in a pool of worker processes
+The recipe: open the source (pipeline/sources.py, pipeline/hub_source.py), tokenize it in a pool of worker processes
 (pipeline/pool.py), cut the stream into shards (pipeline/writer.py); Slurm arrays make parts and
 pack them (pipeline/array.py); one writer per folder at a time (pipeline/lock.py).
 
@@ -47,7 +47,9 @@ from pipeline.lock import LOCK, FolderLock, Locked
 from pipeline.pool import TokenizerPool, WorkerDied
 from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesExhausted, Retry,
                             parse_duration)
-from pipeline.sources import FINEWEB_EDU, SourceError, file_kind, is_hub_path, open_source
+from pipeline.hub_source import open_hub_source
+from pipeline.sources import (FINEWEB_EDU, FileSource, SourceError, file_kind, find_local_files,
+                              is_hub_path, local_fingerprint)
 from pipeline.tokenizer import CharTokenizer, GPT2Tokenizer
 from pipeline.writer import (OutputError, ShardWriter, forget_unfinished_output,
                              remove_stale_temporaries, resume_manifest)
@@ -65,6 +67,24 @@ def die(message):
 
 # ----------------------------------------------------------------------------------------------
 # The source, the tokenizer, the progress bar
+
+def open_source(spec, text_field="text", split="train", revision=None, doc_separator=None,
+                retry=None):
+    """A FileSource (local files, or a hub dataset's files), else a HubStreamSource.
+
+    `retry` (a pipeline.retry.Retry) carries every hub request through outages."""
+    if spec.startswith("hf:"):
+        if doc_separator is not None:
+            raise SourceError(f"--doc-separator is for local .txt files; {spec} is split the way "
+                              "its dataset config says")
+        return open_hub_source(spec, text_field, split, revision, retry or Retry(parse_duration(DEFAULT_RETRY_FOR)))
+    files = find_local_files(spec)
+    if doc_separator is not None and not any(file_kind(f) == ".txt" for f in files):
+        raise SourceError(f"--doc-separator splits .txt files; --source {spec} has none")
+    return FileSource(spec, files, text_field, doc_separator=doc_separator,
+                      fingerprint=local_fingerprint(files, text_field, doc_separator),
+                      sizes=[os.path.getsize(f) for f in files])
+
 
 def open_args_source(args, revision):
     return open_source(args.source, args.text_field, args.split, revision=revision,

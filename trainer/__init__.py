@@ -3,5 +3,5 @@
 config (TrainConfig, presets, flags), distributed (device, process group, DDP/FSDP wrapping,
 full-state gathering), checkpoint (atomic save/load, resume across world sizes), evaluation
 (validation loss, samples, HellaSwag), metrics (log.jsonl, wandb, throughput), signals (stop
-requests). Lower layers (model.py, shards/, pipeline/) never import from here.
+requests). Lower layers (models/, shards/, pipeline/) never import from here.
 """

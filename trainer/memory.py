@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from trainer import batch_size
 from trainer.config import parse_config
 

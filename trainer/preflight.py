@@ -31,8 +31,8 @@ from shards.format import ShardError, read_shard
 from shards.loader import (describe_global_batch, describe_shards, sequences_in,
                            too_short_for_a_batch)
 from shards.manifest import ManifestError, list_shards
-from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoints,
-                                load_checkpoint, resolve_checkpoint)
+from models.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint
+from trainer.checkpoint import check_compatible
 from trainer.config import data_command
 from trainer.memory import GiB, MiB, checkpoint_bytes, count_parameters
 

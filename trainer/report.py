@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from pipeline.tokenizer import GPT2_VOCAB_SIZE
-from trainer.checkpoint import list_checkpoints
+from models.checkpoint import list_checkpoints
 from trainer.report_markdown import STYLE_NAMES, render_markdown
 
 class NotARun(ValueError):

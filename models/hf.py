@@ -1,0 +1,132 @@
+"""GPT-2 to and from Hugging Face transformers: OpenAI's weights in, any checkpoint out.
+
+    model = gpt_from_hf("gpt2")                    # OpenAI's 124M (or gpt2-medium..xl, a hub id, a folder)
+    export_hf(model, "hf_out/")                    # a GPT2LMHeadModel folder, GPT-2's tokenizer included
+
+models/gpt2.py's parameter names are Hugging Face's, so both directions are a name-for-name
+copy, plus a transpose: HF keeps the attention and MLP projections as Conv1D, whose weight is the
+transpose of nn.Linear's.
+"""
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import torch
+
+from models.gpt2 import MODEL_ALIASES, GPT, GPTConfig
+from pipeline.tokenizer import GPT2_VOCAB_SIZE, save_hf_tokenizer
+
+# HF's GPT-2 keeps these as Conv1D layers, whose weight is (in, out): transposed vs nn.Linear
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def gpt_from_hf(name_or_dir):
+    """Our GPT with the weights of OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl, or
+    124m..1558m), any hub id of a GPT-2 model, or a local GPT2LMHeadModel folder."""
+    hf = load_hf_gpt2(str(name_or_dir))
+    c = hf.config
+    if c.activation_function != "gelu_new" or getattr(c, "n_inner", None) not in (None, 4 * c.n_embd):
+        raise ValueError(f"{name_or_dir!r} is not a standard GPT-2 (activation/width differ)")
+    config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size,  # 50257: not padded
+                       n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=True)
+    model = GPT(config)
+    sd_hf = hf.state_dict()
+    with torch.no_grad():
+        for k, p in model.state_dict().items():
+            src = sd_hf.get(k)
+            if src is None and k == "lm_head.weight":
+                src = sd_hf["transformer.wte.weight"]  # tied
+            if src is None:
+                raise ValueError(f"{name_or_dir!r}: no weight {k!r} in the Hugging Face model")
+            if k.endswith(CONV1D):
+                src = src.t()
+            if src.shape != p.shape:
+                raise ValueError(f"{name_or_dir!r}: {k} has shape {tuple(src.shape)}, expected {tuple(p.shape)}")
+            p.copy_(src)
+    return model
+
+
+def export_hf(model, out_dir, vocab_size=50257):
+    """Write a transformers GPT2LMHeadModel folder: config.json, the weights and, for a GPT-2
+    vocabulary, GPT-2's tokenizer files, so that transformers and lm-evaluation-harness load it
+    offline with no extra arguments.
+
+    A padded vocabulary is cropped to `vocab_size` rows (50257, GPT-2's, by default; a model with
+    fewer rows keeps its own).
+    """
+    cfg = model.config
+    if not cfg.bias:
+        raise ValueError("cannot export: Hugging Face's GPT2LMHeadModel has biases, and this model "
+                         "was trained with --bias false")
+    from transformers import GPT2Config, GPT2LMHeadModel  # seconds to import: after the checks
+    vocab_size = min(vocab_size, cfg.vocab_size)
+    eot = 50256 if vocab_size == 50257 else None  # GPT-2's <|endoftext|>; none for others
+    hf_config = GPT2Config(
+        vocab_size=vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot)
+    hf = GPT2LMHeadModel(hf_config)
+    sd_hf = hf.state_dict()
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if k not in sd_hf:
+                continue
+            v = v.detach().to("cpu", torch.float32)
+            if k in ("transformer.wte.weight", "lm_head.weight"):
+                v = v[:vocab_size]
+            if k.endswith(CONV1D):
+                v = v.t()
+            sd_hf[k].copy_(v)
+    hf.save_pretrained(out_dir)
+    if vocab_size == GPT2_VOCAB_SIZE:
+        save_hf_tokenizer(out_dir, model_max_length=cfg.block_size)
+    return out_dir
+
+
+def load_hf_gpt2(name_or_dir):
+    """transformers' GPT2LMHeadModel from a local folder, the local HF cache, or the hub.
+
+    Offline, transformers retries the hub for ~25 s before failing; we look in the cache first
+    and probe the hub once, so a missing model fails in a second with one clear line.
+    """
+    hub_id = MODEL_ALIASES.get(name_or_dir.lower(), name_or_dir)
+
+    def fail(reason):
+        raise ValueError(
+            f"could not load GPT-2 weights {hub_id!r} ({reason}): put a local copy (a folder "
+            f"written by `python hf_gpt2.py export` or save_pretrained) and pass its path, or go online"
+        ) from None
+
+    def short(e):
+        return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
+
+    looks_local = os.path.isdir(hub_id) or hub_id.startswith((".", "/", "~")) or hub_id.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(hub_id)):
+        fail("no such folder")
+    from transformers import GPT2LMHeadModel  # seconds to import: after the checks
+
+    if looks_local:
+        try:
+            return GPT2LMHeadModel.from_pretrained(os.path.expanduser(hub_id))
+        except Exception as e:
+            fail(short(e))
+    try:
+        return GPT2LMHeadModel.from_pretrained(hub_id, local_files_only=True)  # the HF cache
+    except Exception:
+        pass
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        fail("not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    if not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        host = urlparse(constants.ENDPOINT).hostname
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+        except OSError as e:
+            fail(f"not in the Hugging Face cache and {host} is unreachable: {e}")
+    try:
+        return GPT2LMHeadModel.from_pretrained(hub_id)
+    except Exception as e:
+        fail(short(e))
