@@ -1,4 +1,5 @@
-"""python hf_gpt2.py export CHECKPOINT OUT_DIR: a training checkpoint as a Hugging Face folder.
+"""python hf_gpt2.py export CHECKPOINT OUT_DIR: a training checkpoint as a Hugging Face folder:
+GPT2LMHeadModel for GPT-2, Qwen3ForCausalLM for the speedrun's modern block.
 
 The conversions themselves (OpenAI's weights in, export out) are models/hf.py.
 """
@@ -8,16 +9,17 @@ import os
 import sys
 
 from models.checkpoint import CheckpointError, load_model
-from models.hf import export_hf
+from models.hf import export_hf, export_qwen3
 from pipeline.tokenizer import GPT2_VOCAB_SIZE
 
 
 def main(argv=None):
     """python hf_gpt2.py export CHECKPOINT OUT_DIR [--vocab-size N]: a train_gpt2.py checkpoint
-    (or a run folder: its newest; DDP or FSDP, any world size) as a GPT2LMHeadModel folder."""
+    (or a run folder: its newest; DDP or FSDP, any world size) as a transformers folder."""
     p = argparse.ArgumentParser(description="Export a checkpoint to a Hugging Face GPT-2 folder")
     sub = p.add_subparsers(dest="command", required=True)
-    exp = sub.add_parser("export", help="write a GPT2LMHeadModel folder (config.json + weights)")
+    exp = sub.add_parser("export", help="write a GPT2LMHeadModel (GPT-2) or Qwen3ForCausalLM (speedrun) "
+                                        "folder: config.json + weights")
     exp.add_argument("checkpoint", help="a ckpt_*.pt file, or a run folder (its newest checkpoint)")
     exp.add_argument("out_dir")
     exp.add_argument("--vocab-size", type=int, default=None,
@@ -33,13 +35,14 @@ def main(argv=None):
                 from pipeline.tokenizer import load_tokenizer
 
                 vocab_size = load_tokenizer(data_dir).vocab_size
-        export_hf(model, args.out_dir, vocab_size=vocab_size)
+        modern = model.config.to_dict().get("arch") == "modern"
+        (export_qwen3 if modern else export_hf)(model, args.out_dir, vocab_size=vocab_size)
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"hf_gpt2.py: error: {e}", file=sys.stderr)
         return 2
     vocab_size = min(vocab_size, model.config.vocab_size)
     tokenizer = "with GPT-2's tokenizer" if vocab_size == GPT2_VOCAB_SIZE else "no tokenizer files"
-    print(f"wrote {args.out_dir} (GPT2LMHeadModel, vocab {vocab_size}, {tokenizer}); load it with "
+    print(f"wrote {args.out_dir} ({'Qwen3ForCausalLM' if modern else 'GPT2LMHeadModel'}, vocab {vocab_size}, {tokenizer}); load it with "
           f"transformers or lm-eval, or: python sample.py --model {args.out_dir}")
     return 0
 

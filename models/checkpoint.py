@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from models.gpt2 import GPT, GPTConfig
+from models import build_model
 from shards.format import atomic_write
 
 PATTERN = re.compile(r"ckpt_(\d{7,})\.pt")
@@ -111,9 +111,10 @@ def load_model(path, device="cpu"):
     state = load_checkpoint(path)
     if "model" not in state["config"]:
         raise CheckpointError(f"{path}: its config has no 'model' entry (not a train_gpt2.py checkpoint)")
-    config = GPTConfig.from_dict(state["config"]["model"])
-    config.dropout = 0.0
-    model = GPT(config)
+    try:
+        model = build_model({**state["config"]["model"], "dropout": 0.0})
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -1,4 +1,5 @@
-"""GPT-2 to and from Hugging Face transformers: OpenAI's weights in, any checkpoint out.
+"""Our models to and from Hugging Face transformers: OpenAI's GPT-2 weights in, any checkpoint out
+(GPT-2 as GPT2LMHeadModel, the speedrun's modern block as Qwen3ForCausalLM).
 
     model = gpt_from_hf("gpt2")                    # OpenAI's 124M (or gpt2-medium..xl, a hub id, a folder)
     export_hf(model, "hf_out/")                    # a GPT2LMHeadModel folder, GPT-2's tokenizer included
@@ -13,8 +14,10 @@ import socket
 from urllib.parse import urlparse
 
 import torch
+from torch.nn import functional as F
 
 from models.gpt2 import MODEL_ALIASES, GPT, GPTConfig
+from models.modern import RMS_NORM_EPS
 from pipeline.tokenizer import GPT2_VOCAB_SIZE, save_hf_tokenizer
 
 # HF's GPT-2 keeps these as Conv1D layers, whose weight is (in, out): transposed vs nn.Linear
@@ -79,6 +82,51 @@ def export_hf(model, out_dir, vocab_size=50257):
             if k.endswith(CONV1D):
                 v = v.t()
             sd_hf[k].copy_(v)
+    hf.save_pretrained(out_dir)
+    if vocab_size == GPT2_VOCAB_SIZE:
+        save_hf_tokenizer(out_dir, model_max_length=cfg.block_size)
+    return out_dir
+
+
+# The modern block (models/modern.py) is Qwen3's: the same projections, per-head QK RMSNorm,
+# half-split rotary, gated SiLU MLP and untied head, under Hugging Face's names with `model.`
+# for `transformer.` and `layers` for `h`
+QWEN3_NAMES = (("transformer.h.", "model.layers."), (".norm_1.", ".input_layernorm."),
+               (".norm_2.", ".post_attention_layernorm."), (".attn.", ".self_attn."),
+               ("transformer.norm_f.", "model.norm."), ("transformer.wte.", "model.embed_tokens."))
+
+
+def export_qwen3(model, out_dir, vocab_size=50257):
+    """Write a transformers Qwen3ForCausalLM folder of a models/modern.py model (config.json, the
+    weights and, for a GPT-2 vocabulary, GPT-2's tokenizer): it loads with no remote code and
+    gives the model's logits. Qwen3 has no RMSNorm after the embedding; it acts on each embedding
+    row alone, so the exported embedding rows are the normalised ones. A padded vocabulary is
+    cropped to `vocab_size` rows."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM  # seconds to import
+
+    cfg = model.config
+    vocab_size = min(vocab_size, cfg.vocab_size)
+    eot = 50256 if vocab_size == GPT2_VOCAB_SIZE else None
+    hf_config = Qwen3Config(
+        vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.mlp_hidden,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head,
+        max_position_embeddings=cfg.block_size, rms_norm_eps=RMS_NORM_EPS,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
+        tie_word_embeddings=False, attention_bias=False, attention_dropout=cfg.dropout,
+        bos_token_id=eot, eos_token_id=eot)
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    gain = state.pop("transformer.norm_e.weight")
+    state["transformer.wte.weight"] = F.rms_norm(state["transformer.wte.weight"], (cfg.n_embd,),
+                                                 gain, RMS_NORM_EPS)
+    hf = Qwen3ForCausalLM(hf_config)
+    sd_hf = hf.state_dict()
+    for name, value in state.items():
+        for ours, theirs in QWEN3_NAMES:
+            name = name.replace(ours, theirs)
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            value = value[:vocab_size]
+        sd_hf[name].copy_(value)
     hf.save_pretrained(out_dir)
     if vocab_size == GPT2_VOCAB_SIZE:
         save_hf_tokenizer(out_dir, model_max_length=cfg.block_size)
