@@ -24,7 +24,6 @@ command to resume.
 
 import gc
 import json
-import math
 import os
 import sys
 import time
@@ -33,8 +32,8 @@ from pathlib import Path
 
 import torch
 
+from models import build_model
 from models.checkpoint import CheckpointError
-from models.gpt2 import GPT, GPTConfig
 from pipeline.tokenizer import load_tokenizer
 from shards.loader import LoaderError, ShardLoader, ValLoader
 from trainer import batch_size
@@ -47,6 +46,7 @@ from trainer.evaluation import Evaluator
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
 from trainer.memory import describe_plan, dry_run_plan, memory_plan
 from trainer.preflight import preflight
+from trainer.recipes import build_optimizer, set_schedule
 from trainer.report import wandb_summary, write_report
 from trainer.signals import StopRequest
 
@@ -56,17 +56,6 @@ EXIT_STOPPED = 3
 
 class BadInput(Exception):
     """Reported as one line, exit status 2."""
-
-
-def get_lr(step, cfg):
-    """Linear warmup for warmup_steps, then cosine decay from lr to min_lr at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if step >= cfg.max_steps:
-        return cfg.min_lr
-    decay_ratio = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
-    return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 
 
 def main(argv=None):
@@ -165,7 +154,7 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
     resume_path = choose_resume(cfg.resume, out_dir, runtime)
     if resume_path is not None:
         start_step, wandb_run_id = restore_training_state(resume_path, parallel, optimizer, scaler,
-                                                          train_loader)
+                                                          train_loader, cfg.recipe)
         if master:
             print(f"resuming from {resume_path} at step {start_step}")
     if master:
@@ -191,9 +180,9 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
             break
 
         t0 = time.time()
-        lr = get_lr(step, cfg)
+        lr = set_schedule(optimizer, step, cfg)  # the learning rates (and Muon's momentum) of `step`
         loss_accum, norm = optimization_step(parallel, optimizer, scaler, train_loader, grad_accum,
-                                             lr, cfg.grad_clip, amp_dtype)
+                                             cfg.grad_clip, amp_dtype)
         # one collective for the mean loss and the stop vote: every rank agrees on stopping
         stats = torch.stack([loss_accum.float(), torch.tensor(float(stop.requested()), device=device)])
         loss_sum, stop_votes = runtime.all_reduce(stats).tolist()
@@ -233,9 +222,9 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
     return 0
 
 
-def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr, grad_clip, amp_dtype):
-    """One step over the global batch: grad_accum micro-batches, clip, AdamW at `lr`. Returns
-    (this rank's mean loss, the global gradient norm)."""
+def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, grad_clip, amp_dtype):
+    """One step over the global batch: grad_accum micro-batches, clip, the optimizers at the
+    learning rates set on them. Returns (this rank's mean loss, the global gradient norm)."""
     device = parallel.runtime.device
     parallel.zero_grad(optimizer)
     loss_accum = torch.zeros((), device=device)
@@ -254,28 +243,25 @@ def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr,
             scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # clip the true gradients
     norm = parallel.clip_grad_norm_(grad_clip or float("inf"))
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     scaler.step(optimizer)
     scaler.update()
     return loss_accum, norm
 
 
 def build(cfg, runtime, amp_dtype, verbose=False):
-    """(model, its ParallelModel, AdamW). The same seed on every rank gives identical initial
-    weights; under FSDP the model is built on the meta device and each rank materialises only
-    its shards (ParallelModel), with the same weights."""
+    """(model, its ParallelModel, its Optimizers: trainer/recipes.py). The same seed on every rank
+    gives identical initial weights; under FSDP the model is built on the meta device and each
+    rank materialises only its shards (ParallelModel), with the same weights."""
     torch.manual_seed(cfg.seed)
     with torch.device("meta" if cfg.fsdp else "cpu"):
-        model = GPT(GPTConfig(**cfg.model_config()))
+        model = build_model(cfg.model_config())
     if not cfg.fsdp:
         model = model.to(runtime.device)
     parallel = ParallelModel(model, runtime, fsdp=cfg.fsdp, compile=cfg.compile,
                              activation_checkpointing=cfg.activation_checkpointing,
                              param_dtype=amp_dtype if runtime.device.type == "cuda" else None)
     # after wrapping: under FSDP the optimizer holds this rank's shards only
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
-                                          cfg.eps, runtime.device.type, verbose=verbose)
+    optimizer = build_optimizer(model, cfg, runtime.device, verbose=verbose)
     return model, parallel, optimizer
 
 

@@ -128,7 +128,7 @@ def train_steps(cfg, runtime, n):
     for _ in range(n):
         t0 = time.perf_counter()
         loss, norm = train_gpt2.optimization_step(parallel, optimizer, scaler, data["train_loader"],
-                                                  data["grad_accum"], cfg.lr, cfg.grad_clip, amp_dtype)
+                                                  data["grad_accum"], cfg.grad_clip, amp_dtype)
         loss, norm = loss.item(), norm.item()  # waits for the GPU
         seconds.append(time.perf_counter() - t0)
     return seconds, loss, norm, parallel, optimizer, scaler, data

@@ -4,12 +4,14 @@ model. What every tool shares; trainer/checkpoint.py builds and restores the tra
 A checkpoint is one torch.save'd dict of tensors and plain Python data only:
     format        CHECKPOINT_FORMAT
     model         full state_dict of the plain model, keyed by parameter name
-    optimizer     full AdamW state, keyed by parameter name (torch.distributed.checkpoint's
-                  layout: the same whether DDP or FSDP wrote it, on any number of ranks)
+    optimizer     full optimizer state, keyed by parameter name (torch.distributed.checkpoint's
+                  layout: the same whether DDP or FSDP wrote it, on any number of ranks): AdamW's,
+                  or with --recipe speedrun Muon's and AdamW's in one
     step          number of steps done (training resumes at this step)
     loader        ShardLoader.state_dict(): a few ints
     rng           list, one entry per rank: {"torch": CPU RNG state, "cuda": CUDA RNG state|None}
-    config        TrainConfig as a dict, plus config["model"] = the GPTConfig dict
+    config        TrainConfig as a dict, plus config["model"] = the model's config dict (its
+                  "arch" picks the class: models.build_model)
     wandb_run_id  str or None, so a resumed run continues the same wandb run
 
 One file with the full state rather than torch.distributed.checkpoint's folder of shards: rank 0
@@ -32,7 +34,9 @@ from models import build_model
 from shards.format import atomic_write
 
 PATTERN = re.compile(r"ckpt_(\d{7,})\.pt")
-CHECKPOINT_FORMAT = 2  # 1: optimizer state keyed by index (single-file DDP); 2: keyed by name
+# 1: optimizer state keyed by index (single-file DDP); 2: keyed by name; 3: config["recipe"], and
+# with --recipe speedrun the model's config["model"]["arch"] and Muon's state beside AdamW's
+CHECKPOINT_FORMAT = 3
 
 
 class CheckpointError(ValueError):

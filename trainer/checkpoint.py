@@ -44,13 +44,17 @@ def choose_resume(resume, run_dir, runtime):
     return None if path is None else Path(path)
 
 
-def check_compatible(state, model_config, path):
-    """Refuse a checkpoint this run cannot continue exactly: an older layout, or another model
-    config (one line, which fields)."""
+def check_compatible(state, model_config, path, recipe="faithful"):
+    """Refuse a checkpoint this run cannot continue exactly: an older layout, another recipe, or
+    another model config (one line, which fields)."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: written by an older train_gpt2.py (checkpoint format "
                               f"{state.get('format', 1)}, now {CHECKPOINT_FORMAT}); its weights still "
                               f"load in sample.py/hellaswag.py, but training restarts: --resume never")
+    saved_recipe = state["config"].get("recipe", "faithful")
+    if saved_recipe != recipe:
+        raise CheckpointError(f"{path}: checkpoint is from --recipe {saved_recipe}, this run is --recipe "
+                              f"{recipe}; use --recipe {saved_recipe}, another --out-dir, or --resume never")
     saved = state["config"].get("model", {})
     diff = [f"{k} {saved.get(k)} != {v}" for k, v in model_config.items()
             if k != "dropout" and saved.get(k) != v]
@@ -79,13 +83,13 @@ def save_training_state(run_dir, step, parallel, optimizer, scaler, loader, cfg,
     return save_checkpoint(state, run_dir, step, keep=cfg.keep_checkpoints)
 
 
-def restore_training_state(path, parallel, optimizer, scaler, loader):
+def restore_training_state(path, parallel, optimizer, scaler, loader, recipe="faithful"):
     """Load a checkpoint chosen by choose_resume into this rank's model, optimizer, loss scaler,
     loader and RNG; returns (step, wandb_run_id). Any world size and parallelism will do; only
     dropout masks differ when the number of ranks changed (their RNG streams are per rank)."""
     runtime = parallel.runtime
     state = load_checkpoint(path)
-    check_compatible(state, parallel.module.config.to_dict(), path)
+    check_compatible(state, parallel.module.config.to_dict(), path, recipe)
     parallel.load_full_state(optimizer, state)
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])

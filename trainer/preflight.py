@@ -292,7 +292,7 @@ def check_resume(cfg, report):
         report.fail(f"--resume {cfg.resume}: {e}; {fix}")
         return
     try:
-        check_compatible(state, cfg.model_config(), path)
+        check_compatible(state, cfg.model_config(), path, cfg.recipe)
     except CheckpointError as e:  # its message says what to change
         report.fail(f"--resume {cfg.resume}: {e}")
         return

@@ -254,7 +254,7 @@ def build_report(run_dir):
         "code": {"git_commit": versions.pop("git_commit", None),
                  "git_dirty": versions.pop("git_dirty", None)},
         "versions": versions,
-        "model": {"parameters": setup.get("parameters"),
+        "model": {"parameters": setup.get("parameters"), "recipe": config.get("recipe", "faithful"),
                   **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}},
         "hardware": {"devices": devices, "device_count": len(devices), "hosts": hosts,
                      "world_size": setup.get("world_size"), "parallelism": setup.get("parallelism"),

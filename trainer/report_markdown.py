@@ -123,7 +123,8 @@ def render_markdown(r):
         f"| throughput | {number(r['throughput']['tokens_per_s'], '{:,.0f}')} tokens/s "
         f"(training steps); MFU {mfu} |",
         f"| model | {params} parameters: {model['n_layer']} layers, {model['n_head']} heads, "
-        f"{model['n_embd']} wide, context {model['block_size']}, vocab {model['vocab_size']} |",
+        f"{model['n_embd']} wide, context {model['block_size']}, vocab {model['vocab_size']}; "
+        f"--recipe {model['recipe']} |",
         f"| hardware | {devices} on {hw['hosts']} host(s); {hw['world_size']} rank(s), "
         f"{(hw['parallelism'] or '?').upper()}; {hw['precision']} |",
         f"| data | `{data['path']}`: " + (
