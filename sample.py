@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import load_model
-from trainer.distributed import pick_device_type
-from hf_gpt2 import gpt_from_hf
+from models.checkpoint import load_model
+from models.device import pick_device_type
+from models.hf import gpt_from_hf
 
 
 def load(checkpoint=None, model_name=None, tokenizer=None, device="cpu"):

@@ -26,7 +26,6 @@ resume. Under torchrun these reach the shell through `python -m trainer.launch`
 """
 
 import json
-import math
 import os
 import sys
 import time
@@ -35,12 +34,12 @@ from pathlib import Path
 
 import torch
 
-from model import GPT, GPTConfig
+from models import build_model
+from models.checkpoint import CheckpointError
 from pipeline.tokenizer import load_tokenizer
 from shards.loader import LoaderError, ShardLoader, ValLoader
 from trainer import batch_size
-from trainer.checkpoint import (CheckpointError, choose_resume, restore_training_state,
-                                save_training_state)
+from trainer.checkpoint import choose_resume, restore_training_state, save_training_state
 from trainer.config import (dry_run_target, parse_config, save_config, wants_dry_run,
                             wants_preflight)
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype
@@ -50,6 +49,7 @@ from trainer.launch import record_exit
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
 from trainer.memory import describe_plan, dry_run_plan, memory_plan
 from trainer.preflight import preflight
+from trainer.recipes import build_optimizer, scheduled_lr, set_schedule
 from trainer.report import wandb_summary, write_report
 from trainer.run_folder import RunFolderError, hold
 from trainer.signals import StopPoll, StopRequest
@@ -60,19 +60,6 @@ EXIT_STOPPED = 3
 
 class BadInput(Exception):
     """Reported as one line, exit status 2."""
-
-
-def get_lr(step, cfg):
-    """Linear warmup for warmup_steps, then cosine decay from lr to min_lr at lr_decay_steps (0:
-    max_steps; a resumed run keeps its own, see trainer/run_folder.py), then min_lr."""
-    decay_steps = cfg.lr_decay_steps or cfg.max_steps
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if step >= decay_steps:
-        return cfg.min_lr
-    decay_ratio = (step - cfg.warmup_steps) / max(decay_steps - cfg.warmup_steps, 1)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
-    return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 
 
 def main(argv=None):
@@ -103,7 +90,7 @@ def main(argv=None):
     # from here on a stop request means: checkpoint and exit 3
     stop = StopRequest(Path(cfg.out_dir) / "STOP", announce=runtime.master)
     try:
-        with hold(cfg, runtime, get_lr) as start:  # one writer: rank 0 locks RUN until the end
+        with hold(cfg, runtime, scheduled_lr) as start:  # one writer: rank 0 locks RUN until the end
             status = 0 if start.finished else train(start.cfg, runtime, data, stop, probe, why)
     except (BadInput, CheckpointError, LoaderError, RunFolderError, WandbUnavailable,
             batch_size.MicroBatchError) as e:  # raised alike on every rank
@@ -186,7 +173,7 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
     resume_path = choose_resume(cfg.resume, out_dir, runtime)
     if resume_path is not None:
         start_step, wandb_run_id = restore_training_state(resume_path, parallel, optimizer, scaler,
-                                                          train_loader)
+                                                          train_loader, cfg.recipe)
         if master:
             print(f"resuming from {resume_path} at step {start_step}")
     elif cfg.init_from:
@@ -221,9 +208,9 @@ def train(cfg, runtime, data, stop, probe_micro_batch=False, micro_batch_why="")
             break
 
         t0 = time.time()
-        lr = get_lr(step, cfg)
+        lr = set_schedule(optimizer, step, cfg)  # the learning rates (and Muon's momentum) of `step`
         loss_accum, norm = optimization_step(parallel, optimizer, scaler, train_loader, grad_accum,
-                                             lr, cfg.grad_clip, amp_dtype)
+                                             cfg.grad_clip, amp_dtype)
         # one collective for the mean loss and the stop vote: every rank agrees on stopping
         stats = torch.stack([loss_accum.float(), torch.tensor(float(stop.requested()), device=device)])
         loss_sum, stop_votes = runtime.all_reduce(stats).tolist()
@@ -277,9 +264,9 @@ def stopped(stop, done, runtime, metrics):
     return EXIT_STOPPED
 
 
-def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr, grad_clip, amp_dtype):
-    """One step over the global batch: grad_accum micro-batches, clip, AdamW at `lr`. Returns
-    (this rank's mean loss, the global gradient norm)."""
+def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, grad_clip, amp_dtype):
+    """One step over the global batch: grad_accum micro-batches, clip, the optimizers at the
+    learning rates set on them. Returns (this rank's mean loss, the global gradient norm)."""
     device = parallel.runtime.device
     parallel.zero_grad(optimizer)
     loss_accum = torch.zeros((), device=device)
@@ -299,34 +286,31 @@ def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr,
             scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # clip the true gradients
     norm = parallel.clip_grad_norm_(grad_clip or float("inf"))
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     scaler.step(optimizer)
     scaler.update()
     return loss_accum, norm
 
 
 def build(cfg, runtime, amp_dtype, verbose=False):
-    """(model, its ParallelModel, AdamW). The same seed on every rank gives identical initial
-    weights; under FSDP the model is built on the meta device and each rank materialises only
-    its shards (ParallelModel), with the same weights."""
+    """(model, its ParallelModel, its Optimizers: trainer/recipes.py). The same seed on every rank
+    gives identical initial weights; under FSDP the model is built on the meta device and each
+    rank materialises only its shards (ParallelModel), with the same weights."""
     torch.manual_seed(cfg.seed)
     with torch.device("meta" if cfg.fsdp else "cpu"):
-        model = GPT(GPTConfig(**cfg.model_config()))
+        model = build_model(cfg.model_config())
     if not cfg.fsdp:
         model = model.to(runtime.device)
     parallel = ParallelModel(model, runtime, fsdp=cfg.fsdp, compile=cfg.compile,
                              activation_checkpointing=cfg.activation_checkpointing,
                              param_dtype=amp_dtype if runtime.device.type == "cuda" else None)
     # after wrapping: under FSDP the optimizer holds this rank's shards only
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
-                                          cfg.eps, runtime.device.type, verbose=verbose)
+    optimizer = build_optimizer(model, cfg, runtime.device, verbose=verbose)
     return model, parallel, optimizer
 
 
 def load_pretrained(parallel, source, verbose):
     """--init-from: a Hugging Face GPT-2's weights into every rank's model (its shards under FSDP)."""
-    from hf_gpt2 import hf_weights  # imports transformers: seconds
+    from models.hf import hf_weights  # imports transformers: seconds
 
     try:
         _, state = hf_weights(source)
@@ -365,20 +349,19 @@ def _probe(cfg, runtime, amp_dtype):
 
 
 def build_probe_copy(cfg, runtime, amp_dtype):
-    """(ParallelModel, AdamW) of the model the run builds, sharded alike under FSDP, uncompiled,
+    """(ParallelModel, optimizers) of the model the run builds, sharded alike under FSDP, uncompiled,
     built on the meta device and left uninitialised: its values do not matter, and drawing
     them takes minutes for the largest GPT-2 on CPU. The votes (batch_size) before FSDP's
     collectives."""
     with torch.device("meta"):
-        model = GPT(GPTConfig(**cfg.model_config()))
+        model = build_model(cfg.model_config())
     wrap_runtime = runtime if cfg.fsdp else replace(runtime, world_size=1)
     parallel = ParallelModel(model, wrap_runtime, fsdp=cfg.fsdp,
                              activation_checkpointing=cfg.activation_checkpointing,
                              param_dtype=amp_dtype if runtime.device.type == "cuda" else None,
                              draw_weights=False)
     batch_size.vote_before_collectives(parallel.module, runtime)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps,
-                                          runtime.device.type, verbose=False)
+    optimizer = build_optimizer(model, cfg, runtime.device)
     return parallel, optimizer
 
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evaluation import core  # noqa: E402
 from evaluation.scoring import Logits  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from models.gpt2 import GPT, GPTConfig  # noqa: E402
 from pipeline.tokenizer import get_gpt2_encoding  # noqa: E402
 
 

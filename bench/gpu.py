@@ -40,10 +40,11 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import train_gpt2  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from models.gpt2 import GPT, GPTConfig  # noqa: E402
 from shards.format import write_shard  # noqa: E402
 from trainer import batch_size  # noqa: E402
-from trainer.checkpoint import load_model, save_training_state  # noqa: E402
+from models.checkpoint import load_model  # noqa: E402
+from trainer.checkpoint import save_training_state  # noqa: E402
 from trainer.config import parse_config  # noqa: E402
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype  # noqa: E402
 from trainer.metrics import peak_flops_of  # noqa: E402
@@ -127,7 +128,7 @@ def train_steps(cfg, runtime, n):
     for _ in range(n):
         t0 = time.perf_counter()
         loss, norm = train_gpt2.optimization_step(parallel, optimizer, scaler, data["train_loader"],
-                                                  data["grad_accum"], cfg.lr, cfg.grad_clip, amp_dtype)
+                                                  data["grad_accum"], cfg.grad_clip, amp_dtype)
         loss, norm = loss.item(), norm.item()  # waits for the GPU
         seconds.append(time.perf_counter() - t0)
     return seconds, loss, norm, parallel, optimizer, scaler, data

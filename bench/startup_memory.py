@@ -30,7 +30,7 @@ import torch
 import torch.multiprocessing as mp
 
 import train_gpt2
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from trainer.config import parse_config
 from trainer.distributed import ParallelModel, Runtime
 

@@ -34,7 +34,7 @@ import torch
 
 import train_gpt2
 from trainer.config import parse_config
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from shards.format import write_shard
 from shards.loader import ShardLoader
 

@@ -30,7 +30,7 @@ import torch
 
 from evaluation.scoring import (Logits, RowScores, check_gpt2_vocab, continuation_fits, crop_left,
                                 max_over_ranks, rank_and_world, score_rows, sum_over_ranks)
-from model import unwrap
+from models.gpt2 import unwrap
 from pipeline.tokenizer import GPT2_VOCAB_SIZE
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"  # nanochat's
@@ -326,7 +326,7 @@ def evaluate_gpt(model, prepared, *, device="cpu", autocast_dtype=None, lockstep
 
 def gpt2_name_for(n_layer, n_embd):
     """The OpenAI GPT-2 of this shape ("gpt2", ...), or None."""
-    from model import MODEL_CONFIGS
+    from models.gpt2 import MODEL_CONFIGS
 
     for name, shape in MODEL_CONFIGS.items():
         if name in GPT2_LABELS and (shape.n_layer, shape.n_embd) == (n_layer, n_embd):

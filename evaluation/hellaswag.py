@@ -31,7 +31,7 @@ import torch.distributed as dist
 from evaluation.download import make_folders, remove_empty_folders, temporary_download_path
 from evaluation.scoring import (Logits, check_gpt2_vocab, continuation_fits, crop_left, rank_and_world,
                                 score_rows, sum_over_ranks)
-from model import unwrap
+from models.gpt2 import unwrap
 from pipeline.tokenizer import get_gpt2_encoding
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -61,7 +61,7 @@ GPT3_REFERENCE = {"gpt2": ("GPT-3 Small 125M", 0.337), "gpt2-medium": ("GPT-3 Me
 def references_for(n_layer, n_embd, style="default"):
     """[(label, acc_norm)] to show beside a model of this shape: OpenAI's GPT-2 of the same size
     (scored in `style`) and the GPT-3 paper's model nearest it; [] for other shapes."""
-    from model import MODEL_CONFIGS
+    from models.gpt2 import MODEL_CONFIGS
 
     for name, shape in MODEL_CONFIGS.items():
         if name in MODEL_LABELS and (shape.n_layer, shape.n_embd) == (n_layer, n_embd):

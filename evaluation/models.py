@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 
 from evaluation.scoring import Logits, check_gpt2_vocab
-from hf_gpt2 import load_hf_gpt2
-from trainer.checkpoint import load_model
-from trainer.distributed import pick_device_type
+from models.hf import load_hf_gpt2
+from models.checkpoint import load_model
+from models.device import pick_device_type
 
 
 def load_hf_model_fn(name_or_dir, device):

@@ -10,7 +10,7 @@ across interruptions.
     python -m pipeline.fineweb --source data/my.jsonl --out data/mine --shard-tokens 10_000_000
     python -m pipeline.fineweb --source input.txt --tokenizer char --out data/shakespeare_char
 
-The recipe: open the source (pipeline/sources.py), tokenize it in a pool of worker processes
+The recipe: open the source (pipeline/sources.py, pipeline/hub_source.py), tokenize it in a pool of worker processes
 (pipeline/pool.py), cut the stream into shards (pipeline/writer.py); Slurm arrays make parts and
 pack them (pipeline/array.py); one writer per folder at a time (pipeline/lock.py).
 
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from pipeline.array import (delete_packed_parts, make_part, pack_chunks, part_done,
                             pinned_revision, record_parts, task_files)
-from pipeline.hub_source import hub_fingerprint
+from pipeline.hub_source import hub_fingerprint, open_hub_source
 from pipeline.killpoints import kill_point
 from pipeline.lock import LOCK, FolderLock, Locked
 from pipeline.output import (check_writable, is_output_side, make_folder, output_failure,
@@ -49,8 +49,8 @@ from pipeline.pool import (SHARED_MACHINE_WORKERS, TokenizerPool, WorkerDied,
 from pipeline.progress import advance, progress_bar
 from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesExhausted, Retry,
                             parse_duration)
-from pipeline.sources import (FINEWEB_EDU, SourceError, file_kind, is_hub_path, open_source,
-                              with_null_text)
+from pipeline.sources import (FINEWEB_EDU, FileSource, SourceError, file_kind, find_local_files,
+                              is_hub_path, local_fingerprint, with_null_text)
 from pipeline.tokenizer import CharTokenizer, GPT2Tokenizer
 from pipeline.writer import (OutputError, ShardWriter, forget_unfinished_output,
                              remove_stale_temporaries, resume_manifest)
@@ -69,6 +69,31 @@ def die(message):
 
 # ----------------------------------------------------------------------------------------------
 # The source, the tokenizer, the progress bar
+
+def open_source(spec, text_field="text", split="train", revision=None, doc_separator=None,
+                retry=None, null_text="refuse"):
+    """A FileSource (local files, or a hub dataset's files), else a HubStreamSource.
+
+    `retry` (a pipeline.retry.Retry) carries every hub request through outages. `null_text`:
+    what a NULL text is, "refuse" (bad input, named by file and row) or "empty" (a document
+    with no text: an EOT alone)."""
+    if spec.startswith("hf:"):
+        if doc_separator is not None:
+            raise SourceError(f"--doc-separator is for local .txt files; {spec} is split the way "
+                              "its dataset config says")
+        source = open_hub_source(spec, text_field, split, revision,
+                                 retry or Retry(parse_duration(DEFAULT_RETRY_FOR)))
+    else:
+        files = find_local_files(spec)
+        if doc_separator is not None and not any(file_kind(f) == ".txt" for f in files):
+            raise SourceError(f"--doc-separator splits .txt files; --source {spec} has none")
+        source = FileSource(spec, files, text_field, doc_separator=doc_separator,
+                            fingerprint=local_fingerprint(files, text_field, doc_separator),
+                            sizes=[os.path.getsize(f) for f in files])
+    source.null_text = null_text
+    source.fingerprint = with_null_text(source.fingerprint, null_text)
+    return source
+
 
 def open_args_source(args, revision):
     return open_source(args.source, args.text_field, args.split, revision=revision,

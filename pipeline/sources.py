@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 
 import fsspec
 
-from pipeline.retry import (DEFAULT_RETRY_FOR, HubUnreachable, RetriesExhausted, Retry,
-                            TransientError, describe, http_status, is_transient, parse_duration)
+from pipeline.retry import (HubUnreachable, RetriesExhausted, TransientError, describe, http_status,
+                            is_transient)
 
 FINEWEB_EDU = "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
 KINDS = (".jsonl", ".json", ".parquet", ".txt")
@@ -41,35 +41,6 @@ TXT_BLOCK_CHARS = 1 << 20  # a local .txt with a separator is split as it stream
 
 class SourceError(Exception):
     """Bad input: the message is one line that names the file/flag and says what to do."""
-
-
-def open_source(spec, text_field="text", split="train", revision=None, doc_separator=None,
-                retry=None, null_text="refuse"):
-    """A FileSource (local files, or a hub dataset's files), else a HubStreamSource.
-
-    `retry` (a pipeline.retry.Retry) carries every hub request through outages. `null_text`:
-    what a NULL text is, "refuse" (bad input, named by file and row) or "empty" (a document
-    with no text: an EOT alone)."""
-    if spec.startswith("hf:"):
-        if doc_separator is not None:
-            raise SourceError(f"--doc-separator is for local .txt files; {spec} is split the way "
-                              "its dataset config says")
-        # Imported here, not at the top: hub_source builds on this module's FileSource, so a
-        # top-level import either way round would be an import circle.
-        from pipeline.hub_source import open_hub_source
-
-        source = open_hub_source(spec, text_field, split, revision,
-                                 retry or Retry(parse_duration(DEFAULT_RETRY_FOR)))
-    else:
-        files = find_local_files(spec)
-        if doc_separator is not None and not any(file_kind(f) == ".txt" for f in files):
-            raise SourceError(f"--doc-separator splits .txt files; --source {spec} has none")
-        source = FileSource(spec, files, text_field, doc_separator=doc_separator,
-                            fingerprint=local_fingerprint(files, text_field, doc_separator),
-                            sizes=[os.path.getsize(f) for f in files])
-    source.null_text = null_text
-    source.fingerprint = with_null_text(source.fingerprint, null_text)
-    return source
 
 
 def with_null_text(fingerprint, null_text):

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from trainer import batch_size
 from trainer.config import parse_config
 from trainer.distributed import ParallelModel, Runtime
@@ -123,7 +123,7 @@ def _train_on_rank(rank, port, argv, oom_ranks, last_micro_step, results):
     import os
 
     import train_gpt2
-    from model import GPT
+    from models.gpt2 import GPT
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trainer.checkpoint import CheckpointError, choose_resume, load_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint
+from trainer.checkpoint import choose_resume
 from trainer.distributed import Runtime
 
 REPO = Path(__file__).resolve().parent.parent

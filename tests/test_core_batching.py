@@ -8,7 +8,7 @@ from core_bundle import write_bundle
 from evaluation import core
 from evaluation.models import load_hf_model_fn
 from evaluation.scoring import Logits, score_rows
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from pipeline.tokenizer import get_gpt2_encoding
 from test_core import random_hf_gpt2
 

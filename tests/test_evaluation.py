@@ -15,7 +15,7 @@ from pipeline.fineweb import main as fineweb
 from pipeline.tokenizer import get_gpt2_encoding
 from shards.format import read_shard
 from shards.manifest import list_shards
-from trainer.checkpoint import load_model
+from models.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 T = 16

@@ -11,7 +11,7 @@ import torch
 import hf_gpt2
 import plot
 import sample
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from trainer import plots
 from trainer.config import parse_config
 from trainer.report import write_report

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from test_train import REPO, STEPS, data, launch, read_log, reference, run, worker_pids  # noqa: F401
-from trainer.checkpoint import load_model
+from models.checkpoint import load_model
 
 FSDP = ["--fsdp"]
 
@@ -239,7 +239,7 @@ def test_fsdp_materialises_its_shards_with_the_weights_of_a_model_built_whole(tm
     the weights one process builds from the same seed (uneven shards included)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from model import GPT, GPTConfig
+    from models.gpt2 import GPT, GPTConfig
     from train_gpt2 import build
     from trainer.config import parse_config
 

@@ -19,7 +19,7 @@ from evaluation import download as downloads
 from evaluation import hellaswag
 from evaluation.hellaswag import HellaSwagUnavailable, evaluate, render_example
 from evaluation.models import load_checkpoint_fn, load_hf_model_fn
-from hf_gpt2 import export_hf, gpt_from_hf
+from models.hf import export_hf, gpt_from_hf
 from pipeline.tokenizer import get_gpt2_encoding
 from shared_data import SHARED_DIR
 
@@ -319,7 +319,7 @@ def test_two_ranks_under_torchrun_equal_one_process(hf_dir, examples, data_file,
 
 
 def test_exported_checkpoint_matches_checkpoint(tmp_path, examples, data_file, enc, capsys):
-    from model import GPT, GPTConfig
+    from models.gpt2 import GPT, GPTConfig
 
     torch.manual_seed(1)
     # a padded vocabulary (50304), as in training: export crops it to GPT-2's 50257
@@ -529,7 +529,7 @@ def test_lm_evaluation_harness_scores_an_export_as_hellaswag_py_does(tmp_path, e
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks.hellaswag.utils import process_docs
 
-    from model import GPT, GPTConfig
+    from models.gpt2 import GPT, GPTConfig
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(3)

@@ -1,4 +1,4 @@
-"""model.py: Hugging Face parity, export round trip, GPT-2 parameter counts, KV-cache generation,
+"""models/gpt2.py and models/hf.py: Hugging Face parity, export round trip, GPT-2 parameter counts, KV-cache generation,
 weight-decay groups, init, one 124M training step. CPU, offline, tiny models unless the GPT-2
 size is the point."""
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from hf_gpt2 import export_hf, gpt_from_hf
-from model import GPT, GPTConfig, KVCache, MODEL_CONFIGS, get_config, unwrap
+from models.gpt2 import GPT, GPTConfig, KVCache, MODEL_CONFIGS, get_config, unwrap
+from models.hf import export_hf, gpt_from_hf
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,7 +10,7 @@ import stat
 import torch
 
 import hf_gpt2
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from test_front_door import write_run
 from trainer import report
 
@@ -37,7 +37,7 @@ def test_export_into_an_unwritable_place_is_one_line(tmp_path, capsys):
 def test_exported_weights_get_the_umask_mode_of_the_other_files(tmp_path):
     assert hf_gpt2.main(["export", str(checkpoint(tmp_path)), str(tmp_path / "hf")]) == 0
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()}
-    assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~hf_gpt2.current_umask()
+    assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~current_umask()
 
 
 def test_report_on_an_unwritable_run_is_one_line(tmp_path, capsys):

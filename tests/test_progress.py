@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from tqdm import tqdm
 
 from pipeline.fineweb import progress, show
-from pipeline.sources import open_source
+from pipeline.fineweb import open_source
 from test_pipeline import make_docs, run_ok, write_jsonl
 
 

@@ -190,7 +190,7 @@ def test_hellaswag_core_and_samples_end_early_on_a_stop_request(tmp_path):
     says True the evaluation returns None, with no further forward."""
     from core_bundle import write_bundle
     from evaluation import core, hellaswag
-    from model import GPT, GPTConfig
+    from models.gpt2 import GPT, GPTConfig
     from pipeline.tokenizer import get_gpt2_encoding
 
     enc, forwards = get_gpt2_encoding(), []

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sample
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from pipeline.tokenizer import CharTokenizer
 
 CHARS = sorted(set("\n !',.?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"))

@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import train_gpt2
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from trainer.config import parse_config
 from trainer.distributed import Runtime
 

@@ -7,7 +7,7 @@ from torch.optim import AdamW
 
 import train_gpt2
 from live_bytes import LiveBytes
-from model import GPT, GPTConfig
+from models.gpt2 import GPT, GPTConfig
 from trainer.distributed import ParallelModel, Runtime
 
 CPU = Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

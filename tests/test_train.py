@@ -21,7 +21,8 @@ import torch
 
 from trainer.config import PRESETS, TrainConfig, parse_config
 from shards.format import write_shard
-from train_gpt2 import get_lr, main
+from train_gpt2 import main
+from trainer.recipes import get_lr
 
 from conftest import catches, write_char_shards
 

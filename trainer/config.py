@@ -16,6 +16,8 @@ import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from trainer.recipes import RECIPES, recipe_overrides
+
 
 def flag(default, group, help):
     """A TrainConfig field: its default, its --help group and its one-line help."""
@@ -41,16 +43,32 @@ class TrainConfig:
         "rank's share and fits (probed on CUDA; at most 64 on CPU/MPS)")
     seq_len: int = flag(1024, "data", "tokens per training sequence")
     max_steps: int = flag(19_073, "optimization", "optimizer steps (19,073 x 524,288 = 10B tokens)")
-    lr: float = flag(6e-4, "optimization", "peak learning rate, reached after the warmup")
+    lr: float = flag(6e-4, "optimization", "peak learning rate, reached after the warmup (speedrun: Muon's)")
     min_lr: float = flag(6e-5, "optimization", "learning rate at the end of the cosine decay")
     warmup_steps: int = flag(715, "optimization", "steps of linear warmup (715 = 375M tokens)")
     lr_decay_steps: int = flag(0, "optimization", "the step where the cosine reaches --min-lr (then "
                                                   "flat); 0 = --max-steps, on resume the run's own")
-    weight_decay: float = flag(0.1, "optimization", "AdamW weight decay, on matrices and embeddings only")
+    weight_decay: float = flag(0.1, "optimization", "AdamW weight decay, on matrices and embeddings only "
+                                                    "(speedrun: Muon's; AdamW's is 0)")
     beta1: float = flag(0.9, "optimization", "AdamW beta1")
     beta2: float = flag(0.95, "optimization", "AdamW beta2")
     eps: float = flag(1e-8, "optimization", "AdamW epsilon")
     grad_clip: float = flag(1.0, "optimization", "clip the global gradient norm to this; 0 = no clipping")
+    recipe: str = flag("faithful", "optimization",
+                       "faithful: GPT-2, AdamW, warmup + cosine (build-nanogpt's) | speedrun: the modern "
+                       "block, Muon + AdamW, warmup-stable-decay, with its own values of the flags "
+                       "(trainer/recipes.py)")
+    embedding_lr: float = flag(0.7, "optimization", "speedrun: AdamW learning rate of the token embedding")
+    head_lr: float = flag(0.004, "optimization", "speedrun: AdamW learning rate of the output layer")
+    scalar_lr: float = flag(0.015, "optimization", "speedrun: AdamW learning rate of the RMSNorm gains")
+    decay_fraction: float = flag(0.7, "optimization", "speedrun: the last fraction of the steps, over "
+                                 "which every learning rate falls linearly to min_lr/lr of its peak")
+    muon_momentum: float = flag(0.95, "optimization", "speedrun: Muon's Nesterov momentum, reached "
+                                "linearly from 0.85 over --muon-momentum-warmup steps")
+    muon_momentum_warmup: int = flag(300, "optimization", "speedrun: steps of Muon's momentum warmup")
+    muon_ns_dtype: str = flag("auto", "distributed and hardware",
+                              "speedrun: dtype of Muon's Newton-Schulz iteration; auto: bfloat16 on CUDA, "
+                              "float32 elsewhere (~25x faster than bf16 on CPUs without bf16 units)")
     n_layer: int = flag(12, "model", "transformer blocks")
     n_head: int = flag(12, "model", "attention heads per block")
     n_embd: int = flag(768, "model", "width of the residual stream")
@@ -110,9 +128,11 @@ class TrainConfig:
     preset: str = flag("gpt2-124m", "data", "the preset the values started from (informational)")
 
     def model_config(self):
-        """The GPTConfig fields of this config, as a dict."""
-        return {k: getattr(self, k) for k in
-                ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}
+        """The model's config fields, as a dict (models.build_model builds it): GPT-2's, or with
+        --recipe speedrun the modern block's."""
+        shape = {k: getattr(self, k) for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd",
+                                               "dropout")}
+        return {**shape, "arch": "modern"} if self.recipe == "speedrun" else {**shape, "bias": self.bias}
 
     def to_dict(self):
         return asdict(self)
@@ -374,11 +394,17 @@ def parse_config(argv=None):
     values = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     values.update(PRESETS[preset])
     values["preset"] = preset
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ACTIONS}
-    if args.config:
-        given = {**_read_config_file(parser, args.config), **given}
+    file_values = _read_config_file(parser, args.config) if args.config else {}
+    recipe = args.recipe or file_values.get("recipe", values["recipe"])
+    if recipe not in RECIPES:
+        parser.error(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    values.update(recipe_overrides(recipe, preset))
+    given = {**file_values, **{k: v for k, v in vars(args).items() if v is not None and k not in ACTIONS}}
     values.update(given)
     if values["init_from"]:
+        if recipe != "faithful":
+            parser.error(f"--init-from loads GPT-2's weights, which --recipe {recipe}'s model cannot "
+                         "take; fine-tune with --recipe faithful")
         _model_from_weights(parser, values, given)
     config = TrainConfig(**values)
     _check(parser, config)
@@ -411,7 +437,7 @@ def _read_config_file(parser, path):
 def _model_from_weights(parser, values, given):
     """--init-from: the model's shape is the weights' (a flag or --config value that differs is
     refused); the preset's shape gives way."""
-    from hf_gpt2 import hf_config  # the HF conversions, a layer below (as evaluation/models.py)
+    from models.hf import hf_config  # the HF conversions, a layer below (as evaluation/models.py)
 
     try:
         weights = hf_config(values["init_from"]).to_dict()
@@ -434,8 +460,9 @@ def _check(parser, c):
     for name in positive:
         if getattr(c, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
-    non_negative = ("warmup_steps", "lr_decay_steps", "eval_every", "checkpoint_every",
-                    "keep_checkpoints", "hellaswag_every", "hellaswag_limit", "core_max_per_task", "weight_decay", "grad_clip",
+    non_negative = ("warmup_steps", "lr_decay_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
+                    "hellaswag_every", "hellaswag_limit", "core_max_per_task", "weight_decay", "grad_clip",
+                    "embedding_lr", "head_lr", "scalar_lr", "muon_momentum", "muon_momentum_warmup",
                     "peak_flops", "num_samples", "sample_tokens", "min_lr", "lr")
     if c.dist_timeout_min <= 0:
         parser.error(f"--dist-timeout-min must be positive, got {c.dist_timeout_min}")
@@ -449,10 +476,18 @@ def _check(parser, c):
     if c.seq_len > c.block_size:
         parser.error(f"--seq-len {c.seq_len} is longer than the model's context "
                      f"--block-size {c.block_size}")
+    if c.recipe == "speedrun" and c.bias:
+        parser.error("--bias true: the speedrun's model has no biases; drop --bias, or use --recipe faithful")
+    if c.recipe == "speedrun" and (c.n_embd // c.n_head) % 2:
+        parser.error(f"--n-embd {c.n_embd} / --n-head {c.n_head} is odd: rotary embeddings rotate pairs of "
+                     f"channels, so the speedrun's heads need an even size")
+    if not 0 <= c.decay_fraction <= 1:
+        parser.error(f"--decay-fraction must be in [0, 1], got {c.decay_fraction}")
     if not 0 <= c.dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {c.dropout}")
     for name, choices in (("device", ("auto", "cpu", "cuda", "mps")),
-                          ("dtype", ("auto", "bfloat16", "float16", "float32"))):
+                          ("dtype", ("auto", "bfloat16", "float16", "float32")),
+                          ("muon_ns_dtype", ("auto", "bfloat16", "float32"))):
         if getattr(c, name) not in choices:
             parser.error(f"--{name} must be one of {', '.join(choices)}, got {getattr(c, name)!r}")
 

@@ -36,17 +36,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-
-def pick_device_type(choice):
-    """auto: cuda if present, then Apple's mps, else cpu; an explicit choice must exist."""
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(choice, False):
-        raise ValueError(f"--device {choice} but no {choice} device is available; use --device auto")
-    return choice
+from models.device import pick_device_type
 
 
 def autocast_dtype(choice, device):

@@ -17,9 +17,10 @@ from dataclasses import replace
 
 import torch
 
-from model import GPT, GPTConfig
+from models import build_model
 from trainer import batch_size
 from trainer.config import parse_config
+from trainer.recipes import speedrun_groups
 
 GiB = 1024**3
 MiB = 1024**2
@@ -38,7 +39,23 @@ def count_parameters(model_config):
 @functools.lru_cache
 def _count_parameters(model_config_items):
     with torch.device("meta"):
-        return GPT(GPTConfig(**dict(model_config_items))).num_params()
+        return build_model(dict(model_config_items)).num_params()
+
+
+def optimizer_floats(model_config):
+    """fp32 numbers of optimizer state: AdamW's two moments a parameter; under the speedrun,
+    Muon's one momentum buffer for each of the blocks' matrices."""
+    return _optimizer_floats(tuple(sorted(model_config.items())))
+
+
+@functools.lru_cache
+def _optimizer_floats(model_config_items):
+    with torch.device("meta"):
+        model = build_model(dict(model_config_items))
+    if dict(model_config_items).get("arch") != "modern":
+        return 2 * model.num_params()
+    return sum(p.numel() * (1 if group == "matrices" else 2)
+               for group, params in speedrun_groups(model).items() for p in params)
 
 
 def memory_plan(cfg, world_size, parameters=None):
@@ -51,7 +68,7 @@ def memory_plan(cfg, world_size, parameters=None):
     tokens_per_rank = cfg.total_batch_size // (cfg.seq_len * world_size)
     if cfg.fsdp and world_size > 1 and tokens_per_rank > cfg.micro_batch_size:
         gradients += 4 * parameters  # accumulated unsharded until the last micro-step's reduction
-    optimizer = 8 * parameters / shards  # AdamW's exp_avg and exp_avg_sq, fp32
+    optimizer = 4 * optimizer_floats(cfg.model_config()) / shards
     if cfg.fsdp:
         # two blocks' weights gathered at a time (the one running, the next one prefetched)
         block = 12 * cfg.n_embd**2 + 13 * cfg.n_embd
@@ -85,9 +102,10 @@ def describe_plan(plan, cfg, world_size):
     mode = "FSDP" if cfg.fsdp else ("DDP" if world_size > 1 else "1 process")
     ac = ", activation checkpointing" if cfg.activation_checkpointing else ""
     total = plan["weights"] + plan["gradients"] + plan["optimizer"] + plan["activations"]
+    optimizer = "Muon + AdamW" if cfg.recipe == "speedrun" else "AdamW"  # Muon: 1 buffer a matrix
     return [f"{plan['parameters']:,} parameters ({short_count(plan['parameters'])})",
             f"per rank ({world_size} rank(s), {mode}{ac}): weights {plan['weights'] / GiB:.2f} GiB, "
-            f"gradients {plan['gradients'] / GiB:.2f} GiB, AdamW state {plan['optimizer'] / GiB:.2f} GiB, "
+            f"gradients {plan['gradients'] / GiB:.2f} GiB, {optimizer} state {plan['optimizer'] / GiB:.2f} GiB, "
             f"activations ~{plan['activations'] / GiB:.2f} GiB (estimate, micro-batch "
             f"{cfg.micro_batch_size} x {cfg.seq_len}); total ~{total / GiB:.1f} GiB"]
 

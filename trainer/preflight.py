@@ -32,8 +32,8 @@ from shards.format import ShardError, read_shard
 from shards.loader import (describe_global_batch, describe_shards, sequences_in,
                            too_short_for_a_batch)
 from shards.manifest import MANIFEST, ManifestError, list_shards, read_manifest
-from trainer.checkpoint import (CheckpointError, check_compatible, list_checkpoints,
-                                load_checkpoint, resolve_checkpoint)
+from models.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint
+from trainer.checkpoint import check_compatible
 from trainer.config import data_command
 from trainer.launch import record_exit
 from trainer.memory import GiB, MiB, checkpoint_bytes, count_parameters
@@ -314,7 +314,7 @@ def check_resume(cfg, report):
         report.fail(f"--resume {cfg.resume}: {e}; {fix}")
         return
     try:
-        check_compatible(state, cfg.model_config(), path)
+        check_compatible(state, cfg.model_config(), path, cfg.recipe)
     except CheckpointError as e:  # its message says what to change
         report.fail(f"--resume {cfg.resume}: {e}")
         return

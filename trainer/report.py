@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from pipeline.tokenizer import GPT2_VOCAB_SIZE
-from trainer.checkpoint import list_checkpoints
+from models.checkpoint import list_checkpoints
 from trainer.metrics import read_log
 from trainer.report_markdown import STYLE_NAMES, render_markdown
 
@@ -257,7 +257,7 @@ def build_report(run_dir):
         "code": {"git_commit": versions.pop("git_commit", None),
                  "git_dirty": versions.pop("git_dirty", None)},
         "versions": versions,
-        "model": {"parameters": setup.get("parameters"),
+        "model": {"parameters": setup.get("parameters"), "recipe": config.get("recipe", "faithful"),
                   **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}},
         "hardware": {"devices": devices, "device_count": len(devices), "hosts": hosts,
                      "world_size": setup.get("world_size"), "parallelism": setup.get("parallelism"),

@@ -124,7 +124,8 @@ def render_markdown(r):
         f"| throughput | {number(r['throughput']['tokens_per_s'], '{:,.0f}')} tokens/s "
         f"(training steps); MFU {mfu} |",
         f"| model | {params} parameters: {model['n_layer']} layers, {model['n_head']} heads, "
-        f"{model['n_embd']} wide, context {model['block_size']}, vocab {model['vocab_size']} |",
+        f"{model['n_embd']} wide, context {model['block_size']}, vocab {model['vocab_size']}; "
+        f"--recipe {model['recipe']} |",
         f"| hardware | {devices} on {hw['hosts']} host(s); " + (
             f"{hw['world_size']} ranks, {(hw['parallelism'] or '?').upper()}" if hw["world_size"] != 1
             else "1 process") + f"; {hw['precision']} |",

@@ -1,7 +1,7 @@
 """The run folder (--out-dir) is the user's record of a run: one writer at a time, nothing in it
 overwritten by another run.
 
-    with run_folder.hold(cfg, runtime, get_lr) as start:   # every rank, after the process group
+    with run_folder.hold(cfg, runtime, scheduled_lr) as start:   # every rank, after the process group
         if not start.finished:
             train(start.cfg, ...)
 
