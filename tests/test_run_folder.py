@@ -21,6 +21,7 @@ from trainer import run_folder
 from trainer.checkpoint import save_checkpoint
 from trainer.config import parse_config
 from trainer.distributed import Runtime
+from trainer.recipes import scheduled_lr
 from trainer.metrics import read_log
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +93,7 @@ def _hold(rank, cfg, init_file, results):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        with run_folder.hold(cfg, Runtime.from_env("cpu"), train_gpt2.get_lr):
+        with run_folder.hold(cfg, Runtime.from_env("cpu"), scheduled_lr):
             results[rank] = "held"
     except run_folder.RunFolderError as e:
         results[rank] = str(e)
@@ -172,10 +173,10 @@ def test_a_finished_run_does_nothing_and_more_steps_keep_the_schedule(char_shard
     assert train(char_shards, copy_of, "--max-steps", "16", "--lr-decay-steps", "16") == 0
     stretched = parse_config([*FLAGS, "--max-steps", "16", "--lr-decay-steps", "16"])
     assert (f"note: --lr-decay-steps 16 (the run's cosine ended at step 8): at step 12 the learning "
-            f"rate goes from 1.00e-04 to {train_gpt2.get_lr(12, stretched):.2e}, cosine to 1.00e-04 at "
+            f"rate goes from 1.00e-04 to {scheduled_lr(12, stretched):.2e}, cosine to 1.00e-04 at "
             f"step 16, stopping at step 16") in capsys.readouterr().out
     lrs = {r["step"]: r["lr"] for r in read_log(copy_of / "log.jsonl") if "lr" in r}
-    assert [lrs[s] for s in range(12, 16)] == [train_gpt2.get_lr(s, stretched) for s in range(12, 16)]
+    assert [lrs[s] for s in range(12, 16)] == [scheduled_lr(s, stretched) for s in range(12, 16)]
     assert lrs[12] > 1e-4
 
 
@@ -205,7 +206,8 @@ def test_hellaswag_core_and_samples_end_early_on_a_stop_request(tmp_path):
     assert len(forwards) == 3  # of 20 batches
     tasks, _ = core.load_tasks(write_bundle(tmp_path / "eval_bundle"))
     forwards.clear()
-    assert core.evaluate(model_fn, tasks, enc, context=64, should_stop=stop_after(2)) is None
+    prepared = core.prepare(tasks, enc, context=64)
+    assert core.evaluate(model_fn, prepared, batch_size=1, should_stop=stop_after(2)) is None
     assert len(forwards) == 2  # of 12 rows
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=1, n_embd=8))
     prompt = torch.zeros(1, 2, dtype=torch.long)
