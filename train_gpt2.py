@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from model import GPT, GPTConfig
 from pipeline.tokenizer import load_tokenizer
 from shards.loader import LoaderError, ShardLoader, ValLoader
 from trainer import batch_size
@@ -41,7 +40,7 @@ from trainer.checkpoint import (CheckpointError, choose_resume, restore_training
                                 save_training_state)
 from trainer.config import (dry_run_target, parse_config, save_config, wants_dry_run,
                             wants_preflight)
-from trainer.distributed import ParallelModel, Runtime, autocast_dtype
+from trainer.distributed import Runtime, autocast_dtype, build
 from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
@@ -259,24 +258,6 @@ def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, lr,
     scaler.step(optimizer)
     scaler.update()
     return loss_accum, norm
-
-
-def build(cfg, runtime, amp_dtype, verbose=False):
-    """(model, its ParallelModel, AdamW). The same seed on every rank gives identical initial
-    weights; under FSDP the model is built on the meta device and each rank materialises only
-    its shards (ParallelModel), with the same weights."""
-    torch.manual_seed(cfg.seed)
-    with torch.device("meta" if cfg.fsdp else "cpu"):
-        model = GPT(GPTConfig(**cfg.model_config()))
-    if not cfg.fsdp:
-        model = model.to(runtime.device)
-    parallel = ParallelModel(model, runtime, fsdp=cfg.fsdp, compile=cfg.compile,
-                             activation_checkpointing=cfg.activation_checkpointing,
-                             param_dtype=amp_dtype if runtime.device.type == "cuda" else None)
-    # after wrapping: under FSDP the optimizer holds this rank's shards only
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
-                                          cfg.eps, runtime.device.type, verbose=verbose)
-    return model, parallel, optimizer
 
 
 def fit_micro_batch(cfg, runtime, amp_dtype, data):

@@ -36,6 +36,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from model import GPT, GPTConfig
+
 
 def pick_device_type(choice):
     """auto: cuda if present, then Apple's mps, else cpu; an explicit choice must exist."""
@@ -174,6 +176,28 @@ def _fill_shard(param, init):
     param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
 
 
+def build(cfg, runtime, amp_dtype, verbose=False, draw_weights=True, for_device=None, mesh=None):
+    """(model, its ParallelModel, AdamW) as a run trains them. The same seed on every rank gives
+    identical initial weights; under FSDP the model is built on the meta device and each rank
+    materialises only its shards (ParallelModel), with the same weights. draw_weights=False
+    (a copy whose values do not matter: the memory trace) leaves FSDP's shards undrawn;
+    for_device: the device type of the run when built elsewhere (the trace, on CPU); mesh: FSDP's
+    device mesh (default: all ranks; the trace makes its own outside its fake tensors)."""
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta" if cfg.fsdp else "cpu"):
+        model = GPT(GPTConfig(**cfg.model_config()))
+    if not cfg.fsdp and runtime.device.type != "cpu":  # built on CPU (a fake tensor cannot move)
+        model = model.to(runtime.device)
+    parallel = ParallelModel(model, runtime, fsdp=cfg.fsdp, compile=cfg.compile,
+                             activation_checkpointing=cfg.activation_checkpointing,
+                             param_dtype=amp_dtype if (for_device or runtime.device.type) == "cuda" else None,
+                             draw_weights=draw_weights, mesh=mesh)
+    # after wrapping: under FSDP the optimizer holds this rank's shards only
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
+                                          cfg.eps, runtime.device.type, verbose=verbose)
+    return model, parallel, optimizer
+
+
 class ParallelModel:
     """A GPT wrapped for training on `runtime`: DDP (default) or FSDP, optionally compiled.
 
@@ -184,7 +208,7 @@ class ParallelModel:
     """
 
     def __init__(self, model, runtime, fsdp=False, compile=False, activation_checkpointing=False,
-                 param_dtype=None):
+                 param_dtype=None, draw_weights=True, mesh=None):
         self.module, self.runtime, self.fsdp = model, runtime, fsdp
         model.activation_checkpointing = activation_checkpointing
         if compile:  # before sharding, as torchtitan does
@@ -193,19 +217,20 @@ class ParallelModel:
             # built on the meta device (train_gpt2.build): no rank ever holds the whole model;
             # each materialises its shards below, with the weights a model built whole gets
             on_meta = model.lm_head.weight.is_meta
-            if on_meta:
+            if on_meta and draw_weights:
                 model.draw_default_init()
             # param_dtype: weights gathered and computed in bf16, gradients reduced in fp32; the
             # sharded master weights and AdamW state stay fp32
             policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
             for block in model.transformer.h:
-                fully_shard(block, mp_policy=policy)
+                fully_shard(block, mesh=mesh, mp_policy=policy)
             # the root holds the embeddings, ln_f and lm_head: the tied wte/lm_head weight is one
             # parameter there, so it stays tied
-            fully_shard(model, mp_policy=policy)
+            fully_shard(model, mesh=mesh, mp_policy=policy)
             if on_meta:
                 model.to_empty(device=runtime.device)
-                model.init_weights(fill=_fill_shard)
+                if draw_weights:
+                    model.init_weights(fill=_fill_shard)
             wrapped = model
         else:
             wrapped = model
