@@ -106,19 +106,23 @@ def main(argv=None):
     return status
 
 
-def dry_run(cfg, world_size, gpu_memory, world_source):
+def dry_run(cfg, world_size, gpu_memory, world_source, as_json=False):
     """The resolved config and the memory plan per rank for world_size ranks (--world-size, else
-    torchrun's WORLD_SIZE, else 1), and with --gpu-memory the micro-batch auto picks there; the
-    model is built on the meta device: no data, no GPU, no allocation."""
+    torchrun's WORLD_SIZE, else 1), and with --gpu-memory (on CPU: the RAM available) the
+    micro-batch auto picks there; traced under fake tensors: no data, no GPU, no allocation.
+    --json: the plan as one JSON line. Exit 2 when it does not fit."""
     try:
         batch_size.sequences_per_rank(cfg.total_batch_size, cfg.seq_len, world_size)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    cfg, lines = dry_run_plan(cfg, world_size, gpu_memory, world_source)
-    print(json.dumps(cfg.to_dict(), indent=1))
-    print("\n".join(lines))
-    return 0
+    cfg, lines, plan, fits = dry_run_plan(cfg, world_size, gpu_memory, world_source)
+    if as_json:
+        print(json.dumps(plan))
+    else:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        print("\n".join(lines))
+    return EXIT_BAD_INPUT if fits is False else 0
 
 
 def prepare_data(cfg, runtime):

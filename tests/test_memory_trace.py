@@ -52,3 +52,33 @@ def test_traced_peak_is_within_10_percent_of_the_live_peak(live, mode, dtype):
     measured = live[f"{mode} {dtype}"]
     assert abs(trace["peak_bytes"] / measured - 1) <= 0.10, (trace, measured)
     assert trace["micro_steps"] == 2 and sum(trace["parts"].values()) == trace["peak_bytes"]
+
+
+def test_dry_run_json_takes_the_largest_traced_micro_batch_and_exits_2_when_none_fits(capsys, monkeypatch):
+    import train_gpt2
+    from trainer import memory
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    shape = TINY[:-2] + ["--total-batch-size", str(64 * 64), "--dtype", "bfloat16"]
+    peak = {b: trace_training_step(parse_config(shape + ["--micro-batch-size", str(b)]), 1)["peak_bytes"]
+            for b in (16, 32)}
+    gpu_gb = (peak[16] + peak[32]) / 2 / (1 - memory.RESERVE) / 1e9  # B=16 fits, B=32 does not
+
+    def dry_run(*extra):
+        status = train_gpt2.main(shape + ["--device", "cuda", "--dry-run", "--json", "--gpu-memory",
+                                          f"{gpu_gb:.6f}GB", *extra])
+        return status, json.loads(capsys.readouterr().out)
+
+    status, plan = dry_run("--micro-batch-size", "auto")
+    assert status == 0 and plan["fits"] and plan["micro_batch_size"] == 16
+    assert plan["peak_bytes"] == peak[16] and sum(plan["parts"].values()) == peak[16]
+    formula = memory.memory_plan(parse_config(shape + ["--micro-batch-size", "16"]), 1)["total"]
+    assert plan["formula_bytes"] == int(formula) and plan["micro_steps"] == 2
+    status, plan = dry_run("--micro-batch-size", "32")
+    assert status == 2 and plan["fits"] is False and plan["peak_bytes"] == peak[32]
+    # on CPU the memory is the RAM available now: too little for even one sequence
+    monkeypatch.setattr(memory, "host_memory_available", lambda: 1e6)
+    assert train_gpt2.main(shape + ["--device", "cpu", "--micro-batch-size", "auto", "--dry-run"]) == 2
+    out = capsys.readouterr().out
+    assert "auto: even a micro-batch of 1 does not fit" in out
+    assert "does NOT fit: try --fsdp, --activation-checkpointing, a machine with more RAM" in out

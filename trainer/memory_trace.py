@@ -67,8 +67,8 @@ def trace_training_step(cfg, world_size, device_type="cuda"):
     amp_dtype = AMP_DTYPES[cfg.dtype]
     ddp = world_size > 1 and not cfg.fsdp
     steps = micro_steps(cfg, world_size)
-    cfg = replace(cfg, compile=False, dropout=cfg.dropout)
-    with fake_process_group(world_size if cfg.fsdp else 1) as mesh, FakeTensorMode():
+    cfg = replace(cfg, compile=False)  # traced eager: see the module docstring
+    with fake_process_group(world_size, cfg.fsdp) as mesh, FakeTensorMode():
         # built as the run builds it, on the CPU: fake CUDA modules cannot be made on a CPU build
         runtime = Runtime(0, 0, world_size if cfg.fsdp else 1, torch.device("cpu"))
         model, parallel, optimizer = build(cfg, runtime, amp_dtype, draw_weights=False,
@@ -124,16 +124,16 @@ class FSDPPeakTracker(_GlobalPeakOnly, FSDPMemTracker):
 
 
 @contextmanager
-def fake_process_group(world_size):
-    """A process group of world_size ranks whose collectives do nothing (this process is rank
-    0) and FSDP's mesh over it, made of real tensors (a fake mesh cannot list its ranks); none
-    for a world of one."""
-    if dist.is_initialized():
-        raise RuntimeError("the memory trace makes its own (fake) process group: trace before "
-                           "joining the run's")
-    if world_size == 1:
+def fake_process_group(world_size, fsdp):
+    """Under FSDP (one rank included: fully_shard needs a group), a process group of world_size
+    ranks whose collectives do nothing (this process is rank 0) and FSDP's mesh over it, made of
+    real tensors (a fake mesh cannot list its ranks); otherwise none."""
+    if not fsdp:
         yield None
         return
+    if dist.is_initialized():
+        raise RuntimeError("the memory trace of FSDP makes its own (fake) process group: trace "
+                           "before joining the run's")
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
     try:
         yield init_device_mesh("cpu", (world_size,))
