@@ -146,8 +146,8 @@ def dry_run_plan(cfg, world_size, gpu_memory=None, world_source="--world-size"):
             micro, why = 1, "auto: even a micro-batch of 1 does not fit (planned at 1)"
         cfg = replace(cfg, micro_batch_size=micro)
     else:
-        why = (f"auto planned at its upper bound on CPU (at most 64 dividing the {per_rank} sequences "
-               f"per rank); on CUDA the run takes the largest that fits: --gpu-memory shows which")
+        why = (f"auto planned at its upper bound (at most 64 dividing the {per_rank} sequences per "
+               f"rank); on CUDA the run takes the largest that fits: --gpu-memory shows which")
         cfg = replace(cfg, micro_batch_size=batch_size.candidates(
             cfg.total_batch_size, cfg.seq_len, world_size, batch_size.CPU_MAX_MICRO_BATCH)[0])
     lines.append(f"micro-batch {cfg.micro_batch_size}: {why}")
@@ -191,10 +191,11 @@ def largest_traced_micro_batch(cfg, world_size, usable, guess, largest, device_t
     """The largest power-of-two micro-batch (at most `largest`, dividing the per-rank share)
     whose traced peak fits in `usable` bytes, or 0; searched from the formula's guess, which is
     usually within a factor of two, so a few traces decide it."""
-    options = [b for b in batch_size.candidates(cfg.total_batch_size, cfg.seq_len, world_size,
-                                                largest)]
-    options.reverse()  # smallest first
-    fits = lambda b: traced(replace(cfg, micro_batch_size=b), world_size, device_type)["peak_bytes"] <= usable  # noqa: E731
+    options = batch_size.candidates(cfg.total_batch_size, cfg.seq_len, world_size, largest)[::-1]
+
+    def fits(b):
+        return traced(replace(cfg, micro_batch_size=b), world_size, device_type)["peak_bytes"] <= usable
+
     i = max((k for k, b in enumerate(options) if b <= guess), default=0)
     if not fits(options[i]):
         while i > 0 and not fits(options[i - 1]):
