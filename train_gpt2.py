@@ -42,7 +42,7 @@ from trainer import batch_size
 from trainer.checkpoint import choose_resume, restore_training_state, save_training_state
 from trainer.config import (dry_run_target, parse_config, save_config, wants_dry_run,
                             wants_preflight)
-from trainer.distributed import ParallelModel, Runtime, autocast_dtype
+from trainer.distributed import ParallelModel, Runtime, autocast_dtype, build
 from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
 from trainer.launch import record_exit
@@ -104,16 +104,21 @@ def main(argv=None):
     return status
 
 
-def dry_run(cfg, world_size, gpu_memory, world_source):
+def dry_run(cfg, world_size, gpu_memory, world_source, as_json=False):
     """The resolved config and the memory plan per rank for world_size ranks (--world-size, else
-    torchrun's WORLD_SIZE, else 1), and with --gpu-memory the micro-batch auto picks there; the
-    model is built on the meta device: no data, no GPU, no allocation."""
+    torchrun's WORLD_SIZE, else 1), and with --gpu-memory (on CPU: the RAM available) the
+    micro-batch auto picks there; traced under fake tensors: no data, no GPU, no allocation.
+    --json: the plan as one JSON line. Exit 2 when it does not fit."""
     try:
         batch_size.sequences_per_rank(cfg.total_batch_size, cfg.seq_len, world_size)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    cfg, lines = dry_run_plan(cfg, world_size, gpu_memory, world_source)
+    cfg, lines, plan, fits = dry_run_plan(cfg, world_size, gpu_memory, world_source)
+    status = EXIT_BAD_INPUT if fits is False else 0
+    if as_json:
+        print(json.dumps(plan))
+        return status
     tokens_per_micro_step = cfg.micro_batch_size * cfg.seq_len * world_size
     if cfg.total_batch_size % tokens_per_micro_step:
         print(f"error: --total-batch-size {cfg.total_batch_size} is not divisible by micro-batch "
@@ -127,7 +132,7 @@ def dry_run(cfg, world_size, gpu_memory, world_source):
                                 f"{world_size} rank{'s' * (world_size != 1)} = "
                                 f"{cfg.total_batch_size:,} tokens a step", *lines[1:],
                       "every resolved value: python -m trainer.config with the same flags"]))
-    return 0
+    return status
 
 
 def prepare_data(cfg, runtime):
@@ -289,23 +294,6 @@ def optimization_step(parallel, optimizer, scaler, train_loader, grad_accum, gra
     scaler.step(optimizer)
     scaler.update()
     return loss_accum, norm
-
-
-def build(cfg, runtime, amp_dtype, verbose=False):
-    """(model, its ParallelModel, its Optimizers: trainer/recipes.py). The same seed on every rank
-    gives identical initial weights; under FSDP the model is built on the meta device and each
-    rank materialises only its shards (ParallelModel), with the same weights."""
-    torch.manual_seed(cfg.seed)
-    with torch.device("meta" if cfg.fsdp else "cpu"):
-        model = build_model(cfg.model_config())
-    if not cfg.fsdp:
-        model = model.to(runtime.device)
-    parallel = ParallelModel(model, runtime, fsdp=cfg.fsdp, compile=cfg.compile,
-                             activation_checkpointing=cfg.activation_checkpointing,
-                             param_dtype=amp_dtype if runtime.device.type == "cuda" else None)
-    # after wrapping: under FSDP the optimizer holds this rank's shards only
-    optimizer = build_optimizer(model, cfg, runtime.device, verbose=verbose)
-    return model, parallel, optimizer
 
 
 def load_pretrained(parallel, source, verbose):

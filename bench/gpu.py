@@ -9,8 +9,9 @@ prepare_data, optimization_step and fit_micro_batch, save_training_state):
 - throughput: gpt2-124m, T=1024, bf16: tokens/s and MFU, eager vs compiled, DDP vs FSDP (in a
   process group of one rank, so both wrap the model as on N GPUs), with and without activation
   checkpointing; the first step (compilation) timed apart;
-- memory: torch.cuda.max_memory_allocated of one training step of each preset at the fit table's
-  micro-batch for this GPU (DDP, bf16, eager), beside trainer/memory.py's memory_plan;
+- memory: torch.cuda.max_memory_allocated of the steady steps (2 and 3: AdamW's state resident) of
+  each preset at the fit table's micro-batch for this GPU (one process, bf16), eager and compiled,
+  beside the traced plan (trainer/memory_trace.py) and the formula (trainer/memory.py);
 - checkpoint: seconds to gather and write each preset's training checkpoint (on --out-dir);
 - probe: the micro-batch --micro-batch-size auto picks, the probe's seconds, one step at it;
 - fp16: one step of the float16 + GradScaler path;
@@ -48,7 +49,7 @@ from trainer.checkpoint import save_training_state  # noqa: E402
 from trainer.config import parse_config  # noqa: E402
 from trainer.distributed import ParallelModel, Runtime, autocast_dtype  # noqa: E402
 from trainer.metrics import peak_flops_of  # noqa: E402
-from trainer.memory import largest_fitting_micro_batch, memory_plan  # noqa: E402
+from trainer.memory import largest_fitting_micro_batch, memory_plan, traced  # noqa: E402
 
 GiB = 2**30
 KINDS = ("throughput", "memory", "checkpoint", "probe", "fp16", "hellaswag")
@@ -119,9 +120,10 @@ def build(cfg, runtime):
     return parallel, optimizer, scaler, amp_dtype
 
 
-def train_steps(cfg, runtime, n):
+def train_steps(cfg, runtime, n, steady_peak=False):
     """n training steps of cfg through train_gpt2's own step; (seconds per step, last loss,
-    last norm, parallel, optimizer, scaler, data)."""
+    last norm, parallel, optimizer, scaler, data). steady_peak: the GPU's peak counts from the
+    second step on (the first makes AdamW's state and compiles)."""
     parallel, optimizer, scaler, amp_dtype = build(cfg, runtime)
     data = train_gpt2.prepare_data(cfg, runtime)
     seconds = []
@@ -131,6 +133,8 @@ def train_steps(cfg, runtime, n):
                                                   data["grad_accum"], cfg.grad_clip, amp_dtype)
         loss, norm = loss.item(), norm.item()  # waits for the GPU
         seconds.append(time.perf_counter() - t0)
+        if steady_peak and len(seconds) == 1 and runtime.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(runtime.device)
     return seconds, loss, norm, parallel, optimizer, scaler, data
 
 
@@ -148,18 +152,20 @@ def throughput(s, compiled, fsdp, checkpointing):
             "seq_len": cfg.seq_len, "loss": loss, **peak_memory(s.device)}
 
 
-def memory(s, name):
-    cfg = s.config(s.presets[name])
+def memory(s, name, compiled):
+    cfg = s.config(s.presets[name], compile=compiled)
     micro = s.fit_table_micro_batch(cfg)
     if not micro:
         raise RuntimeError("memory_plan fits no micro-batch of this preset on this GPU (DDP)")
     cfg = replace(cfg, micro_batch_size=micro, total_batch_size=micro * cfg.seq_len)
-    _, loss, _, parallel, *_ = train_steps(cfg, Runtime(0, 0, 1, s.device), 1)
+    _, loss, _, parallel, *_ = train_steps(cfg, Runtime(0, 0, 1, s.device), 3, steady_peak=True)
     plan = memory_plan(cfg, 1, parallel.module.num_params())
+    trace = traced(replace(cfg, compile=False), 1, s.device.type)  # eager: see memory_trace.py
     measured = peak_memory(s.device)["peak_gib"]
     return {"micro_batch": micro, "seq_len": cfg.seq_len, "peak_gib": measured,
-            "plan_gib": plan["total"] / GiB, "plan_state_gib": plan["state"] / GiB,
-            "plan_activations_gib": plan["activations"] / GiB,
+            "traced_gib": trace["peak_bytes"] / GiB, "plan_gib": plan["total"] / GiB,
+            "plan_state_gib": plan["state"] / GiB, "plan_activations_gib": plan["activations"] / GiB,
+            "peak_over_traced": measured and measured * GiB / trace["peak_bytes"],
             "peak_over_plan": measured and measured * GiB / plan["total"], "loss": loss}
 
 
@@ -307,11 +313,13 @@ def plan_measurements(s, kinds):
                     name = (f"throughput {'compiled' if compiled else 'eager'} {'fsdp' if fsdp else 'ddp'}"
                             f"{' +ac' if checkpointing else ''}")
                     todo.append((name, throughput, (s, compiled, fsdp, checkpointing)))
-    for kind, function in (("memory", memory), ("checkpoint", checkpoint)):
-        if kind in kinds:
-            todo += [(f"{kind} {name}", function, (s, name)) for name in s.presets]
-    if "probe" in kinds:
+    if "memory" in kinds:
+        todo += [(f"memory {'compiled' if compiled else 'eager'} {name}", memory, (s, name, compiled))
+                 for compiled in (False, True) for name in s.presets]
+    if "probe" in kinds:  # before the checkpoints: their writes may run past the budget
         todo += [(f"probe {name}", probe, (s, name)) for name in s.probe_presets]
+    if "checkpoint" in kinds:
+        todo += [(f"checkpoint {name}", checkpoint, (s, name)) for name in s.presets]
     if "fp16" in kinds:
         todo.append(("fp16 GradScaler step", fp16, (s,)))
     if "hellaswag" in kinds:

@@ -437,7 +437,11 @@ def test_peak_flops_by_exact_gpu_name():
     assert peak_flops_of("Tesla V100-SXM2-32GB") == 125e12 and peak_flops_of("Tesla T4") == 65e12
     assert peak_flops_of("NVIDIA GeForce RTX 4090") == 165e12
     assert peak_flops_of("NVIDIA A10G") == 70e12 and peak_flops_of("NVIDIA A10") == 125e12
-    assert peak_flops_of("NVIDIA RTX A6000") is None  # unknown: no MFU rather than a wrong one
+    assert peak_flops_of("NVIDIA H200") == 989e12 and peak_flops_of("NVIDIA H200 NVL") == 835e12
+    assert peak_flops_of("NVIDIA GH200 480GB") == 989e12 and peak_flops_of("NVIDIA H20") == 148e12
+    assert peak_flops_of("NVIDIA H800") == 989e12 and peak_flops_of("NVIDIA H800 PCIe") == 756e12
+    assert peak_flops_of("NVIDIA GeForce RTX 3090") == 71e12 and peak_flops_of("NVIDIA RTX A6000") == 155e12
+    assert peak_flops_of("NVIDIA RTX 6000 Ada Generation") is None  # unknown: no MFU, not a wrong one
 
 
 def stop_request_process(tmp_path, same_request_s):

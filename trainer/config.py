@@ -314,14 +314,18 @@ def build_parser():
     run.add_argument("--config", metavar="FILE", help="json object of field -> value")
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config, parameter count and memory plan per rank "
-                          "(model built on the meta device; see --world-size, --gpu-memory), then "
-                          "exit 0: touches no data or GPU")
+                          "(two training steps traced on fake tensors; see --world-size, "
+                          "--gpu-memory), then exit: 0, or 2 when it does not fit (GPU memory "
+                          "given, or the RAM available on CPU); touches no data or GPU")
     run.add_argument("--world-size", type=int, metavar="N",
                      help="with --dry-run: plan for N ranks (default: $WORLD_SIZE, as torchrun sets "
                           "it, else 1)")
     run.add_argument("--gpu-memory", type=_memory_size, metavar="SIZE",
                      help="with --dry-run: memory of each GPU, e.g. 80GB or 24GiB: shows the "
                           "micro-batch auto would pick there (the README's fit table)")
+    run.add_argument("--json", action="store_true",
+                     help="with --dry-run: print the plan as one JSON line (peak_bytes traced, "
+                          "formula_bytes, parts)")
     run.add_argument("--preflight", action="store_true",
                      help="check data, HellaSwag file, tokenizer, output disk, resume target and "
                           "wandb (as every start does), print one line each, then exit: 0 all "
@@ -352,7 +356,7 @@ def build_parser():
 
 
 # flags that are not TrainConfig fields
-ACTIONS = ("preset", "config", "dry_run", "world_size", "gpu_memory", "preflight")
+ACTIONS = ("preset", "config", "dry_run", "world_size", "gpu_memory", "json", "preflight")
 
 
 def _memory_size(text):
@@ -368,13 +372,14 @@ def wants_dry_run(argv=None):
 
 
 def dry_run_target(argv=None):
-    """(world size, GPU memory in bytes or None, where the world size came from) of a dry run."""
+    """(world size, GPU memory in bytes or None, where the world size came from, --json) of a
+    dry run."""
     args = build_parser().parse_args(argv)
     if args.world_size is not None:
-        return args.world_size, args.gpu_memory, "--world-size"
+        return args.world_size, args.gpu_memory, "--world-size", args.json
     if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"]), args.gpu_memory, "$WORLD_SIZE"
-    return 1, args.gpu_memory, "the default; --world-size N plans for N"
+        return int(os.environ["WORLD_SIZE"]), args.gpu_memory, "$WORLD_SIZE", args.json
+    return 1, args.gpu_memory, "the default; --world-size N plans for N", args.json
 
 
 def wants_preflight(argv=None):
@@ -385,8 +390,8 @@ def parse_config(argv=None):
     """TrainConfig from defaults, --preset, --config FILE, then flags. Bad input: exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.dry_run and (args.world_size is not None or args.gpu_memory is not None):
-        parser.error("--world-size and --gpu-memory plan a --dry-run; a run's world size is "
+    if not args.dry_run and (args.world_size is not None or args.gpu_memory is not None or args.json):
+        parser.error("--world-size, --gpu-memory and --json plan a --dry-run; a run's world size is "
                      "torchrun's, its GPU memory the GPU's")
     if args.world_size is not None and args.world_size <= 0:
         parser.error(f"--world-size must be positive, got {args.world_size}")

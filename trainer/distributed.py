@@ -36,6 +36,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from models import build_model
 from models.device import pick_device_type
 
 
@@ -178,6 +179,29 @@ def _fill_from_cpu(param, init):
     param.copy_(full)
 
 
+def build(cfg, runtime, amp_dtype, verbose=False, draw_weights=True, for_device=None, mesh=None):
+    """(model, its ParallelModel, its Optimizers: trainer/recipes.py) as a run trains them. The
+    same seed on every rank gives identical initial weights; under FSDP the model is built on the
+    meta device and each rank materialises only its shards (ParallelModel), with the same
+    weights. draw_weights=False (a copy whose values do not matter: the memory trace) leaves
+    FSDP's shards undrawn; for_device: the device type of the run when built elsewhere (the
+    trace, on CPU); mesh: FSDP's device mesh (default: all ranks)."""
+    from trainer.recipes import build_optimizer  # recipes builds on models/, a layer below
+
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta" if cfg.fsdp else "cpu"):
+        model = build_model(cfg.model_config())
+    if not cfg.fsdp and runtime.device.type != "cpu":  # built on CPU (a fake tensor cannot move)
+        model = model.to(runtime.device)
+    parallel = ParallelModel(model, runtime, fsdp=cfg.fsdp, compile=cfg.compile,
+                             activation_checkpointing=cfg.activation_checkpointing,
+                             param_dtype=amp_dtype if (for_device or runtime.device.type) == "cuda" else None,
+                             draw_weights=draw_weights, mesh=mesh)
+    # after wrapping: under FSDP the optimizer holds this rank's shards only
+    optimizer = build_optimizer(model, cfg, runtime.device, verbose=verbose)
+    return model, parallel, optimizer
+
+
 class ParallelModel:
     """A GPT wrapped for training on `runtime`: DDP (default) or FSDP, optionally compiled.
 
@@ -188,10 +212,11 @@ class ParallelModel:
     """
 
     def __init__(self, model, runtime, fsdp=False, compile=False, activation_checkpointing=False,
-                 param_dtype=None, draw_weights=True):
+                 param_dtype=None, draw_weights=True, mesh=None):
         """draw_weights=False: a model built on the meta device gets memory but no values (the
-        micro-batch probe's copy: nothing drawn from the generator, which takes minutes for
-        gpt2-1558m on CPU)."""
+        micro-batch probe's copy and the memory trace: nothing drawn from the generator, which
+        takes minutes for gpt2-1558m on CPU). mesh: FSDP's device mesh (default: all ranks; the
+        memory trace makes its own outside its fake tensors)."""
         self.module, self.runtime, self.fsdp = model, runtime, fsdp
         model.activation_checkpointing = activation_checkpointing
         if compile:  # before sharding, as torchtitan does
@@ -205,10 +230,10 @@ class ParallelModel:
             # sharded master weights and AdamW state stay fp32
             policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
             for block in model.transformer.h:
-                fully_shard(block, mp_policy=policy)
+                fully_shard(block, mesh=mesh, mp_policy=policy)
             # the root holds the embeddings, ln_f and lm_head: the tied wte/lm_head weight is one
             # parameter there, so it stays tied
-            fully_shard(model, mp_policy=policy)
+            fully_shard(model, mesh=mesh, mp_policy=policy)
         if on_meta:
             model.to_empty(device=runtime.device)
             if draw_weights:

@@ -13,6 +13,8 @@ A checkpoint's size on disk is here too: the preflight checks the output folder 
 
 import argparse
 import functools
+import multiprocessing
+import os
 from dataclasses import replace
 
 import torch
@@ -29,6 +31,9 @@ MiB = 1024**2
 # 12.01 bytes a parameter: the rest (pickle, per-rank RNG states, config) is under 100 KB.
 CHECKPOINT_BYTES_PER_PARAMETER = 12
 CHECKPOINT_OVERHEAD_BYTES = MiB
+# of the memory kept for what no plan holds: the CUDA context, cuBLAS workspaces, NCCL buffers,
+# the allocator's fragmentation (on CPU: the rest of the process, the page cache)
+RESERVE = 0.1
 
 
 def count_parameters(model_config):
@@ -126,62 +131,150 @@ def largest_fitting_micro_batch(cfg, world_size, memory_bytes, reserve=0.1):
 
 
 def dry_run_plan(cfg, world_size, gpu_memory=None, world_source="--world-size"):
-    """Lines of `train_gpt2.py --dry-run`: what it assumed, the micro-batch `auto` would take
-    (with gpu_memory: the fit table's choice for this shape), and the plan per rank."""
-    fp32 = cfg.dtype == "float32" or (cfg.dtype == "auto" and cfg.device in ("cpu", "mps"))
+    """(cfg, lines of `train_gpt2.py --dry-run`, the plan as a dict for --json, whether it fits or
+    None where the memory is not known): what it assumed, the micro-batch `auto` would take, the
+    formula's plan per rank and the traced peak (trainer/memory_trace.py), which wins. The memory
+    is --gpu-memory on a GPU, the RAM available now on CPU."""
+    on_cpu = cfg.device in ("cpu", "mps")
+    fp32 = cfg.dtype == "float32" or (cfg.dtype == "auto" and on_cpu)
+    memory = host_memory_available() if on_cpu else gpu_memory
     assumed = (f"dry run for {world_size} rank(s) ({world_source})"
-               + (f", GPUs of {gpu_memory / 1e9:g} GB = {gpu_memory / GiB:.1f} GiB (--gpu-memory)"
+               + (f", {memory / GiB:.1f} GiB of RAM available (--device {cfg.device})" if on_cpu else
+                  f", GPUs of {gpu_memory / 1e9:g} GB = {gpu_memory / GiB:.1f} GiB (--gpu-memory)"
                   if gpu_memory else ", GPU memory not given (--gpu-memory 80GB checks the fit)")
                + (f"; activations in fp32 (--dtype {cfg.dtype}, --device {cfg.device})" if fp32 else
                   f"; activations in 16 bits (--dtype {cfg.dtype}: bf16 autocast on a recent GPU)"))
     lines = [assumed]
     planned = replace(cfg, dtype="float32" if fp32 else "bfloat16")
+    usable = memory and (1 - RESERVE) * memory
     per_rank = cfg.total_batch_size // (cfg.seq_len * world_size)
     if cfg.micro_batch_size != "auto":
         why = "set by --micro-batch-size"
-    elif gpu_memory:
-        micro = largest_fitting_micro_batch(planned, world_size, gpu_memory)
-        why = (f"what auto picks here: the largest power of two (at most 64) dividing the {per_rank} "
-               f"sequences per rank whose estimate fits in 90% of the GPU, as in the README's fit "
-               f"table (on CUDA the run tries real steps, which may pick another)")
+    elif usable:
+        largest = batch_size.CPU_MAX_MICRO_BATCH
+        micro = largest_fitting_micro_batch(planned, world_size, memory) or 1
+        micro = largest_traced_micro_batch(planned, world_size, usable, micro, largest,
+                                           "cpu" if on_cpu else "cuda")
+        why = (f"what auto picks here: the largest power of two (at most {largest}) dividing the "
+               f"{per_rank} sequences per rank whose traced peak fits in {100 - 100 * RESERVE:g}% of "
+               f"the memory" + ("" if on_cpu else " (on CUDA the run tries real steps, which may pick "
+                                                  "another)"))
         if not micro:
             micro, why = 1, "auto: even a micro-batch of 1 does not fit (planned at 1)"
         cfg = replace(cfg, micro_batch_size=micro)
     else:
-        why = (f"auto planned at its upper bound on CPU (at most 64 dividing the {per_rank} sequences "
-               f"per rank); on CUDA the run takes the largest that fits: --gpu-memory shows which")
+        why = (f"auto planned at its upper bound (at most 64 dividing the {per_rank} sequences per "
+               f"rank); on CUDA the run takes the largest that fits: --gpu-memory shows which")
         cfg = replace(cfg, micro_batch_size=batch_size.candidates(
             cfg.total_batch_size, cfg.seq_len, world_size, batch_size.CPU_MAX_MICRO_BATCH)[0])
     lines.append(f"micro-batch {cfg.micro_batch_size}: {why}")
     planned = replace(planned, micro_batch_size=cfg.micro_batch_size)
     plan = memory_plan(planned, world_size)
     lines += describe_plan(plan, planned, world_size)
-    if gpu_memory:
-        usable = 0.9 * gpu_memory  # the fit table's reserve: CUDA context, allocator fragmentation
+    trace = traced(planned, world_size, "cpu" if on_cpu else "cuda")
+    lines.append(describe_trace(trace, plan))
+    fits = None
+    if usable:
+        fits = trace["peak_bytes"] <= usable
         remedies = ([] if cfg.fsdp else ["--fsdp"]) + \
                    ([] if cfg.activation_checkpointing else ["--activation-checkpointing"]) + \
-                   (["a smaller --micro-batch-size"] if cfg.micro_batch_size > 1 else []) + ["more GPUs"]
-        verdict = "fits" if plan["total"] <= usable else f"does NOT fit: try {', '.join(remedies)}"
-        lines.append(f"~{plan['total'] / GiB:.1f} GiB of the {usable / GiB:.1f} GiB usable a GPU "
-                     f"(90% of {gpu_memory / GiB:.1f} GiB): {verdict}")
-    return cfg, lines
+                   (["a smaller --micro-batch-size"] if cfg.micro_batch_size > 1 else []) + \
+                   (["a machine with more RAM"] if on_cpu else ["more GPUs"])
+        verdict = "fits" if fits else f"does NOT fit: try {', '.join(remedies)}"
+        where = "of RAM" if on_cpu else "usable a GPU"
+        lines.append(f"traced {trace['peak_bytes'] / GiB:.1f} GiB of the {usable / GiB:.1f} GiB {where} "
+                     f"({100 - 100 * RESERVE:g}% of {memory / GiB:.1f} GiB): {verdict}")
+    summary = {"world_size": world_size, "device": "cpu" if on_cpu else "cuda",
+               "dtype": planned.dtype, "micro_batch_size": cfg.micro_batch_size,
+               "fsdp": cfg.fsdp, "activation_checkpointing": cfg.activation_checkpointing,
+               "peak_bytes": trace["peak_bytes"], "formula_bytes": int(plan["total"]),
+               "parts": trace["parts"], "micro_steps": trace["micro_steps"],
+               "memory_bytes": memory and int(memory), "fits": fits}
+    return cfg, lines, summary, fits
+
+
+def traced(cfg, world_size, device_type):
+    """trace_training_step, each shape traced once in a process (the fit table asks again)."""
+    # imported here: PyTorch's trackers pull in inductor, 0.7 s of every start that plans nothing
+    from trainer.memory_trace import trace_training_step
+
+    key = (tuple(sorted(cfg.to_dict().items())), world_size, device_type)
+    if key not in _TRACES:
+        _TRACES[key] = trace_training_step(cfg, world_size, device_type)
+    return _TRACES[key]
+
+
+_TRACES = {}
+
+
+def largest_traced_micro_batch(cfg, world_size, usable, guess, largest, device_type):
+    """The largest power-of-two micro-batch (at most `largest`, dividing the per-rank share)
+    whose traced peak fits in `usable` bytes, or 0; searched from the formula's guess, which is
+    usually within a factor of two, so a few traces decide it."""
+    options = batch_size.candidates(cfg.total_batch_size, cfg.seq_len, world_size, largest)[::-1]
+
+    def fits(b):
+        return traced(replace(cfg, micro_batch_size=b), world_size, device_type)["peak_bytes"] <= usable
+
+    i = max((k for k, b in enumerate(options) if b <= guess), default=0)
+    if not fits(options[i]):
+        while i > 0 and not fits(options[i - 1]):
+            i -= 1
+        return options[i - 1] if i > 0 else 0
+    while i + 1 < len(options) and fits(options[i + 1]):
+        i += 1
+    return options[i]
+
+
+def describe_trace(trace, plan):
+    """One line: the traced peak, its parts, and how far the formula is from it."""
+    parts = ", ".join(f"{name} {value / GiB:.2f}" for name, value in
+                      sorted(trace["parts"].items(), key=lambda kv: -kv[1]))
+    gap = plan["total"] - trace["peak_bytes"]
+    return (f"traced peak per rank {trace['peak_bytes'] / GiB:.2f} GiB ({parts} GiB; two steps of "
+            f"{trace['micro_steps']} micro-step(s), eager); the formula's {plan['total'] / GiB:.2f} GiB "
+            f"is {abs(gap) / GiB:.2f} GiB {'above' if gap >= 0 else 'below'} it: the trace is the plan")
+
+
+def host_memory_available():
+    """Bytes of RAM available now (Linux's MemAvailable; else all of it)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+PARALLELISMS = {"DDP": {"fsdp": False}, "FSDP": {"fsdp": True},
+                "FSDP+AC": {"fsdp": True, "activation_checkpointing": True}}
+
+
+def fit_row(name, gpus, parallelism, memories):
+    """[largest traced micro-batch (0: none) for each memory in GB] of one preset, GPU count and
+    parallelism (bf16 on CUDA, 10% of the GPU kept in reserve)."""
+    cfg = replace(parse_config(["--preset", name]), dtype="bfloat16", **PARALLELISMS[parallelism])
+    picks = []
+    for memory in memories:
+        guess = largest_fitting_micro_batch(cfg, gpus, memory * 1e9) or 1
+        picks.append(largest_traced_micro_batch(cfg, gpus, (1 - RESERVE) * memory * 1e9, guess, 64,
+                                                "cuda"))
+    return picks
 
 
 def fit_table(presets=("gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m"), gpus=(1, 2, 8),
-              memories=(24, 40, 80)):
-    """Markdown: for each preset, GPU count and memory, the largest micro-batch that fits with
-    DDP / FSDP / FSDP + activation checkpointing (bf16), or "-"."""
-    header = "| preset | GPUs | " + " | ".join(f"{m} GB: DDP / FSDP / FSDP+AC" for m in memories) + " |"
+              memories=(24, 40, 80), processes=None):
+    """Markdown: for each preset, GPU count and memory, the largest micro-batch whose traced peak
+    fits with DDP / FSDP / FSDP + activation checkpointing (bf16), or "-". Each (preset, GPUs,
+    parallelism) is searched in its own process (a few traces, each shape once)."""
+    rows = [(name, n, p) for name in presets for n in gpus for p in PARALLELISMS]
+    with multiprocessing.get_context("spawn").Pool(processes or os.cpu_count()) as pool:
+        picks = dict(zip(rows, pool.starmap(fit_row, [row + (memories,) for row in rows])))
+    header = "| preset | GPUs | " + " | ".join(f"{m} GB: {' / '.join(PARALLELISMS)}" for m in memories) + " |"
     lines = [header, "|" + "---|" * (2 + len(memories))]
     for name in presets:
-        base = replace(parse_config(["--preset", name]), dtype="bfloat16")
         for n in gpus:
-            cells = []
-            for memory in memories:
-                options = [replace(base, fsdp=False), replace(base, fsdp=True),
-                           replace(base, fsdp=True, activation_checkpointing=True)]
-                fits = [largest_fitting_micro_batch(c, n, memory * 1e9) for c in options]
-                cells.append(" / ".join(f"B={b}" if b else "-" for b in fits))
+            cells = [" / ".join(f"B={picks[name, n, p][i]}" if picks[name, n, p][i] else "-"
+                                for p in PARALLELISMS) for i in range(len(memories))]
             lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -194,10 +287,15 @@ def checkpoint_bytes(parameters):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Memory plans for the GPT-2 presets")
     parser.add_argument("--fit-table", action="store_true",
-                        help="print which preset fits on 1/2/8 GPUs of 24/40/80 GB (markdown)")
+                        help="print which preset fits on 1/2/8 GPUs of 24/40/80 GB (markdown; traced: "
+                             "minutes on CPU)")
+    parser.add_argument("--presets", default="gpt2-124m,gpt2-350m,gpt2-774m,gpt2-1558m",
+                        help="comma-separated presets of the fit table")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="traces run at once (default: one per CPU core)")
     args = parser.parse_args(argv)
     if args.fit_table:
-        print(fit_table())
+        print(fit_table(tuple(args.presets.split(",")), processes=args.processes))
     else:
         parser.print_help()
     return 0

@@ -35,13 +35,16 @@ from pipeline.tokenizer import GPT2_VOCAB_SIZE
 GPT2_124M_REFERENCE = {"val_loss": 3.2924, "hellaswag_acc_norm": 0.2955}
 
 
-# Dense bf16/fp16 tensor-core peak FLOP/s per device, for MFU, by the name CUDA reports with its
-# "NVIDIA "/"Tesla "/"GeForce " prefix removed. Whole names: an L40 is not an L4, and the
-# three H100s differ.
-PEAK_FLOPS = [(r"H100( 80GB HBM3| SXM5?.*)?", 989e12), (r"H100 PCIe", 756e12), (r"H100 NVL", 835e12),
-              (r"H200.*", 989e12), (r"A100.*", 312e12), (r"L40S", 362e12), (r"L40", 181e12),
-              (r"L4", 121e12), (r"A10G", 70e12), (r"A10", 125e12), (r"RTX 4090", 165e12),
-              (r"RTX 3090( Ti)?", 71e12), (r"V100.*", 125e12), (r"T4", 65e12)]
+# Dense (no sparsity) bf16 tensor-core peak FLOP/s per device, for MFU, from NVIDIA's datasheets
+# (which print the sparse figure, twice these), by the name CUDA reports with its
+# "NVIDIA "/"Tesla "/"GeForce " prefix removed. Whole names, first match wins: an L40 is not an
+# L4, an H20 not an H200, and the NVL and PCIe boards run slower clocks than the SXM ones.
+PEAK_FLOPS = [(r"H100 PCIe", 756e12), (r"H100 NVL", 835e12), (r"H100.*", 989e12),  # SXM5
+              (r"H200 NVL", 835e12), (r"H200.*", 989e12), (r"GH200.*", 989e12),
+              (r"H800 PCIe", 756e12), (r"H800.*", 989e12), (r"H20", 148e12),
+              (r"A100.*", 312e12), (r"L40S", 362e12), (r"L40", 181e12), (r"L4", 121e12),
+              (r"A10G", 70e12), (r"A10", 125e12), (r"RTX 4090", 165e12), (r"RTX 3090 Ti", 80e12),
+              (r"RTX 3090", 71e12), (r"RTX A6000", 155e12), (r"V100.*", 125e12), (r"T4", 65e12)]
 
 
 def peak_flops_of(device_name):
