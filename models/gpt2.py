@@ -170,6 +170,24 @@ class Block(nn.Module):
         return x
 
 
+def allocate(model, device):
+    """Give a model built on the meta device uninitialised memory on `device`: new Parameters,
+    each shared one (a tied weight) still shared. Not nn.Module.to_empty, which swaps tensors in
+    place and so cannot run on the fake tensors of a memory trace (trainer/memory_trace.py)."""
+    made = {}
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                if id(p) not in made:
+                    made[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                               requires_grad=p.requires_grad)
+                module._parameters[name] = made[id(p)]
+        for name, b in module._buffers.items():
+            if b is not None:
+                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
+    return model
+
+
 class GPT(nn.Module):
     def __init__(self, config=None):
         super().__init__()
@@ -198,7 +216,7 @@ class GPT(nn.Module):
         self.activation_checkpointing = False
 
         if device.type != "meta":  # on the meta device the trainer allocates each rank's part
-            self.to_empty(device=device)
+            allocate(self, device)
             self.init_weights()
 
     def to_empty(self, *, device, recurse=True):

@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from models.gpt2 import GPT
+from models.gpt2 import GPT, allocate
 
 RMS_NORM_EPS = 1e-6  # Qwen3's: the export must normalise exactly as training did
 
@@ -152,7 +152,7 @@ class ModernGPT(nn.Module):
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # untied, zero at init
         self.activation_checkpointing = False  # see GPT
         if device.type != "meta":  # on the meta device the trainer allocates each rank's part
-            self.to_empty(device=device)
+            allocate(self, device)
             self.init_weights()
 
     @torch.no_grad()

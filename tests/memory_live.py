@@ -67,7 +67,7 @@ def live_peak(cfg, runtime):
     loader = SameBatch(cfg)
     if cfg.fsdp:
         model, parallel, optimizer = build(cfg, runtime, amp_dtype)
-        with FSDPMemTracker(model, optimizer) as tracker:
+        with FSDPMemTracker(model, optimizer[0]) as tracker:
             for _ in range(2):
                 training_step(parallel, optimizer, loader, grad_accum, amp_dtype, tracker)
         return tracker.get_tracker_snapshot("peak")[runtime.device]["Total"]

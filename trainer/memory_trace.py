@@ -78,11 +78,13 @@ def trace_training_step(cfg, world_size, device_type="cuda"):
                 p.grad = torch.zeros_like(p)
         x = torch.randint(0, cfg.vocab_size, (cfg.micro_batch_size, cfg.seq_len))
         if cfg.fsdp:
-            tracker = FSDPPeakTracker(model, optimizer)
+            # the tracker instruments one torch optimizer: the recipe's first (AdamW, or Muon);
+            # another's state still counts in the total, under another part
+            tracker = FSDPPeakTracker(model, optimizer[0])
             tracker.track_inputs((x,))
         else:
             tracker = PeakTracker()
-            tracker.track_external(model, optimizer, x)
+            tracker.track_external(model, *optimizer, x)
         with tracker:
             for _ in range(2):  # AdamW's state is made by the first step: the second is the run's
                 optimizer.zero_grad(set_to_none=not ddp)  # DDP zeroes its buckets in place
