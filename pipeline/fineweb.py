@@ -34,6 +34,7 @@ run writes (making any part still missing itself), and deletes the parts:
 
 import argparse
 import copy
+import os
 import sys
 from pathlib import Path
 

@@ -16,6 +16,7 @@ from evaluation import core
 from evaluation.core import load_rows
 from shards.format import write_shard
 from trainer import plots
+from trainer.metrics import read_log
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_training_logs_core_and_the_report_shows_it(tmp_path, bundle, capsys, mo
 
 def test_a_resume_landing_on_a_multiple_scores_core_there_as_the_uninterrupted_run(tmp_path, bundle, capsys):
     """--core-every 2 over 4 steps: CORE at steps 2 and 4, never 0. Resumed from step 2's
-    checkpoint (log.jsonl trimmed to the steps before it), the run scores CORE at 2 again, as the
+    checkpoint (the log's later records superseded), the run scores CORE at 2 again, as the
     uninterrupted run did there: the same log, not a step 0 to skip."""
     data = gpt2_shards(tmp_path / "data")
     argv = tiny_train_flags(steps=4, total_batch_size=128, eval_every=0) + [
@@ -126,15 +127,15 @@ def test_a_resume_landing_on_a_multiple_scores_core_there_as_the_uninterrupted_r
         "--micro-batch-size", "4", "--checkpoint-every", "2", "--num-samples", "0", "--core-every", "2",
         "--core-bundle", str(bundle), "--core-max-per-task", "2"]
 
-    def cores(run):
-        return [(r["step"], r["core"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
-                if "core" in r]
+    def cores(run):  # the records that stand (the log is appended to, see trainer.metrics.read_log)
+        return [(r["step"], r["core"]) for r in read_log(run / "log.jsonl") if "core" in r]
 
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     assert train_gpt2.main(argv + ["--out-dir", str(whole)]) == 0
     assert [step for step, _ in cores(whole)] == [2, 4]
     shutil.copytree(whole, resumed)
-    (resumed / "ckpt_0000004.pt").unlink()
+    (resumed / "ckpt_0000004.pt").unlink()  # as if stopped after step 2's checkpoint
+    (resumed / "DONE").unlink()
     assert train_gpt2.main(argv + ["--out-dir", str(resumed)]) == 0
     assert "at step 2" in capsys.readouterr().out
     assert cores(resumed) == cores(whole)

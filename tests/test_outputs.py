@@ -11,6 +11,7 @@ import torch
 
 import hf_gpt2
 from models.gpt2 import GPT, GPTConfig
+from models.hf import current_umask
 from test_front_door import write_run
 from trainer import report
 

@@ -37,7 +37,7 @@ def started(monkeypatch):
     model): recorded instead of done."""
     calls = []
     monkeypatch.setattr(train_gpt2.Runtime, "init_process_group",
-                        lambda self, timeout: calls.append("process group"))
+                        lambda self, timeout, **_: calls.append("process group"))
     monkeypatch.setattr(train_gpt2, "train", lambda *args, **kwargs: calls.append("train") or 0)
     return calls
 
