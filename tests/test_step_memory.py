@@ -44,7 +44,7 @@ def step_peak(step_fn, grad_accum, micro_batch=8):
 
 def the_run_step(parallel, optimizer, loader, grad_accum):
     train_gpt2.optimization_step(parallel, optimizer, torch.amp.GradScaler("cpu", enabled=False),
-                                 loader, grad_accum, 1e-3, 1.0, None)
+                                 loader, grad_accum, 1.0, None)
 
 
 def a_step_keeping_the_logits(parallel, optimizer, loader, grad_accum):
