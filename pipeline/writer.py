@@ -123,8 +123,11 @@ def fingerprint_change(old, new):
     """Which setting a fingerprint change stands for. A hub source's fingerprint reads
     hf:NAME:SUBSET:SPLIT@REVISION#TEXT_FIELD; a local one is a hash of the files' names, sizes
     and modification times with --text-field and --doc-separator."""
+    (old, old_nulls), (new, new_nulls) = _null_text(old or ""), _null_text(new)
+    if old_nulls != new_nulls:
+        return f"--null-text: {old_nulls} there, {new_nulls} now"
     hub = re.compile(r"hf:(?P<dataset>.*):(?P<subset>[^:]*):(?P<split>[^:@]*)@(?P<revision>[^#]*)#(?P<text_field>.*)")
-    before, now = hub.fullmatch(old or ""), hub.fullmatch(new)
+    before, now = hub.fullmatch(old), hub.fullmatch(new)
     if before and now:
         return "; ".join(f"the source's {part.replace('_', ' ')}: {before[part]!r} there, {now[part]!r} now"
                          for part in hub.groupindex if before[part] != now[part])
@@ -133,6 +136,13 @@ def fingerprint_change(old, new):
                 f"{'a hub dataset' if now else 'local files'} now")
     return ("the source's fingerprint: its file names, sizes or modification times, --text-field "
             "or --doc-separator changed")
+
+
+def _null_text(fingerprint):
+    """(the source's own fingerprint, the --null-text choice) of a fingerprint that
+    pipeline.sources.with_null_text may have extended."""
+    base, _, choice = fingerprint.partition("+null-text=")
+    return base, choice or "refuse"
 
 
 def damaged(path, entry):

@@ -215,7 +215,7 @@ def test_bad_data_is_found_before_the_first_shard_and_null_text_is_a_choice(tmp_
     assert run(*flags, "--null-text", "empty") is None
     assert stream(out)[0] == expected_stream(docs + ["" if d is None else d for d in with_nulls])
     error = run(*flags)  # the same folder read the other way: another token stream
-    assert error and "different settings (fingerprint" in error
+    assert error and "different settings (--null-text: empty there, refuse now)" in error
 
 
 def test_default_workers_leave_a_shared_machine_room_and_say_so(tmp_path, monkeypatch, capsys):
