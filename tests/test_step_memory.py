@@ -116,9 +116,10 @@ def test_the_probes_try_bounds_the_runs_steady_steps(tmp_path):
     run does from step 2 on. 2 gloo ranks, DDP and FSDP, one and two micro-steps."""
     import torch.multiprocessing as mp
 
-    results = mp.Manager().dict()
+    # spawn, not fork: a fork of this many-threaded pytest process can deadlock in the child
+    results = mp.get_context("spawn").Manager().dict()
     mp.start_processes(_probe_and_run_on_rank, args=(tmp_path / "pg", results), nprocs=2,
-                       start_method="fork")
+                       start_method="spawn")
     assert len(results) == 8
     for key, (probe_peak, run_peak) in sorted(results.items()):
         # to the 512 bytes a CUDA allocation is rounded to: the run's step also holds a scalar
