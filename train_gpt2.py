@@ -47,7 +47,7 @@ from trainer.environment import software_versions
 from trainer.evaluation import Evaluator
 from trainer.launch import record_exit
 from trainer.metrics import MetricsLogger, Throughput, WandbUnavailable, format_eta, peak_flops_of
-from trainer.memory import describe_plan, dry_run_plan, memory_plan
+from trainer.memory import describe_plan, dry_run_plan, host_memory_share, memory_plan
 from trainer.preflight import preflight
 from trainer.recipes import build_optimizer, scheduled_lr, set_schedule
 from trainer.report import wandb_summary, write_report
@@ -75,9 +75,9 @@ def main(argv=None):
         runtime = Runtime.from_env(cfg.device)
         if cfg.compile == "auto":  # compiling pays off on GPUs; on CPU it costs minutes
             cfg = replace(cfg, compile=runtime.device.type == "cuda")
-        # on CUDA "auto" is decided by trying steps (train()); here, and for the data checks,
-        # by arithmetic
-        probe = cfg.micro_batch_size == "auto" and runtime.device.type in batch_size.PROBED_DEVICES
+        # "auto" is decided in train() (all ranks agree there), by trying steps on CUDA, by the
+        # memory plan on CPU; here, for the data checks, by arithmetic
+        probe = cfg.micro_batch_size == "auto"
         micro_batch, why = batch_size.choose(cfg, runtime)
         cfg = replace(cfg, micro_batch_size=micro_batch)
         data = prepare_data(cfg, runtime)
@@ -310,9 +310,9 @@ def load_pretrained(parallel, source, verbose):
 
 
 def fit_micro_batch(cfg, runtime, amp_dtype, data):
-    """--micro-batch-size auto on CUDA: the largest micro-batch whose training step fits on every
-    GPU; (cfg, data loaders, why) for it. Tried on a throwaway copy of the model built as the
-    run builds it (uncompiled; without DDP, see batch_size.try_training_step)."""
+    """--micro-batch-size auto: the largest micro-batch whose training step fits on every rank;
+    (cfg, data loaders, why) for it. On CUDA tried on a throwaway copy of the model built as the
+    run builds it (uncompiled; without DDP, see batch_size.try_training_step); on CPU planned."""
     micro_batch, why = _probe(cfg, runtime, amp_dtype)
     batch_size.release_memory(runtime.device)  # the copy's FSDP state holds reference cycles
     if micro_batch != cfg.micro_batch_size:
@@ -322,7 +322,15 @@ def fit_micro_batch(cfg, runtime, amp_dtype, data):
 
 
 def _probe(cfg, runtime, amp_dtype):
-    """(micro-batch, why) from trying steps on the copy, which is freed on return."""
+    """(micro-batch, why) from trying steps on the copy, which is freed on return; where no
+    out-of-memory error comes before the machine swaps, from the memory plan in host RAM."""
+    if runtime.device.type not in batch_size.PROBED_DEVICES:
+        planned = cfg if amp_dtype is not None else replace(cfg, dtype="float32")  # its activations
+
+        def plan_bytes(b):
+            return memory_plan(replace(planned, micro_batch_size=b), runtime.world_size)["total"]
+
+        return batch_size.choose_in_host_memory(cfg, runtime, plan_bytes, *host_memory_share())
     per_rank = batch_size.sequences_per_rank(cfg.total_batch_size, cfg.seq_len, runtime.world_size)
     parallel, optimizer = build_probe_copy(cfg, runtime, amp_dtype)
     keep_gradients = runtime.distributed and not cfg.fsdp  # DDP's buckets

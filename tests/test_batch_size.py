@@ -235,3 +235,84 @@ def test_out_of_memory_at_every_micro_batch_is_one_line_and_exit_2(char_shards, 
     assert train_gpt2.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: even a micro-batch of 1 sequence(s) runs out"), err
+
+
+def _auto_on_cpu(char_shards, out_dir):
+    """train_gpt2 flags: 2 steps of the tiny model on CPU, 16 sequences a step, auto micro-batch."""
+    from conftest import tiny_train_flags
+
+    return tiny_train_flags(2, 512, 0) + ["--data", str(char_shards), "--out-dir", str(out_dir),
+                                          "--hellaswag-every", "0", "--micro-batch-size", "auto"]
+
+
+def _ram_for(argv, world_size, ranks_here, fits):
+    """RAM available that gives each of `ranks_here` ranks room for the fp32 plan of micro-batch
+    `fits` and not of 2 * fits."""
+    from trainer import memory
+
+    cfg = replace(parse_config(argv), dtype="float32")
+    plan = [memory.memory_plan(replace(cfg, micro_batch_size=b), world_size)["total"] for b in (fits, 2 * fits)]
+    return ranks_here * sum(plan) / 2 / (1 - memory.RESERVE)
+
+
+def test_auto_on_cpu_takes_the_largest_micro_batch_the_ram_holds(char_shards, tmp_path, monkeypatch,
+                                                                 capsys):
+    import train_gpt2
+    from trainer import memory
+
+    argv = _auto_on_cpu(char_shards, tmp_path)
+    monkeypatch.setattr(memory, "host_memory_available", lambda: _ram_for(argv, 1, 1, fits=4))
+    assert train_gpt2.main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    setup = next(r["setup"] for r in rows if "setup" in r)
+    assert (setup["micro_batch_size"], setup["grad_accum"]) == (4, 4)  # 16 and 8 do not fit
+    assert "micro-batch 4: auto: largest power of two (at most 64) dividing 16 sequences per rank " \
+           "whose memory plan fits in " in capsys.readouterr().out
+
+
+def test_auto_on_cpu_without_ram_for_one_sequence_is_one_line_and_exit_2(char_shards, tmp_path,
+                                                                         monkeypatch, capsys):
+    import train_gpt2
+    from trainer import memory
+
+    monkeypatch.setattr(memory, "host_memory_available", lambda: 100_000)
+    assert train_gpt2.main(_auto_on_cpu(char_shards, tmp_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "error: even a micro-batch of 1 sequence(s) does not fit in 0.00 GiB of RAM (90% of the 0.0 GiB "
+        "available) on this rank: use"), err
+
+
+def _train_on_rank_in_ram(rank, port, argv, ram, picks):
+    """One rank of a 2-rank run on one host (LOCAL_WORLD_SIZE=2) that sees ram[rank] bytes of RAM
+    available; picks[rank] = (the micro-batch it chose, its exit status)."""
+    import os
+
+    import train_gpt2
+    from trainer import memory
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    memory.host_memory_available = lambda: ram[rank]
+    prepare, loaders_for = train_gpt2.prepare_data, []  # the loaders are made for the micro-batch taken
+    train_gpt2.prepare_data = lambda cfg, runtime: loaders_for.append(cfg.micro_batch_size) or prepare(cfg, runtime)
+    status = train_gpt2.main(argv)
+    picks[rank] = (loaders_for[-1], status)
+
+
+def test_ranks_on_one_host_share_its_ram_and_agree_on_the_micro_batch(char_shards, tmp_path):
+    """8 sequences a rank; the RAM available, halved for the 2 ranks of the host, holds micro-batch
+    4 as rank 0 sees it and 2 as rank 1 does: both take 2."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = _auto_on_cpu(char_shards, tmp_path) + ["--dist-timeout-min", "1"]
+    ram = {0: _ram_for(argv, 2, 2, fits=4), 1: _ram_for(argv, 2, 2, fits=2)}
+    picks = mp.Manager().dict()
+    mp.start_processes(_train_on_rank_in_ram, args=(port, argv, ram, picks), nprocs=2, start_method="fork")
+    assert dict(picks) == {0: (2, 0), 1: (2, 0)}

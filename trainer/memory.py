@@ -245,6 +245,16 @@ def host_memory_available():
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def host_memory_share():
+    """(bytes of RAM this rank's plan may use, the same in words): 1 - RESERVE of the RAM
+    available now, shared by the ranks on this host (torchrun's LOCAL_WORLD_SIZE)."""
+    ranks, available = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), host_memory_available()
+    usable = (1 - RESERVE) * available / ranks
+    shared = f", shared by the {ranks} ranks on this host" if ranks > 1 else ""
+    return usable, (f"{usable / GiB:.2f} GiB of RAM ({100 - 100 * RESERVE:g}% of the "
+                    f"{available / GiB:.1f} GiB available{shared})")
+
+
 PARALLELISMS = {"DDP": {"fsdp": False}, "FSDP": {"fsdp": True},
                 "FSDP+AC": {"fsdp": True, "activation_checkpointing": True}}
 
