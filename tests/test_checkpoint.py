@@ -110,3 +110,33 @@ def test_rank_0_chooses_the_resume_checkpoint(tmp_path):
     results = mp.Manager().dict()
     mp.start_processes(_choose, args=(seen_by, tmp_path / "pg", results), nprocs=2, start_method="fork")
     assert results[0] == results[1] == str(seen_by[0] / "ckpt_0000010.pt")
+
+
+# TrainConfig's fields that format 2's checkpoints (4c84996 up to --recipe's 52648cb) did not hold
+NOT_IN_FORMAT_2 = ("recipe", "embedding_lr", "head_lr", "scalar_lr", "muon_momentum", "muon_momentum_warmup",
+                   "muon_ns_dtype", "decay_fraction", "lr_decay_steps", "log_every", "init_from")
+
+
+def test_a_format_2_checkpoint_resumes_exactly(char_shards, tmp_path):
+    """A week-old run's checkpoint, format 2 as train_gpt2.py wrote it before --recipe (the same
+    model, optimizer state by parameter name, loader, RNG and scaler; no config["recipe"]),
+    continues bit for bit as the uninterrupted run."""
+    import train_gpt2
+    from conftest import tiny_train_flags
+
+    def run(out_dir):
+        argv = tiny_train_flags(4, 256, 0) + ["--data", str(char_shards), "--out-dir", str(out_dir),
+                                              "--hellaswag-every", "0", "--checkpoint-every", "2"]
+        assert train_gpt2.main(argv) == 0
+        return load_checkpoint(out_dir / "ckpt_0000004.pt")
+
+    uninterrupted = run(tmp_path / "a")
+    saved = load_checkpoint(tmp_path / "a" / "ckpt_0000002.pt")
+    config = {k: v for k, v in saved["config"].items() if k not in NOT_IN_FORMAT_2}
+    (tmp_path / "b").mkdir()
+    torch.save({**saved, "format": 2, "config": config}, tmp_path / "b" / "ckpt_0000002.pt")
+    resumed = run(tmp_path / "b")
+    assert all(torch.equal(resumed["model"][k], v) for k, v in uninterrupted["model"].items())
+    moments = uninterrupted["optimizer"]["state"]
+    assert all(torch.equal(resumed["optimizer"]["state"][name][k], v)
+               for name, state in moments.items() for k, v in state.items())

@@ -9,6 +9,11 @@ import torch
 from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, list_checkpoints,
                                load_checkpoint, resolve_checkpoint, save_checkpoint)
 
+# Format 2 is format 3 less config["recipe"]: written before --recipe existed, so by the faithful
+# recipe (the default of a missing recipe), its AdamW state already keyed by parameter name in
+# torch.distributed.checkpoint's layout. It resumes as it is, exactly; format 1 (by index) not.
+RESUMABLE_FORMATS = (2, CHECKPOINT_FORMAT)
+
 
 def find_latest(run_dir):
     """The newest readable checkpoint in run_dir, or None.
@@ -47,7 +52,7 @@ def choose_resume(resume, run_dir, runtime):
 def check_compatible(state, model_config, path, recipe="faithful"):
     """Refuse a checkpoint this run cannot continue exactly: an older layout, another recipe, or
     another model config (one line, which fields)."""
-    if state.get("format") != CHECKPOINT_FORMAT:
+    if state.get("format") not in RESUMABLE_FORMATS:
         raise CheckpointError(f"{path}: written by an older train_gpt2.py (checkpoint format "
                               f"{state.get('format', 1)}, now {CHECKPOINT_FORMAT}); its weights still "
                               f"load in sample.py/hellaswag.py, but training cannot continue it: start "
