@@ -325,7 +325,7 @@ def _probe(cfg, runtime, amp_dtype):
     """(micro-batch, why) from trying steps on the copy, which is freed on return; where no
     out-of-memory error comes before the machine swaps, from the memory plan in host RAM."""
     if runtime.device.type not in batch_size.PROBED_DEVICES:
-        planned = cfg if amp_dtype is not None else replace(cfg, dtype="float32")  # its activations
+        planned = cfg if amp_dtype is not None else replace(cfg, dtype="float32")  # fp32 activations
 
         def plan_bytes(b):
             return memory_plan(replace(planned, micro_batch_size=b), runtime.world_size)["total"]

@@ -280,7 +280,7 @@ def test_auto_on_cpu_without_ram_for_one_sequence_is_one_line_and_exit_2(char_sh
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
         "error: even a micro-batch of 1 sequence(s) does not fit in 0.00 GiB of RAM (90% of the 0.0 GiB "
-        "available) on this rank: use"), err
+        "available): use --fsdp, --activation-checkpointing"), err
 
 
 def _train_on_rank_in_ram(rank, port, argv, ram, picks):

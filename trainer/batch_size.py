@@ -215,10 +215,10 @@ def choose_in_host_memory(cfg, runtime, plan_bytes, usable, described):
     here = next((b for b in options if plan_bytes(b) <= usable), 0)
     b = int(runtime.all_reduce(torch.tensor(here), op=dist.ReduceOp.MIN).item())
     if not b:
-        raise MicroBatchError(f"even a micro-batch of 1 sequence(s) does not fit in {described} on "
-                              f"{'this rank' if not here else 'another rank'}: use --fsdp, "
-                              f"--activation-checkpointing, a shorter --seq-len, fewer ranks on a "
-                              f"host or a machine with more RAM")
+        where = described if not here else f"another rank's share of its host's RAM (here {described})"
+        raise MicroBatchError(f"even a micro-batch of 1 sequence(s) does not fit in {where}: use --fsdp, "
+                              f"--activation-checkpointing, a shorter --seq-len, fewer ranks on a host "
+                              f"or a machine with more RAM")
     why = (f"auto: largest power of two (at most {CPU_MAX_MICRO_BATCH}) dividing {per_rank} sequences "
            f"per rank whose memory plan fits in {described}")
     return b, why + (f" (another rank had less: {here} fits here)" if b < here else "")
