@@ -326,11 +326,8 @@ def _probe(cfg, runtime, amp_dtype):
     out-of-memory error comes before the machine swaps, from the memory plan in host RAM."""
     if runtime.device.type not in batch_size.PROBED_DEVICES:
         planned = cfg if amp_dtype is not None else replace(cfg, dtype="float32")  # fp32 activations
-
-        def plan_bytes(b):
-            return memory_plan(replace(planned, micro_batch_size=b), runtime.world_size)["total"]
-
-        return batch_size.choose_in_host_memory(cfg, runtime, plan_bytes, *host_memory_share())
+        return batch_size.choose_in_host_memory(cfg, runtime, lambda b: memory_plan(
+            replace(planned, micro_batch_size=b), runtime.world_size)["total"], *host_memory_share())
     per_rank = batch_size.sequences_per_rank(cfg.total_batch_size, cfg.seq_len, runtime.world_size)
     parallel, optimizer = build_probe_copy(cfg, runtime, amp_dtype)
     keep_gradients = runtime.distributed and not cfg.fsdp  # DDP's buckets
