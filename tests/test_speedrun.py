@@ -249,8 +249,9 @@ from trainer.muon import Muon
 dist.init_process_group("gloo")
 mesh = init_device_mesh("cpu", (dist.get_world_size(),))
 torch.manual_seed(0)
-# 8 matrices of 3 shapes, tall and wide; 16 and 10 rows shard unevenly on 3 ranks
-weights = [torch.randn(48, 16) for _ in range(4)] + [torch.randn(16, 40) for _ in range(3)] + [torch.randn(10, 8)]
+# 9 matrices of 4 shapes, tall and wide; 16, 10 and 2 rows shard unevenly on 3 ranks (2: one empty)
+weights = ([torch.randn(48, 16) for _ in range(4)] + [torch.randn(16, 40) for _ in range(3)]
+           + [torch.randn(10, 8), torch.randn(2, 8)])
 grads = [[torch.randn_like(w) for w in weights] for _ in range(2)]
 iterations = 0
 iterate = trainer.muon.orthogonalize
@@ -287,11 +288,11 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.parametrize("nproc, iterations", [(2, [8, 8]), (3, [4, 6, 6])])
+@pytest.mark.parametrize("nproc, iterations", [(2, [8, 10]), (3, [4, 6, 8])])
 def test_muon_on_fsdp_shards_orthogonalises_each_matrix_once_on_its_owner(tmp_path, nproc, iterations):
-    """FSDP's row shards (DTensors, gloo ranks), 8 matrices of 3 shapes for 2 steps: each matrix's
-    Newton-Schulz runs on exactly one rank, the ranks' element counts balanced (2 ranks: 4 matrices
-    each a step; 3: 2, 3 and 3), in 2 all-to-alls per shape per step (not one all-gather per
+    """FSDP's row shards (DTensors, gloo ranks), 9 matrices of 4 shapes for 2 steps: each matrix's
+    Newton-Schulz runs on exactly one rank, the ranks' element counts balanced (2 ranks: 4 and 5
+    matrices a step; 3: 2, 3 and 4), in 2 all-to-alls per shape per step (not one all-gather per
     matrix), and the weights are one process's, bit for bit (DTensor's own iteration on the shards
     took 54 collectives for 2 matrices and differed in the last bits)."""
     script = tmp_path / "fsdp_muon.py"
@@ -299,5 +300,5 @@ def test_muon_on_fsdp_shards_orthogonalises_each_matrix_once_on_its_owner(tmp_pa
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           f"--nproc_per_node={nproc}", str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert f"iterations per rank {iterations}" in out.stdout  # sum: 8 matrices x 2 steps
-    assert "collectives 12 ['c10d.alltoall_base_']" in out.stdout  # 2 x 3 shapes x 2 steps
+    assert f"iterations per rank {iterations}" in out.stdout  # sum: 9 matrices x 2 steps
+    assert "collectives 16 ['c10d.alltoall_base_']" in out.stdout  # 2 x 4 shapes x 2 steps
