@@ -298,7 +298,8 @@ def test_muon_on_fsdp_shards_orthogonalises_each_matrix_once_on_its_owner(tmp_pa
     script = tmp_path / "fsdp_muon.py"
     script.write_text(FSDP_MUON.format(repo=str(REPO)))
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          f"--nproc_per_node={nproc}", str(script)], capture_output=True, text=True, timeout=120)
+                          f"--nproc_per_node={nproc}", str(script)],
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"iterations per rank {iterations}" in out.stdout  # sum: 9 matrices x 2 steps
     assert "collectives 16 ['c10d.alltoall_base_']" in out.stdout  # 2 x 4 shapes x 2 steps
