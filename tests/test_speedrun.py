@@ -16,7 +16,7 @@ from conftest import tiny_train_flags
 from models.modern import ModernConfig, ModernGPT
 from test_train import REPO, data, read_log, run  # noqa: F401
 from trainer.config import parse_config
-from trainer.muon import Muon, orthogonalize
+from trainer.muon import Muon, orthogonalize, owner_ranks
 from trainer.recipes import muon_momentum, wsd_multiplier
 
 STEPS = 20
@@ -200,6 +200,16 @@ def test_muon_in_bf16_is_torch_muon_and_fp32_is_close():
     assert update.dtype == torch.float32 and singular.min() > 0.5 and singular.max() < 1.5
 
 
+def test_owners_share_a_124m_models_matrices_evenly():
+    """Muon's owners at 124M on 8 ranks: the ranks' element counts differ by less than one
+    768 x 768 matrix (taking the matrices in turn, they would differ by 6 of them)."""
+    square, up, down = torch.Size([768, 768]), torch.Size([2048, 768]), torch.Size([768, 2048])
+    shapes = 12 * ([square] * 4 + [up, up, down])
+    owners = owner_ranks(shapes, 8)
+    loads = [sum(s.numel() for s, o in zip(shapes, owners) if o == rank) for rank in range(8)]
+    assert max(loads) - min(loads) < square.numel(), loads
+
+
 def test_compiled_speedrun_has_no_graph_break(char_shards, tmp_path):
     """--compile under DDP and FSDP with activation checkpointing: the three regions of
     trainer/distributed.py compile_regions as full graphs, no recompilation, the eager losses
@@ -233,42 +243,63 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
 from torch.distributed.tensor.debug import CommDebugMode
 sys.path.insert(0, {repo!r})
+import trainer.muon
 from trainer.muon import Muon
 
 dist.init_process_group("gloo")
-mesh = init_device_mesh("cpu", (2,))
+mesh = init_device_mesh("cpu", (dist.get_world_size(),))
 torch.manual_seed(0)
-weights = [torch.randn(48, 16), torch.randn(16, 40)]
+# 9 matrices of 4 shapes, tall and wide; 16, 10 and 2 rows shard unevenly on 3 ranks (2: one empty)
+weights = ([torch.randn(48, 16) for _ in range(4)] + [torch.randn(16, 40) for _ in range(3)]
+           + [torch.randn(10, 8), torch.randn(2, 8)])
 grads = [[torch.randn_like(w) for w in weights] for _ in range(2)]
+iterations = 0
+iterate = trainer.muon.orthogonalize
+
+def counted(*args):
+    global iterations
+    iterations += 1
+    return iterate(*args)
+
+trainer.muon.orthogonalize = counted
 
 def train(sharded):
     shard = (lambda t: distribute_tensor(t.clone(), mesh, [Shard(0)])) if sharded else torch.clone
     params = [torch.nn.Parameter(shard(w)) for w in weights]
     optimizer = Muon(params, lr=0.02, weight_decay=0.05, ns_dtype=torch.float32)
-    collectives = 0
+    collectives = []
     for step_grads in grads:
         for p, g in zip(params, step_grads):
             p.grad = shard(g)
         with CommDebugMode() as comm:
             optimizer.step()
-        collectives += comm.get_total_counts()
+        collectives += [str(op) for op, n in comm.get_comm_counts().items() for _ in range(n)]
     return [p.full_tensor() if sharded else p for p in params], collectives
 
 sharded, collectives = train(True)
+per_rank = [None] * dist.get_world_size()
+dist.all_gather_object(per_rank, iterations)
 assert all(torch.equal(a, b) for a, b in zip(sharded, train(False)[0]))
-print("collectives", collectives)
+if dist.get_rank() == 0:
+    print("iterations per rank", per_rank)
+    print("collectives", len(collectives), sorted(set(collectives)))
+dist.barrier()
 dist.destroy_process_group()
 """
 
 
-def test_muon_on_fsdp_shards_is_the_one_process_update(tmp_path):
-    """FSDP's row shards (DTensors, 2 gloo ranks): each update is gathered whole once and
-    orthogonalised as one process does: the same weights bit for bit, in one all-gather per
-    matrix per step (DTensor's own iteration on the shards took 54 collectives here, and
-    differed in the last bits)."""
+@pytest.mark.parametrize("nproc, iterations", [(2, [8, 10]), (3, [4, 6, 8])])
+def test_muon_on_fsdp_shards_orthogonalises_each_matrix_once_on_its_owner(tmp_path, nproc, iterations):
+    """FSDP's row shards (DTensors, gloo ranks), 9 matrices of 4 shapes for 2 steps: each matrix's
+    Newton-Schulz runs on exactly one rank, the ranks' element counts balanced (2 ranks: 4 and 5
+    matrices a step; 3: 2, 3 and 4), in 2 all-to-alls per shape per step (not one all-gather per
+    matrix), and the weights are one process's, bit for bit (DTensor's own iteration on the shards
+    took 54 collectives for 2 matrices and differed in the last bits)."""
     script = tmp_path / "fsdp_muon.py"
     script.write_text(FSDP_MUON.format(repo=str(REPO)))
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", str(script)], capture_output=True, text=True, timeout=120)
+                          f"--nproc_per_node={nproc}", str(script)],
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "collectives 4" in out.stdout  # 2 matrices x 2 steps
+    assert f"iterations per rank {iterations}" in out.stdout  # sum: 9 matrices x 2 steps
+    assert "collectives 16 ['c10d.alltoall_base_']" in out.stdout  # 2 x 4 shapes x 2 steps

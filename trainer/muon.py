@@ -10,18 +10,23 @@ torch.optim.Muon's) are torch's. With ns_dtype=torch.bfloat16 the update is bit 
 torch.optim.Muon's (tests/test_speedrun.py).
 
 Under FSDP the parameters, gradients and momentum buffers are DTensors sharded by rows. The
-momentum is updated shard by shard; the update to orthogonalise is gathered whole (one
-all-gather a matrix), orthogonalised on every rank, and each rank keeps its rows: the very update
-one process computes. (Run on the sharded DTensor, torch.optim.Muon's iteration is also correct,
-but DTensor makes 11 to 16 collectives a matrix for it, none overlapped. Gathering each matrix
-to one owner rank instead of all would split the iteration's work N ways, as torchtitan's and
-nanochat's DistMuon do; under DDP every rank runs it whole too, ~0.4% of a 124M step's FLOPs.)
+momentum is updated shard by shard; each matrix's update is then orthogonalised whole on one
+owner rank (owners balanced by matrix size), torchtitan's DistMuon `Owned` layout, Dion's and
+nanochat's DistMuon pattern: an all-to-all brings every matrix's row shards to its owner, the
+owner runs the iteration once, and a second all-to-all sends each rank its rows of the result.
+The collectives are batched by shape: 2 all-to-alls per distinct matrix shape per step (the
+modern block has 3 shapes, so 6 a step at any depth), against one all-gather per matrix and
+every rank orthogonalising every matrix when each rank gathers them all (and 11 to 16 collectives
+a matrix when torch.optim.Muon iterates on the sharded DTensor). The result is bit for bit the
+update one process computes. Under DDP every rank runs the iteration whole (~0.4% of a 124M
+step's FLOPs).
 """
 
 import math
 
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Shard
 
 
 def orthogonalize(update, ns_coefficients, ns_steps, eps, dtype):
@@ -69,20 +74,96 @@ class Muon(torch.optim.Muon):
             params, grads, buffers = [], [], []
             self._init_group(group, params, grads, buffers)  # torch's: makes missing buffers
             lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-            for param, grad, buffer in zip(params, grads, buffers):
+            updates = []
+            for grad, buffer in zip(grads, buffers):
                 buffer.lerp_(grad, 1 - momentum)
-                update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-                update = self.orthogonalize(update, group)
-                rows, cols = param.shape
+                updates.append(grad.lerp(buffer, momentum) if group["nesterov"] else buffer)
+            shapes = [param.shape for param in params]  # whole matrices' (for the lr scale)
+            updates = self.orthogonalize(updates, group)
+            if params and isinstance(params[0], DTensor):
+                params = [param.to_local() for param in params]  # this rank's rows, as the updates
+            for param, update, (rows, cols) in zip(params, updates, shapes):
                 param.mul_(1 - lr * decay)
                 param.add_(update, alpha=-lr * math.sqrt(max(1, rows / cols)))
         return loss
 
-    def orthogonalize(self, update, group):
-        """The group's Newton-Schulz iteration on `update`; a DTensor (FSDP) is gathered whole
-        (one all-gather) and each rank keeps its own rows of the result (no communication)."""
+    def orthogonalize(self, updates, group):
+        """The group's Newton-Schulz iteration on each of `updates`; DTensors (FSDP's shards) are
+        orthogonalised on their owner ranks and come back as this rank's rows (plain tensors)."""
         args = group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype
-        if not isinstance(update, DTensor):
-            return orthogonalize(update, *args)
-        whole = orthogonalize(update.full_tensor(), *args)
-        return distribute_tensor(whole, update.device_mesh, update.placements, src_data_rank=None)
+        if updates and isinstance(updates[0], DTensor):
+            return orthogonalize_on_owners(updates, args)
+        return [orthogonalize(update, *args) for update in updates]
+
+
+def owner_ranks(shapes, world_size):
+    """The rank that orthogonalises each matrix: the largest first, each to the least loaded rank
+    so far (by elements; the iteration's cost grows with them), ties to the lowest rank. Every
+    rank computes the same answer from the shapes alone."""
+    load, owners = [0] * world_size, [0] * len(shapes)
+    for i in sorted(range(len(shapes)), key=lambda i: -shapes[i].numel()):
+        owners[i] = min(range(world_size), key=load.__getitem__)
+        load[owners[i]] += shapes[i].numel()
+    return owners
+
+
+def shard_rows(rows, world_size):
+    """Each rank's number of rows under Shard(0): torch.chunk's split, the last ranks short or empty."""
+    chunk = -(-rows // world_size)
+    return [max(0, min(chunk, rows - rank * chunk)) for rank in range(world_size)]
+
+
+def orthogonalize_on_owners(updates, args):
+    """`updates` (DTensors sharded by rows on one 1-D mesh) orthogonalised each on its owner
+    rank; returns this rank's rows of each result. One pair of all-to-alls per shape: the
+    transient buffers hold one shape's matrices at a time."""
+    mesh = updates[0].device_mesh
+    if mesh.ndim != 1 or any(u.placements != (Shard(0),) for u in updates):
+        raise ValueError("Muon's owner layout needs the matrices sharded by rows on a 1-D mesh (FSDP's)")
+    owners = owner_ranks([u.shape for u in updates], mesh.size())
+    results = [None] * len(updates)
+    for shape in dict.fromkeys(u.shape for u in updates):
+        same = [i for i, u in enumerate(updates) if u.shape == shape]
+        mine = exchange_and_orthogonalize([updates[i] for i in same], [owners[i] for i in same], args)
+        for i, rows in zip(same, mine):
+            results[i] = rows
+    return results
+
+
+def exchange_and_orthogonalize(updates, owners, args):
+    """Matrices of one shape: their row shards all-to-all to their owners, orthogonalised there,
+    the results' rows all-to-all back. Both messages run in matrix order within each rank's part."""
+    mesh = updates[0].device_mesh
+    group, world, rank = mesh.get_group(), mesh.size(), mesh.get_local_rank()
+    device = updates[0].to_local().device
+    rows, cols = updates[0].shape
+    split = shard_rows(rows, world)  # rows each rank holds of every matrix here
+    owned = [i for i, owner in enumerate(owners) if owner == rank]
+
+    # gather: to each rank the shards of the matrices it owns; from each rank its shard of mine
+    send = [updates[i].to_local() for dest in range(world) for i, o in enumerate(owners) if o == dest]
+    send_counts = [owners.count(dest) * split[rank] * cols for dest in range(world)]
+    recv_counts = [len(owned) * split[src] * cols for src in range(world)]
+    shards = all_to_all_concatenated(send, send_counts, recv_counts, updates[0].dtype, device, group)
+    by_source = [part.view(len(owned), split[src], cols) for src, part in enumerate(shards)]
+    whole = [orthogonalize(torch.cat([part[k] for part in by_source]), *args) for k in range(len(owned))]
+
+    # scatter: to each rank its rows of the matrices I own; from each owner my rows of its matrices
+    send = [matrix.split(split)[dest] for dest in range(world) for matrix in whole]
+    send_counts = [len(owned) * split[dest] * cols for dest in range(world)]
+    recv_counts = [owners.count(src) * split[rank] * cols for src in range(world)]
+    parts = all_to_all_concatenated(send, send_counts, recv_counts, args[-1], device, group)
+    mine = {src: iter(part.view(owners.count(src), split[rank], cols)) for src, part in enumerate(parts)}
+    return [next(mine[owner]) for owner in owners]
+
+
+def all_to_all_concatenated(tensors, send_counts, recv_counts, dtype, device, group):
+    """One all_to_all_single of `tensors` laid end to end in `dtype`, `send_counts` elements to
+    each rank; returns what each rank sent here, one flat tensor per rank."""
+    if tensors:
+        send = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+    else:  # this rank owns none of these matrices
+        send = torch.empty(0, dtype=dtype, device=device)
+    received = torch.empty(sum(recv_counts), dtype=dtype, device=device)
+    dist.all_to_all_single(received, send, recv_counts, send_counts, group=group)
+    return received.split(recv_counts)
