@@ -101,9 +101,10 @@ def run_rows(plan, command, budget_s):
             if skipped:
                 row["skipped"] = skipped
             else:
-                if worker is None:
+                if worker is None:  # its start is not the row's time
                     worker, why_not = start_worker(command)
                     row.update({"error": why_not} if why_not else {})
+                    row["worker_start_s"], t0 = round(time.monotonic() - t0, 3), time.monotonic()
                 if worker is not None:
                     worker, outcome = run_one(worker, name, limit)
                     row.update(outcome)

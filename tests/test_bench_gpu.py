@@ -116,6 +116,7 @@ def test_a_row_past_its_limit_is_stopped_and_the_next_rows_run_in_a_new_worker(c
     assert 2 <= hang["seconds"] < 10
     assert "error" not in first and "error" not in after and "error" not in last
     assert after["pid"] != first["pid"] and last["pid"] == after["pid"]  # a new worker after the stop
+    assert first["worker_start_s"] > 0 and after["worker_start_s"] > 0 and "worker_start_s" not in last
     assert late["skipped"] == "estimated 90 s, " + late["skipped"].split(", ")[1] and "pid" not in late
     printed = capsys.readouterr().out
     assert "first says hello" in printed and "hang says hello" not in printed
