@@ -268,6 +268,12 @@ def test_from_pretrained_clear_error_offline(tmp_path, monkeypatch):
         gpt_from_hf("no-such-org/no-such-gpt2")
 
 
+def test_another_architecture_is_not_read_as_gpt2(speedrun_export):
+    """GPT2LMHeadModel would read the speedrun's Qwen3 export with fresh weights and only warn."""
+    with pytest.raises(ValueError, match="is a Qwen3ForCausalLM, not a GPT-2"):
+        gpt_from_hf(speedrun_export[1])
+
+
 def test_gpt2_124m_training_step():
     torch.manual_seed(0)
     model = GPT(get_config("gpt2"))
