@@ -117,3 +117,8 @@ def test_speedrun_export_samples_as_its_checkpoint(speedrun_export, tmp_path, ca
     assert rc == 0, err
     assert out == _run(capsys, ours + sampled)[1]
     assert len(set(_samples(out))) == 2  # two different samples
+
+    rc, out, err = _run(capsys, ["--model", str(export), "--max-new-tokens", "128"])  # 1 + 128 > 128
+    assert (rc, out) == (2, "") and err.splitlines()[-1] == (
+        "sample.py: error: the prompt's 1 tokens and --max-new-tokens 128 do not fit the model's "
+        "context of 128 tokens: ask for fewer tokens")
