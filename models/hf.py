@@ -64,14 +64,18 @@ def hf_config(name_or_dir):
     key = MODEL_ALIASES.get(str(name_or_dir).lower(), str(name_or_dir).lower())
     if key in OPENAI_SIZES:  # known shapes: no download to plan or resume a run
         return replace(MODEL_CONFIGS[key], vocab_size=GPT2_VOCAB_SIZE)
-    from transformers import GPT2Config  # seconds to import: only for folders and hub ids
+    from transformers import AutoConfig  # seconds to import: only for folders and hub ids
 
     try:
-        return _gpt_config(GPT2Config.from_pretrained(os.path.expanduser(str(name_or_dir))), name_or_dir)
-    except OSError as e:
+        config = AutoConfig.from_pretrained(os.path.expanduser(str(name_or_dir)), trust_remote_code=False)
+    except (OSError, ValueError) as e:
         raise ValueError(f"could not read the GPT-2 config of {str(name_or_dir)!r} "
                          f"({str(e).strip().splitlines()[0]}): pass gpt2, gpt2-medium, gpt2-large, "
                          f"gpt2-xl or a folder written by save_pretrained") from None
+    if config.model_type != "gpt2":  # GPT2Config would read another's config.json and only warn
+        raise ValueError(f"{str(name_or_dir)!r} is a {config.model_type} model, not a GPT-2: only GPT-2 "
+                         f"weights convert to models/gpt2.py's GPT")
+    return _gpt_config(config, name_or_dir)
 
 
 def _gpt_config(c, source):
