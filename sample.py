@@ -152,7 +152,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         model, tok = load(args.checkpoint, args.model, args.tokenizer, args.device)
-        print(f"{args.checkpoint or args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"{args.checkpoint or args.model}: {n_params:,} parameters, "
               f"tokenizer {tok.name}, device {args.device}", file=sys.stderr)
         texts = generate_samples(model, tok, args.prompt, args.num_samples, args.max_new_tokens,
                                  args.temperature, args.top_k or None, args.seed, args.device,
