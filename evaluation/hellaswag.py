@@ -13,8 +13,8 @@ it assigns the highest likelihood. Two scoring styles, to compare with published
   ending.
 
 Both styles are scored by the same code from a `model_fn(idx) -> logits`, so our models and
-their Hugging Face exports (GPT2LMHeadModel, Qwen3ForCausalLM) give the same answers. Examples longer than
-the model's context are left-truncated exactly as the harness does (and said so once).
+their Hugging Face exports (GPT2LMHeadModel, Qwen3ForCausalLM) give the same answers. Examples
+longer than the model's context are left-truncated exactly as the harness does (and said so once).
 
 The command line is hellaswag.py at the top of the repository; training calls evaluate_gpt.
 """
