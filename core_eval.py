@@ -1,9 +1,11 @@
-"""CORE of OpenAI's GPT-2 or a training checkpoint, per task beside OpenAI GPT-2's of the same size.
+"""CORE of OpenAI's GPT-2, a training checkpoint or a Hugging Face folder (a GPT-2 or the speedrun's
+Qwen3 export), per task beside OpenAI GPT-2's of the same size.
 
     python core_eval.py --download                        # once, where there is internet
     python core_eval.py --build-hellaswag                 # its hellaswag.jsonl from HellaSwag's val set
     python core_eval.py --model gpt2 --dtype bfloat16     # OpenAI's 124M: CORE 0.1139 in nanochat (bf16)
     python core_eval.py --checkpoint runs/x --max-per-task 500
+    python core_eval.py --model hf_out/ --max-per-task 500   # a hf_gpt2.py export folder
     torchrun --standalone --nproc_per_node=8 core_eval.py --model gpt2-xl --json
 
 CORE (the DCLM paper's 22 in-context tasks, centered accuracy averaged) is computed as nanochat
@@ -113,7 +115,7 @@ def main(argv=None):
         if master and missing:
             print(f"CORE: {len(missing)} of {len(tasks) + len(missing)} tasks absent from {args.bundle} "
                   f"(left out): {', '.join(missing)}", file=sys.stderr)
-        model_fn, context = (load_hf_model_fn(args.model, device) if args.model else
+        model_fn, context = (load_hf_model_fn(args.model, device, "CORE") if args.model else
                              load_checkpoint_fn(args.checkpoint, device, "CORE"))
         autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
         prepared = core.prepare(tasks, get_gpt2_encoding(), context, args.max_per_task or None)
@@ -126,7 +128,7 @@ def main(argv=None):
     if result is None:
         return 2
     if master:
-        name = core.gpt2_name_for(model_fn.config.n_layer, model_fn.config.n_embd) or "gpt2"
+        name = core.gpt2_name_for(*model_fn.shape) or "gpt2"
         reference = core.gpt2_reference(list(result["tasks"]), args.bundle, name)
         if args.json:
             print(json.dumps({**result, "missing": missing, "reference": reference}))

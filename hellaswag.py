@@ -1,8 +1,10 @@
-"""HellaSwag accuracy of OpenAI's GPT-2 or a training checkpoint, beside OpenAI GPT-2's.
+"""HellaSwag accuracy of OpenAI's GPT-2, a training checkpoint or a Hugging Face folder (a GPT-2 or
+the speedrun's Qwen3 export), beside OpenAI GPT-2's.
 
     python hellaswag.py --download                         # once, where there is internet
     python hellaswag.py --model gpt2                       # OpenAI's 124M through transformers
     python hellaswag.py --checkpoint runs/x/ckpt_0019000.pt --style harness
+    python hellaswag.py --model hf_out/                    # a hf_gpt2.py export folder
     torchrun --standalone --nproc_per_node=8 hellaswag.py --model gpt2-xl --dtype bfloat16
 
 The data, the two scoring styles and the scoring itself live in evaluation/ (hellaswag.py,

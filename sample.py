@@ -1,13 +1,17 @@
-"""Generate text from a training checkpoint or from OpenAI's GPT-2.
+"""Generate text from a training checkpoint, OpenAI's GPT-2 or a Hugging Face folder.
 
     python sample.py --checkpoint runs/gpt2/ckpt_0019073.pt --prompt "Hello, I'm a language model,"
     python sample.py --checkpoint runs/shakespeare-char          # newest checkpoint in a run folder
     python sample.py --model gpt2 --num-samples 5 --top-k 50      # OpenAI's weights (hub id or folder)
+    python sample.py --model hf_out/                              # a hf_gpt2.py export (GPT-2 or Qwen3)
 
 A checkpoint is decoded with the tokenizer its shards were made with (GPT-2 BPE or char-level):
 the checkpoint's config names the shard folder; --tokenizer overrides it (e.g. when the shards
 are not on this machine). Sampling uses a KV cache, so each new token costs one position, not the
-whole prefix. The same --seed gives the same samples.
+whole prefix. The same --seed gives the same samples. A Hugging Face model samples through
+transformers' generate, the same way (temperature, top-k, one draw per row from the seeded
+generator): an export gives its checkpoint's samples when their vocabularies are equally wide
+(a padded vocabulary is cropped on export, which changes the draws; greedy output still agrees).
 """
 
 import argparse
@@ -19,11 +23,11 @@ import torch
 
 from models.checkpoint import load_model
 from models.device import pick_device_type
-from models.hf import gpt_from_hf
+from models.hf import load_hf_causal_lm
 
 
 def load(checkpoint=None, model_name=None, tokenizer=None, device="cpu"):
-    """(model in eval mode, tokenizer) for a checkpoint or a Hugging Face GPT-2."""
+    """(model in eval mode, tokenizer) for a checkpoint or a Hugging Face causal LM."""
     from pipeline.tokenizer import load_tokenizer
 
     if checkpoint is not None:
@@ -36,7 +40,7 @@ def load(checkpoint=None, model_name=None, tokenizer=None, device="cpu"):
                 )
             tokenizer = data_dir
     else:
-        model = gpt_from_hf(model_name).to(device)
+        model = load_hf_causal_lm(model_name).to(device)
         tokenizer = tokenizer or "gpt2"
     try:
         tok = load_tokenizer(tokenizer)
@@ -70,12 +74,16 @@ def generate_samples(model, tok, prompt="", num_samples=1, max_new_tokens=100, t
     if max(ids) >= model.config.vocab_size:
         raise ValueError(f"prompt token {max(ids)} is outside the model's vocabulary")
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     with amp:
-        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                             generator=generator, use_kv_cache=use_kv_cache,
-                             vocab_size=tok.vocab_size)
+        if hasattr(model, "generation_config"):  # a transformers model
+            out = generate_hf(model, idx, max_new_tokens, temperature, top_k, seed, use_kv_cache,
+                              tok.vocab_size)
+        else:
+            generator = torch.Generator(device=device).manual_seed(seed)
+            out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                 generator=generator, use_kv_cache=use_kv_cache,
+                                 vocab_size=tok.vocab_size)
     texts = []
     for row in out.tolist():
         new = row[len(ids):]
@@ -86,12 +94,32 @@ def generate_samples(model, tok, prompt="", num_samples=1, max_new_tokens=100, t
     return texts
 
 
+def generate_hf(hf, idx, max_new_tokens, temperature, top_k, seed, use_kv_cache, vocab_size):
+    """transformers' generate, sampling as our models' generate does: ids >= vocab_size
+    suppressed, then temperature, then top-k, then one multinomial draw per row, from the global
+    generator seeded with `seed` (forked, so the caller's random state is left as it was). It
+    stops once every row has ended with end-of-text, which only cuts what is dropped anyway."""
+    context = hf.config.max_position_embeddings
+    if idx.size(1) + max_new_tokens > context:  # our models crop the context; transformers' do not
+        raise ValueError(f"the prompt's {idx.size(1)} tokens and --max-new-tokens {max_new_tokens} "
+                         f"do not fit the model's context of {context} tokens: ask for fewer tokens")
+    sampling = ({"do_sample": True, "temperature": temperature, "top_k": top_k or 0} if temperature
+                else {"do_sample": False})
+    with torch.random.fork_rng(devices=[idx.device] if idx.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=max_new_tokens,
+                           use_cache=use_kv_cache, **sampling,
+                           suppress_tokens=list(range(vocab_size, hf.config.vocab_size)) or None,
+                           pad_token_id=hf.generation_config.eos_token_id or 0)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a ckpt_*.pt file, or a run folder (its newest checkpoint)")
     src.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, a hub id, or a local "
-                                     "Hugging Face GPT-2 folder (e.g. one written by hf_gpt2.py export)")
+                                     "folder of a causal LM transformers ships (e.g. one written by "
+                                     "hf_gpt2.py export: GPT-2 or the speedrun's Qwen3)")
     p.add_argument("--tokenizer", default=None,
                    help="gpt2 or a shard folder (default: the checkpoint's shards; gpt2 for --model)")
     p.add_argument("--prompt", default="",
@@ -124,7 +152,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         model, tok = load(args.checkpoint, args.model, args.tokenizer, args.device)
-        print(f"{args.checkpoint or args.model}: {model.num_params():,} parameters, "
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"{args.checkpoint or args.model}: {n_params:,} parameters, "
               f"tokenizer {tok.name}, device {args.device}", file=sys.stderr)
         texts = generate_samples(model, tok, args.prompt, args.num_samples, args.max_new_tokens,
                                  args.temperature, args.top_k or None, args.seed, args.device,

@@ -1,4 +1,5 @@
-"""HellaSwag: get the validation set, render its examples, score a language model on them.
+"""HellaSwag: render its examples, score a language model on them (the validation set itself,
+its download and checks, is hellaswag_data.py).
 
 Each example is a context and 4 candidate endings; the model "answers" by finding the ending
 it assigns the highest likelihood. Two scoring styles, to compare with published numbers:
@@ -11,33 +12,27 @@ it assigns the highest likelihood. Two scoring styles, to compare with published
   the largest summed log-likelihood, acc_norm the largest log-likelihood per character of the
   ending.
 
-Both styles are scored by the same code from a `model_fn(idx) -> logits`, so our GPT and
-Hugging Face's GPT2LMHeadModel give the same answers for the same weights. Examples longer than
-the model's context are left-truncated exactly as the harness does (and said so once).
+Both styles are scored by the same code from a `model_fn(idx) -> logits`, so our models and
+their Hugging Face exports (GPT2LMHeadModel, Qwen3ForCausalLM) give the same answers. Examples
+longer than the model's context are left-truncated exactly as the harness does (and said so once).
 
 The command line is hellaswag.py at the top of the repository; training calls evaluate_gpt.
 """
 
-import json
-import os
 import re
 import sys
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 
-from evaluation.download import make_folders, remove_empty_folders, temporary_download_path
+# the data half: re-exported, so that callers take the whole benchmark from this module
+from evaluation.hellaswag_data import (DEFAULT_CACHE_DIR, NUM_VAL_EXAMPLES, URL, VAL_FILE,  # noqa: F401
+                                       HellaSwagUnavailable, download, load_examples)
 from evaluation.scoring import (Logits, check_gpt2_vocab, continuation_fits, crop_left, rank_and_world,
                                 score_rows, sum_over_ranks)
 from models.gpt2 import unwrap
 from pipeline.tokenizer import get_gpt2_encoding
 
-URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-VAL_FILE = "hellaswag_val.jsonl"
-NUM_VAL_EXAMPLES = 10042
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "hellaswag"
 STYLES = ("default", "harness")
 
 # OpenAI GPT-2 on the full validation set: (acc, acc_norm); None where no reference exists.
@@ -70,126 +65,6 @@ def references_for(n_layer, n_embd, style="default"):
                 found.append((f"OpenAI GPT-2 {MODEL_LABELS[name]}", REFERENCE[style][name][1]))
             return found + [GPT3_REFERENCE[name]]
     return []
-
-
-class HellaSwagUnavailable(RuntimeError):
-    """The examples cannot be had (offline with no cached copy, missing or malformed file).
-    The message is one line saying what to do; training catches this and skips HellaSwag."""
-
-
-# -----------------------------------------------------------------------------------------
-# Data
-
-
-def _read_examples(path, expect_full):
-    """Parse and check a HellaSwag jsonl file; `expect_full` also demands all 10,042 lines."""
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-                ok = (
-                    all(isinstance(ex[k], str) for k in ("ctx", "ctx_a", "ctx_b", "activity_label"))
-                    and isinstance(ex["endings"], list)
-                    and len(ex["endings"]) == 4
-                    and all(isinstance(e, str) for e in ex["endings"])
-                    and int(ex["label"]) in range(4)
-                )
-            except (ValueError, KeyError, TypeError):
-                ok = False
-            if not ok:
-                raise HellaSwagUnavailable(
-                    f"{path}:{lineno}: not a HellaSwag example (need ctx, ctx_a, ctx_b, "
-                    f"activity_label, 4 endings, label 0-3); pass the original hellaswag_val.jsonl"
-                )
-            examples.append(ex)
-    if expect_full and len(examples) != NUM_VAL_EXAMPLES:
-        raise HellaSwagUnavailable(
-            f"{path}: {len(examples)} examples, expected {NUM_VAL_EXAMPLES} (incomplete download?)"
-        )
-    return examples
-
-
-def download(cache_dir=DEFAULT_CACHE_DIR, url=URL):
-    """Path of the cached validation file, downloading it first if needed.
-
-    The file appears under its final name only once complete and verified (10,042 examples).
-    """
-    import requests
-
-    path = Path(cache_dir) / VAL_FILE
-    if path.exists():
-        try:
-            _read_examples(path, expect_full=True)
-            return path
-        except HellaSwagUnavailable:
-            pass  # a damaged copy: fetch it again below
-    created = make_folders(path.parent)
-    tmp = temporary_download_path(path)
-    try:
-        response = requests.get(url, timeout=60)
-        response.raise_for_status()
-        tmp.write_bytes(response.content)
-        _read_examples(tmp, expect_full=True)
-        os.replace(tmp, path)
-    except (requests.RequestException, OSError, HellaSwagUnavailable) as e:
-        tmp.unlink(missing_ok=True)
-        remove_empty_folders(created)  # a failed download leaves nothing behind
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise HellaSwagUnavailable(
-            f"HellaSwag validation set not found at {path} and the download from {url} failed "
-            f"({type(e).__name__}: {reason}); fetch that file on a connected machine and put it at "
-            f"{path}, or pass a local copy (hellaswag.py --data, core_eval.py --hellaswag-data)"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def download_on_rank0(cache_dir=DEFAULT_CACHE_DIR, url=URL):
-    """download() in a distributed job: rank 0 downloads while the other ranks wait for its
-    outcome (a broadcast, which is the barrier), then every rank reads the file. Rank 0's
-    failure is every rank's, so all ranks stop at the same point with the same line. A rank
-    whose cache folder is not on rank 0's disk (node-local storage) fetches its own copy."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return download(cache_dir, url)
-    failure = [None]
-    if dist.get_rank() == 0:
-        try:
-            download(cache_dir, url)
-        except (HellaSwagUnavailable, OSError) as e:
-            failure = [str(e)]
-    dist.broadcast_object_list(failure, src=0)
-    if failure[0] is not None:
-        raise HellaSwagUnavailable(failure[0])
-    return download(cache_dir, url)
-
-
-def load_examples(path=None, cache_dir=DEFAULT_CACHE_DIR, limit=None, url=URL, download=True):
-    """The validation examples as dicts (the jsonl's fields), the first `limit` of them.
-
-    `path`: a local HellaSwag-format jsonl (any number of examples); otherwise the cached
-    download in `cache_dir`, fetched when missing if `download` (by rank 0 only when
-    torch.distributed is running: every rank must call this then). Training passes
-    download=False: a compute node may have no internet, so the file is fetched beforehand
-    (`python hellaswag.py --download`). Raises HellaSwagUnavailable.
-    """
-    if path is not None:
-        if not Path(path).is_file():
-            raise HellaSwagUnavailable(f"{path}: no such file (expected HellaSwag jsonl, e.g. {VAL_FILE})")
-        examples = _read_examples(path, expect_full=False)
-    elif download:
-        examples = _read_examples(download_on_rank0(cache_dir, url), expect_full=True)
-    else:
-        cached = Path(cache_dir) / VAL_FILE
-        if not cached.is_file():
-            raise HellaSwagUnavailable(
-                f"HellaSwag validation set not found at {cached}; fetch it beforehand with "
-                f"`python hellaswag.py --download` (on a machine with internet), or pass a local copy")
-        examples = _read_examples(cached, expect_full=True)
-    return examples[:limit] if limit is not None else examples
 
 
 # -----------------------------------------------------------------------------------------

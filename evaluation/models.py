@@ -1,7 +1,7 @@
 """The models the evaluations score, each as `(model_fn, context length)` where
-`model_fn(idx (B, T) LongTensor) -> logits (B, T, V)`: OpenAI's GPT-2 (or any GPT2LMHeadModel
-folder) through transformers, or our GPT from a training checkpoint. Also the process group the
-command lines start under torchrun."""
+`model_fn(idx (B, T) LongTensor) -> logits (B, T, V)`: OpenAI's GPT-2 or any causal LM folder
+through transformers (the speedrun's Qwen3 export among them), or our model from a training
+checkpoint. Also the process group the command lines start under torchrun."""
 
 import os
 
@@ -9,20 +9,22 @@ import torch
 import torch.distributed as dist
 
 from evaluation.scoring import Logits, check_gpt2_vocab
-from models.hf import load_hf_gpt2
+from models.hf import load_hf_causal_lm
 from models.checkpoint import load_model
 from models.device import pick_device_type
 
 
-def load_hf_model_fn(name_or_dir, device):
-    """(model_fn, context length) of a transformers GPT2LMHeadModel: OpenAI's sizes, a hub id
-    or a local folder. The context is config.n_positions, where the harness reads it."""
+def load_hf_model_fn(name_or_dir, device, benchmark="HellaSwag"):
+    """(model_fn, context length) of a transformers causal LM: OpenAI's GPT-2 sizes, a hub id or
+    a local folder (GPT2LMHeadModel, Qwen3ForCausalLM, ...). The context is
+    config.max_position_embeddings (GPT-2's n_positions), where the harness reads it."""
     try:
-        hf = load_hf_gpt2(name_or_dir)
+        hf = load_hf_causal_lm(name_or_dir)
     except ValueError as e:
         raise ValueError(f"--model {name_or_dir}: {e}") from None
+    check_gpt2_vocab(hf, f"--model {name_or_dir}", benchmark)
     hf.to(device).eval()
-    return Logits(hf), hf.config.n_positions
+    return Logits(hf), hf.config.max_position_embeddings
 
 
 def load_checkpoint_fn(path, device, benchmark="HellaSwag"):
@@ -39,7 +41,8 @@ def add_model_arguments(parser, download_help, dtype_help="bfloat16 runs the for
     --device and --dtype. Returns the group of the first three, for a command's own alternatives."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124m..1558m), "
-                       "a Hugging Face hub id, or a local GPT2LMHeadModel folder")
+                       "a Hugging Face hub id, or a local folder of a causal LM transformers ships "
+                       "(e.g. one written by hf_gpt2.py export: GPT-2 or the speedrun's Qwen3)")
     which.add_argument("--checkpoint", help="a train_gpt2.py checkpoint (ckpt_*.pt), or a run folder (its newest)")
     which.add_argument("--download", action="store_true", help=download_help)
     parser.add_argument("--device", default="auto",

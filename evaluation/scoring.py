@@ -8,8 +8,8 @@ log-likelihood it gives each continuation token, and whether its greedy choice w
     scores = score_rows(model_fn, rows, masks, device, n_vocab)
     scores.loglik, scores.n_tokens, scores.greedy           # one value per row
 
-`model_fn(idx (B, T)) -> logits (B, T, V)`; a Logits (our GPT or a GPT2LMHeadModel) computes
-the logits of the scored positions only.
+`model_fn(idx (B, T)) -> logits (B, T, V)`; a Logits (our model or a transformers causal LM)
+computes the logits of the scored positions only.
 
 Ranks share the examples: rank r takes examples r, r + world_size, ... and the counts are summed
 over ranks, so every rank ends with the totals of a single-process run.
@@ -79,14 +79,19 @@ def score_rows(model_fn, rows, masks, device, n_vocab, autocast_dtype=None):
 
 
 class Logits:
-    """The model_fn of a GPT or a GPT2LMHeadModel: `model_fn(idx)` -> logits (B, T, V), and
+    """The model_fn of our models or a transformers causal LM (GPT2LMHeadModel, Qwen3ForCausalLM,
+    ...: all name their output layer `lm_head`): `model_fn(idx)` -> logits (B, T, V), and
     `model_fn(idx, where)` -> the logits at the positions where `where` (B, T) is True only (N, V),
-    in the order of logits[where]: a hook hands the output layer (`lm_head`, a third of a 124M
-    forward) just those positions' hidden states. `.config` is the model's (both name their shape
-    n_layer and n_embd, which finds the OpenAI GPT-2 of the same size)."""
+    in the order of logits[where]: a hook hands the output layer (a third of a 124M forward) just
+    those positions' hidden states. `.shape` is (layers, width), which finds the OpenAI GPT-2 of
+    the same size."""
 
     def __init__(self, model):
         self.model, self.config = model, model.config
+        # our configs name the shape n_layer and n_embd; transformers' (GPT-2's too, by alias)
+        # num_hidden_layers and hidden_size
+        layers = getattr(self.config, "n_layer", None) or self.config.num_hidden_layers
+        self.shape = (layers, getattr(self.config, "n_embd", None) or self.config.hidden_size)
 
     def __call__(self, idx, where=None):
         hook = None

@@ -64,14 +64,18 @@ def hf_config(name_or_dir):
     key = MODEL_ALIASES.get(str(name_or_dir).lower(), str(name_or_dir).lower())
     if key in OPENAI_SIZES:  # known shapes: no download to plan or resume a run
         return replace(MODEL_CONFIGS[key], vocab_size=GPT2_VOCAB_SIZE)
-    from transformers import GPT2Config  # seconds to import: only for folders and hub ids
+    from transformers import AutoConfig  # seconds to import: only for folders and hub ids
 
     try:
-        return _gpt_config(GPT2Config.from_pretrained(os.path.expanduser(str(name_or_dir))), name_or_dir)
-    except OSError as e:
+        config = AutoConfig.from_pretrained(os.path.expanduser(str(name_or_dir)), trust_remote_code=False)
+    except (OSError, ValueError) as e:
         raise ValueError(f"could not read the GPT-2 config of {str(name_or_dir)!r} "
                          f"({str(e).strip().splitlines()[0]}): pass gpt2, gpt2-medium, gpt2-large, "
                          f"gpt2-xl or a folder written by save_pretrained") from None
+    if config.model_type != "gpt2":  # GPT2Config would read another's config.json and only warn
+        raise ValueError(f"{str(name_or_dir)!r} is a {config.model_type} model, not a GPT-2: only GPT-2 "
+                         f"weights convert to models/gpt2.py's GPT")
+    return _gpt_config(config, name_or_dir)
 
 
 def _gpt_config(c, source):
@@ -188,7 +192,20 @@ def current_umask():
 
 
 def load_hf_gpt2(name_or_dir):
-    """transformers' GPT2LMHeadModel from a local folder, the local HF cache, or the hub.
+    """transformers' GPT2LMHeadModel from a local folder, the local HF cache, or the hub (as
+    load_hf_causal_lm): what gpt_from_hf converts. Another architecture is refused, as
+    GPT2LMHeadModel would read its folder with freshly initialised weights and only warn."""
+    hf = load_hf_causal_lm(name_or_dir)
+    if type(hf).__name__ != "GPT2LMHeadModel":
+        raise ValueError(f"{name_or_dir!r} is a {type(hf).__name__}, not a GPT-2 (GPT2LMHeadModel): "
+                         f"only GPT-2 weights convert to models/gpt2.py's GPT")
+    return hf
+
+
+def load_hf_causal_lm(name_or_dir):
+    """A transformers causal LM from a local folder, the local HF cache, or the hub: any
+    architecture transformers ships (GPT2LMHeadModel, the speedrun export's Qwen3ForCausalLM, ...),
+    never a repository's own code (trust_remote_code=False).
 
     Offline, transformers retries the hub for ~25 s before failing; we look in the cache first
     and probe the hub once, so a missing model fails in a second with one clear line.
@@ -197,7 +214,7 @@ def load_hf_gpt2(name_or_dir):
 
     def fail(reason):
         raise ValueError(
-            f"could not load GPT-2 weights {hub_id!r} ({reason}): put a local copy (a folder "
+            f"could not load the Hugging Face model {hub_id!r} ({reason}): put a local copy (a folder "
             f"written by `python hf_gpt2.py export` or save_pretrained) and pass its path, or go online"
         ) from None
 
@@ -207,15 +224,18 @@ def load_hf_gpt2(name_or_dir):
     looks_local = os.path.isdir(hub_id) or hub_id.startswith((".", "/", "~")) or hub_id.count("/") > 1
     if looks_local and not os.path.isdir(os.path.expanduser(hub_id)):
         fail("no such folder")
-    from transformers import GPT2LMHeadModel  # seconds to import: after the checks
+    from transformers import AutoModelForCausalLM  # seconds to import: after the checks
+
+    def load(source, **kwargs):
+        return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, **kwargs)
 
     if looks_local:
         try:
-            return GPT2LMHeadModel.from_pretrained(os.path.expanduser(hub_id))
+            return load(os.path.expanduser(hub_id))
         except Exception as e:
             fail(short(e))
     try:
-        return GPT2LMHeadModel.from_pretrained(hub_id, local_files_only=True)  # the HF cache
+        return load(hub_id, local_files_only=True)  # the HF cache
     except Exception:
         pass
     from huggingface_hub import constants
@@ -229,6 +249,6 @@ def load_hf_gpt2(name_or_dir):
         except OSError as e:
             fail(f"not in the Hugging Face cache and {host} is unreachable: {e}")
     try:
-        return GPT2LMHeadModel.from_pretrained(hub_id)
+        return load(hub_id)
     except Exception as e:
         fail(short(e))

@@ -82,3 +82,28 @@ def wandb_offline_runs(run_dir):
 @pytest.fixture(scope="session")
 def read_wandb_runs():
     return wandb_offline_runs
+
+
+@pytest.fixture(scope="session")
+def speedrun_export(tmp_path_factory):
+    """(checkpoint, its `hf_gpt2.py export` folder): a tiny --recipe speedrun model (models/modern.py)
+    with GPT-2's vocabulary padded to 50304 as training pads it (the export crops it to 50257 and
+    writes GPT-2's tokenizer), a 128-token context, its weights moved off their zero init so that
+    its answers differ from example to example; the export a Qwen3ForCausalLM."""
+    import torch
+
+    import hf_gpt2
+    from models.modern import ModernConfig, ModernGPT
+
+    folder = tmp_path_factory.mktemp("speedrun_export")
+    torch.manual_seed(0)
+    config = ModernConfig(block_size=128, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
+    model = ModernGPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    checkpoint = folder / "ckpt_0000001.pt"
+    torch.save({"model": model.state_dict(), "step": 1, "format": 3,
+                "config": {"data": "", "model": config.to_dict()}}, checkpoint)
+    assert hf_gpt2.main(["export", str(checkpoint), str(folder / "hf")]) == 0
+    return checkpoint, folder / "hf"

@@ -361,3 +361,17 @@ def test_download_places_the_bundle_once_and_a_failure_leaves_nothing(tmp_path, 
         server.server_close()
     status, out, _ = run_cli(capsys, "--download", "--bundle", target, "--url", f"{url}/eval_bundle.zip")
     assert status == 0 and out == f"CORE eval bundle already at {target}\n"  # once: the server is gone
+
+
+def test_speedrun_export_scores_as_its_checkpoint(bundle, speedrun_export, capsys):
+    """core_eval.py --model on the speedrun's Qwen3ForCausalLM export: its checkpoint's CORE, task
+    by task, beside the same OpenAI GPT-2 reference."""
+    checkpoint, export = speedrun_export
+    results = []
+    for which in (["--checkpoint", checkpoint], ["--model", export]):
+        status, out, err = run_cli(capsys, *which, "--bundle", bundle, "--json", "--device", "cpu")
+        assert status == 0, err
+        results.append(json.loads(out.splitlines()[-1]))
+    ckpt, hf = results
+    assert [hf[k] for k in ("tasks", "core", "reference")] == [ckpt[k] for k in ("tasks", "core", "reference")]
+    assert [r["n"] for r in hf["tasks"].values()] == [5, 3, 4]

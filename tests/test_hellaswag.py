@@ -340,6 +340,26 @@ def test_exported_checkpoint_matches_checkpoint(tmp_path, examples, data_file, e
     assert "124M" in out and "1558M" in out and "not the full set" in out
 
 
+def test_speedrun_export_scores_as_its_checkpoint(speedrun_export, examples, data_file, enc, capsys):
+    """hellaswag.py --model on the speedrun's Qwen3ForCausalLM export: its checkpoint's answers and
+    log-likelihoods (its padded vocabulary cropped on export), and the same scores."""
+    checkpoint, export = speedrun_export
+    model_fn, context = load_hf_model_fn(str(export), "cpu")
+    assert (type(model_fn.model).__name__, context) == ("Qwen3ForCausalLM", 128)
+    from_hf = evaluate(model_fn, examples, enc, batch_size=4, max_length=context)
+    from_ckpt = evaluate(load_checkpoint_fn(str(checkpoint), "cpu")[0], examples, enc, batch_size=4)
+    for i in range(len(examples)):
+        assert from_hf["predictions"][i][:2] == from_ckpt["predictions"][i][:2]
+        assert from_hf["predictions"][i][2] == pytest.approx(from_ckpt["predictions"][i][2], abs=1e-4)
+    assert len({p[:2] for p in from_ckpt["predictions"].values()}) > 1  # not one constant answer
+
+    scores = []
+    for which in (["--checkpoint", str(checkpoint)], ["--model", str(export)]):
+        assert hellaswag_cli.main([*which, "--data", str(data_file), "--json", "--device", "cpu"]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[0] == scores[1] and scores[0]["n"] == len(examples)
+
+
 # ----------------------------------------------------------------------------------------
 # examples longer than the model's context
 
@@ -520,15 +540,35 @@ def test_rank0_downloads_while_other_ranks_wait_then_read(tmp_path):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [hellaswag.VAL_FILE]  # no temp file left
 
 
-def test_lm_evaluation_harness_scores_an_export_as_hellaswag_py_does(tmp_path, examples, enc, monkeypatch):
-    """EleutherAI's lm-evaluation-harness, with its own HellaSwag preprocessing, on a
-    `hf_gpt2.py export` folder given no extra arguments, offline: the same log-likelihoods as
-    `hellaswag.py --style harness` on the checkpoint, so the same answers and accuracies."""
+def harness_loglikelihoods(folder, examples):
+    """(docs, [[4 log-likelihoods] per example]) of EleutherAI's lm-evaluation-harness, with its own
+    HellaSwag preprocessing, on a Hugging Face folder given no extra arguments, offline."""
     import datasets
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks.hellaswag.utils import process_docs
 
+    lm = HFLM(pretrained=str(folder), device="cpu", batch_size=4)
+    docs = process_docs(datasets.Dataset.from_list([{k: ex[k] for k in
+                                                     ("ctx_a", "ctx_b", "activity_label", "endings", "label")}
+                                                    for ex in examples]))
+    requests = [Instance("loglikelihood", doc, (doc["query"], " " + choice), idx)
+                for doc in docs for idx, choice in enumerate(doc["choices"])]
+    results = [ll for ll, _ in lm.loglikelihood(requests)]
+    return docs, [results[4 * i : 4 * i + 4] for i in range(len(docs))]
+
+
+def assert_harness_agrees(docs, harness_ll, ours):
+    """The harness's log-likelihoods are hellaswag.py's (--style harness), so are its acc_norm answers."""
+    for i, doc in enumerate(docs):
+        assert harness_ll[i] == pytest.approx(ours["predictions"][i][2], abs=5e-5)
+        pred_norm = max(range(4), key=lambda k: harness_ll[i][k] / len(doc["choices"][k]))
+        assert ours["predictions"][i][1] == pred_norm
+
+
+def test_lm_evaluation_harness_scores_an_export_as_hellaswag_py_does(tmp_path, examples, enc, monkeypatch):
+    """lm-evaluation-harness on a GPT-2 `hf_gpt2.py export` folder: the same log-likelihoods as
+    `hellaswag.py --style harness` on the checkpoint, so the same answers and accuracies."""
     from models.gpt2 import GPT, GPTConfig
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -539,16 +579,16 @@ def test_lm_evaluation_harness_scores_an_export_as_hellaswag_py_does(tmp_path, e
             p.normal_(0, 0.3)
     export_hf(model, tmp_path / "hf")
     ours = evaluate(lambda idx: model(idx)[0], examples, enc, "harness", batch_size=4, max_length=128)
+    assert_harness_agrees(*harness_loglikelihoods(tmp_path / "hf", examples), ours)
 
-    lm = HFLM(pretrained=str(tmp_path / "hf"), device="cpu", batch_size=4)
-    docs = process_docs(datasets.Dataset.from_list([{k: ex[k] for k in
-                                                     ("ctx_a", "ctx_b", "activity_label", "endings", "label")}
-                                                    for ex in examples]))
-    requests = [Instance("loglikelihood", doc, (doc["query"], " " + choice), idx)
-                for doc in docs for idx, choice in enumerate(doc["choices"])]
-    results = lm.loglikelihood(requests)
-    for i, doc in enumerate(docs):
-        harness_ll = [ll for ll, _ in results[4 * i : 4 * i + 4]]
-        assert harness_ll == pytest.approx(ours["predictions"][i][2], abs=5e-5)
-        pred_norm = max(range(4), key=lambda k: harness_ll[k] / len(doc["choices"][k]))
-        assert ours["predictions"][i][1] == pred_norm
+
+def test_lm_evaluation_harness_scores_the_speedrun_export_as_hellaswag_py_does(speedrun_export, examples,
+                                                                                 enc, monkeypatch):
+    """lm-evaluation-harness on the speedrun's Qwen3ForCausalLM export: the log-likelihoods of
+    `hellaswag.py --style harness --model` on the same folder (and so, by the test above it, of
+    the checkpoint)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, export = speedrun_export
+    ours = evaluate(load_hf_model_fn(str(export), "cpu")[0], examples, enc, "harness", batch_size=4,
+                    max_length=128)
+    assert_harness_agrees(*harness_loglikelihoods(export, examples), ours)

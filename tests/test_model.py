@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.gpt2 import GPT, GPTConfig, KVCache, MODEL_CONFIGS, get_config, unwrap
-from models.hf import export_hf, gpt_from_hf
+from models.hf import export_hf, gpt_from_hf, hf_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -266,6 +266,15 @@ def test_from_pretrained_clear_error_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="could not load .*put a local copy.*go online"):
         gpt_from_hf("no-such-org/no-such-gpt2")
+
+
+def test_another_architecture_is_not_read_as_gpt2(speedrun_export):
+    """GPT-2's classes would read the speedrun's Qwen3 export (fresh weights, a GPT-2 of Qwen3's
+    shape) and only warn: its weights and its shape (--init-from's plan) are refused."""
+    with pytest.raises(ValueError, match="is a Qwen3ForCausalLM, not a GPT-2"):
+        gpt_from_hf(speedrun_export[1])
+    with pytest.raises(ValueError, match="is a qwen3 model, not a GPT-2"):
+        hf_config(speedrun_export[1])
 
 
 def test_gpt2_124m_training_step():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import hellaswag as hellaswag_cli
-from evaluation import hellaswag
+from evaluation import hellaswag, hellaswag_data
 import train_gpt2
 from conftest import tiny_train_flags, write_char_shards
 from shards.format import HEADER_BYTES, write_shard
@@ -205,7 +205,7 @@ def write_examples(path, examples):
 def test_hellaswag_file_must_be_local_and_is_never_downloaded(gpt2_data, tmp_path, started, capsys,
                                                               monkeypatch):
     monkeypatch.setattr(hellaswag, "DEFAULT_CACHE_DIR", tmp_path / "empty-cache")
-    monkeypatch.setattr(hellaswag, "download", lambda *a, **k: pytest.fail("training downloaded HellaSwag"))
+    monkeypatch.setattr(hellaswag_data, "download", lambda *a, **k: pytest.fail("training downloaded HellaSwag"))
     assert_refused(run(capsys, gpt2_data, tmp_path / "run", *GPT2_VOCAB),
                    f"HellaSwag data not found at {tmp_path / 'empty-cache' / hellaswag.VAL_FILE}")
     missing = tmp_path / "missing.jsonl"

@@ -94,3 +94,31 @@ def test_offline_hub_model_is_one_clear_error(capsys, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     rc, _, err = _run(capsys, ["--model", "no-such-org/no-such-gpt2"])
     assert rc == 2 and "could not load" in err and err.count("\n") == 1
+
+
+def test_speedrun_export_samples_as_its_checkpoint(speedrun_export, tmp_path, capsys):
+    """sample.py --model on the speedrun's Qwen3ForCausalLM export: its checkpoint's greedy text;
+    exported at the checkpoint's full (padded) vocabulary width, its seeded samples too."""
+    import hf_gpt2
+
+    checkpoint, export = speedrun_export
+    ours = ["--checkpoint", str(checkpoint), "--tokenizer", "gpt2"]
+    prompt = ["--prompt", "Hello, I'm a language model,", "--num-samples", "2", "--max-new-tokens", "12"]
+    greedy = prompt + ["--temperature", "0"]
+    rc, out, err = _run(capsys, ["--model", str(export)] + greedy)
+    assert rc == 0, err
+    assert out == _run(capsys, ours + greedy)[1]
+    assert all(t.startswith("Hello, I'm a language model,") and len(t) > 40 for t in _samples(out))
+
+    assert hf_gpt2.main(["export", str(checkpoint), str(tmp_path / "wide"), "--vocab-size", "50304"]) == 0
+    capsys.readouterr()
+    sampled = prompt + ["--seed", "5", "--top-k", "100"]
+    rc, out, err = _run(capsys, ["--model", str(tmp_path / "wide")] + sampled)
+    assert rc == 0, err
+    assert out == _run(capsys, ours + sampled)[1]
+    assert len(set(_samples(out))) == 2  # two different samples
+
+    rc, out, err = _run(capsys, ["--model", str(export), "--max-new-tokens", "128"])  # 1 + 128 > 128
+    assert (rc, out) == (2, "") and err.splitlines()[-1] == (
+        "sample.py: error: the prompt's 1 tokens and --max-new-tokens 128 do not fit the model's "
+        "context of 128 tokens: ask for fewer tokens")
