@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import start_ranks
 from models.checkpoint import CheckpointError, load_checkpoint
 from trainer.checkpoint import choose_resume
 from trainer.distributed import Runtime
@@ -107,6 +107,5 @@ def test_rank_0_chooses_the_resume_checkpoint(tmp_path):
     for folder, step in zip(seen_by, (10, 20)):
         folder.mkdir()
         torch.save({"model": {}, "step": step, "config": {"model": {}}}, folder / f"ckpt_{step:07d}.pt")
-    results = mp.Manager().dict()
-    mp.start_processes(_choose, args=(seen_by, tmp_path / "pg", results), nprocs=2, start_method="fork")
+    results = start_ranks(_choose, seen_by, tmp_path / "pg")
     assert results[0] == results[1] == str(seen_by[0] / "ckpt_0000010.pt")
