@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "slurm" / "cluster.sh"
 STEPS = 80
 TINY = tiny_train_flags(STEPS, total_batch_size=512, eval_every=40)
+SPEEDRUN = ("--recipe", "speedrun", "--lr", "0.02", "--min-lr", "0", "--warmup-steps", "0")
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                 "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 
@@ -206,15 +207,27 @@ def two_nodes(clusters, char_shards):
     return {**clusters.of(2), "TEST_DATA": str(char_shards)}
 
 
+def plain_torchrun_losses(data, out, *extra):
+    """TINY (and `extra`) under a plain `torchrun --standalone --nproc_per_node=2`: its losses."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "train_gpt2.py", *TINY, "--data", str(data),
+                           "--out-dir", str(out), *extra], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return losses(out)
+
+
 @pytest.fixture(scope="module")
 def reference(char_shards, tmp_path_factory):
     """The same preset under a plain `torchrun --standalone --nproc_per_node=2`."""
-    out = tmp_path_factory.mktemp("plain_torchrun")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", "train_gpt2.py", *TINY, "--data", str(char_shards),
-                           "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return losses(out)
+    return plain_torchrun_losses(char_shards, tmp_path_factory.mktemp("plain_torchrun"))
+
+
+@pytest.fixture(scope="module")
+def speedrun_reference(char_shards, tmp_path_factory):
+    """The same, with --recipe speedrun: the modern block, Muon + AdamW, the WSD schedule."""
+    return plain_torchrun_losses(char_shards, tmp_path_factory.mktemp("plain_torchrun_speedrun"),
+                                 *SPEEDRUN)
 
 
 def test_train_sbatch_two_processes_equals_plain_torchrun(slurm_env, reference, tmp_path):
@@ -356,13 +369,16 @@ def test_two_node_job_equals_plain_torchrun(two_nodes, reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_node_preemption_checkpoints_requeues_resumes_on_both_nodes(two_nodes, reference, tmp_path):
-    """USR1 to the batch shell mid-run: both nodes checkpoint after the same step, the job
-    requeues, both resume, and the losses are the uninterrupted run's."""
+def test_two_node_preemption_of_a_speedrun_checkpoints_requeues_resumes_on_both_nodes(
+        two_nodes, speedrun_reference, tmp_path):
+    """--recipe speedrun (Muon's momentum and AdamW's moments in the checkpoint, the WSD schedule
+    and Muon's momentum warmup functions of the step); the one-node test above is the faithful
+    recipe's. USR1 to the batch shell mid-run: both nodes checkpoint after the same step, the job
+    requeues, both resume, and the losses are the uninterrupted speedrun's."""
     out = tmp_path / "run"
-    job = submit_training(two_nodes, tmp_path, out, nodes=2)
+    job = submit_training(two_nodes, tmp_path, out, *SPEEDRUN, nodes=2)
     warn_mid_training(two_nodes, job, out)
-    log, requeue_to_training = assert_requeued_and_resumed(two_nodes, job, out, reference)
+    log, requeue_to_training = assert_requeued_and_resumed(two_nodes, job, out, speedrun_reference)
     assert log.count("2 node(s) [n1 n2]") == 2, "both attempts ran on both nodes"
     print(f"\ntwo nodes: requeue -> training again {requeue_to_training:.1f} s")
 
