@@ -1,10 +1,11 @@
 """slurm/train.sbatch and slurm/fineweb.sbatch on a real Slurm cluster on this machine
-(slurm/cluster.sh). One node: a 2-process CPU training job equals a plain torchrun run; a job
-warned with SIGUSR1 checkpoints, requeues itself, resumes and ends with the same per-step losses
-(and one wandb run); a 2-task fineweb array writes the bytes of a single pipeline run, and its
-pack job never runs after a failed task. Two nodes (n1, n2: two slurmd, one rank each): the same
-losses, the same preemption cycle on both nodes, and a rank killed on one node ends the whole job
-within seconds, failed and not requeued.
+(slurm/cluster.sh). One node: a job warned with SIGUSR1 checkpoints, requeues itself, resumes and
+ends with the per-step losses of a plain torchrun run (and one wandb run); a scancelled job
+checkpoints and its resubmission resumes to the same losses; a 2-task fineweb array writes the
+bytes of a single pipeline run, and its pack job never runs after a failed task. Two nodes (n1,
+n2: two slurmd, one rank each): the same losses, the same preemption cycle on both nodes (with
+--recipe speedrun), and a rank killed on one node ends the whole job within seconds, failed and
+not requeued.
 
 Needs root and Debian's slurm-wlm + munge (`make setup` installs them when run as root);
 otherwise these tests skip with the reason, except under CI (CI=true), where they must run and
@@ -230,17 +231,6 @@ def speedrun_reference(char_shards, tmp_path_factory):
                                  *SPEEDRUN)
 
 
-def test_train_sbatch_two_processes_equals_plain_torchrun(slurm_env, reference, tmp_path):
-    out = tmp_path / "run"
-    job = submit_training(slurm_env, tmp_path, out)
-    info = wait_job(slurm_env, job)
-    log = (out / "slurm" / f"{job}.out").read_text()  # the logs live in the run folder
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0"), log
-    assert "2 process(es) per node" in log and "rendezvous" in log
-    assert (out / "DONE").exists(), "a finished run writes DONE and is not requeued"
-    assert_same_losses(losses(out), reference)
-
-
 @pytest.mark.slow
 def test_preempted_job_checkpoints_requeues_resumes_with_same_losses(slurm_env, reference, tmp_path,
                                                                      read_wandb_runs):
@@ -269,7 +259,8 @@ def test_scancel_checkpoints_and_the_resubmitted_job_resumes_with_same_losses(sl
     uninterrupted run's losses. The signals land during the evaluation at step 40, kept going
     for seconds by 2,000 sample tokens (a real model's step and checkpoint take seconds; this
     one's are over in milliseconds), which the stop ends early: the checkpoint of step 40
-    follows at once."""
+    follows at once. The resubmitted job is also the plain case: train.sbatch's 2 processes on
+    one node run to the end, write DONE and are not requeued."""
     out = tmp_path / "run"
     long_samples = ("--sample-tokens", "2000")  # samples only: the losses are TINY's
     job = submit_training(slurm_env, tmp_path, out, *long_samples)
@@ -293,9 +284,10 @@ def test_scancel_checkpoints_and_the_resubmitted_job_resumes_with_same_losses(sl
     again = submit_training(slurm_env, tmp_path, out, *long_samples)
     info = wait_job(slurm_env, again)
     log = (out / "slurm" / f"{again}.out").read_text()
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0"), log
+    assert "2 process(es) per node" in log and "rendezvous" in log
     assert f"resuming from {out}/ckpt_{int(stopped.group(1)):07d}.pt" in log, log
-    assert (out / "DONE").exists()
+    assert (out / "DONE").exists(), "a finished run writes DONE and is not requeued"
     assert_same_losses(losses(out), reference)
 
 
