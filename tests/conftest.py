@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch.multiprocessing as mp
 
 from shards.format import write_shard
 
@@ -48,6 +49,20 @@ def catches(pid, sig):
         return False
     mask = int(next(l.split()[1] for l in status.splitlines() if l.startswith("SigCgt")), 16)
     return bool(mask >> (sig - 1) & 1)
+
+
+def start_ranks(fn, *args, nprocs=2):
+    """fn(rank, *args, results) on `nprocs` processes; returns {rank: what each stored in results}.
+    The ranks fork from a fork server, not from pytest: a fork of this many-threaded process can
+    deadlock in the child (it did once), and spawn re-imports torch in every rank (~3 s each). The
+    server imports torch and the trainer once, single-threaded, and forks each rank from there;
+    so `fn` must be importable (a module-level function)."""
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "train_gpt2"])
+    with context.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(fn, args=(*args, results), nprocs=nprocs, start_method="forkserver")
+        return dict(results)
 
 
 @pytest.fixture(scope="session")

@@ -71,11 +71,9 @@ def _probe_on_rank(rank, limits, init_file, results):
 
 def test_all_ranks_take_the_smallest_fit(tmp_path):
     """Rank 0 fits 16 sequences, rank 1 (a smaller GPU) only 8: both train with 8."""
-    import torch.multiprocessing as mp
+    from conftest import start_ranks
 
-    results = mp.Manager().dict()
-    mp.start_processes(_probe_on_rank, args=({0: 16, 1: 8}, tmp_path / "pg", results), nprocs=2,
-                       start_method="fork")
+    results = start_ranks(_probe_on_rank, {0: 16, 1: 8}, tmp_path / "pg")
     assert results[0][0] == results[1][0] == 8
     assert "another rank ran out of memory at 16" in results[0][1]
 
@@ -153,9 +151,7 @@ def _train_on_rank(rank, port, argv, oom_ranks, last_micro_step, results):
 def _train_two_ranks(out_dir, data, extra, oom_ranks=(), last_micro_step=False):
     import socket
 
-    import torch.multiprocessing as mp
-
-    from conftest import tiny_train_flags
+    from conftest import start_ranks, tiny_train_flags
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -163,10 +159,7 @@ def _train_two_ranks(out_dir, data, extra, oom_ranks=(), last_micro_step=False):
     # a collective that one rank never reaches fails after a minute instead of hanging the suite
     argv = tiny_train_flags(6, 512, 0) + ["--data", str(data), "--out-dir", str(out_dir),
                                           "--hellaswag-every", "0", "--dist-timeout-min", "1", *extra]
-    results = mp.Manager().dict()
-    mp.start_processes(_train_on_rank, args=(port, argv, set(oom_ranks), last_micro_step, results),
-                       nprocs=2, start_method="fork")
-    assert dict(results) == {0: 0, 1: 0}
+    assert start_ranks(_train_on_rank, port, argv, set(oom_ranks), last_micro_step) == {0: 0, 1: 0}
     rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
     setup = next(r["setup"] for r in rows if "setup" in r)
     return [r["loss"] for r in rows if "loss" in r], setup

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import start_ranks
 from models.checkpoint import CheckpointError, load_checkpoint
 from trainer.checkpoint import choose_resume
 from trainer.distributed import Runtime
@@ -37,7 +37,12 @@ def crafted(tmp_path):
     return path, marker
 
 
-def test_crafted_checkpoint_is_refused_everywhere(crafted, tmp_path, char_shards):
+def test_crafted_checkpoint_is_refused_everywhere(crafted, tmp_path, char_shards, capsys):
+    import hellaswag
+    import hf_gpt2
+    import sample
+    import train_gpt2
+
     path, marker = crafted
     example = {"ctx": "A man is", "ctx_a": "A man is", "ctx_b": "", "activity_label": "Walking",
                "endings": ["walking.", "running.", "eating.", "sleeping."], "label": 0}
@@ -45,19 +50,18 @@ def test_crafted_checkpoint_is_refused_everywhere(crafted, tmp_path, char_shards
     hellaswag_data.write_text(json.dumps(example) + "\n")
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(path)
-    commands = {
-        "train": ["train_gpt2.py", "--preset", "cpu-smoke", "--vocab-size", "64", "--data",
-                  str(char_shards), "--out-dir", str(tmp_path / "run"), "--resume", str(path)],
-        "sample": ["sample.py", "--checkpoint", str(path), "--tokenizer", str(char_shards)],
-        "hellaswag": ["hellaswag.py", "--checkpoint", str(path), "--data", str(hellaswag_data)],
-        "export": ["hf_gpt2.py", "export", str(path), str(tmp_path / "hf")],
+    commands = {  # in this process: a payload that ran would leave its marker all the same
+        "train": lambda: train_gpt2.main(["--preset", "cpu-smoke", "--vocab-size", "64", "--data",
+                                          str(char_shards), "--out-dir", str(tmp_path / "run"),
+                                          "--resume", str(path)]),
+        "sample": lambda: sample.main(["--checkpoint", str(path), "--tokenizer", str(char_shards)]),
+        "hellaswag": lambda: hellaswag.main(["--checkpoint", str(path), "--data", str(hellaswag_data)]),
+        "export": lambda: hf_gpt2.main(["export", str(path), str(tmp_path / "hf")]),
     }
-    for name, argv in commands.items():
-        out = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode == 2, (name, out.stdout, out.stderr)
-        errors = [line for line in out.stderr.splitlines() if "error" in line]
-        assert len(errors) == 1 and "refused" in errors[0], (name, out.stderr)
+    for name, command in commands.items():
+        assert command() == 2, name
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(errors) == 1 and "refused" in errors[0], (name, errors)
         assert not marker.exists(), f"{name} ran the checkpoint's payload"
 
 
@@ -107,8 +111,7 @@ def test_rank_0_chooses_the_resume_checkpoint(tmp_path):
     for folder, step in zip(seen_by, (10, 20)):
         folder.mkdir()
         torch.save({"model": {}, "step": step, "config": {"model": {}}}, folder / f"ckpt_{step:07d}.pt")
-    results = mp.Manager().dict()
-    mp.start_processes(_choose, args=(seen_by, tmp_path / "pg", results), nprocs=2, start_method="fork")
+    results = start_ranks(_choose, seen_by, tmp_path / "pg")
     assert results[0] == results[1] == str(seen_by[0] / "ckpt_0000010.pt")
 
 

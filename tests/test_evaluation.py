@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import train_gpt2
 from pipeline.fineweb import main as fineweb
 from pipeline.tokenizer import get_gpt2_encoding
 from shards.format import read_shard
@@ -42,12 +43,15 @@ def gpt2_shards(tmp_path_factory):
 
 
 def train(out_dir, data, nproc):
-    launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    proc = subprocess.run([*launcher, "train_gpt2.py", *TINY_GPT2, "--data", str(data),
-                           "--out-dir", str(out_dir)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    """One process in this one (no interpreter to start), more under torchrun."""
+    argv = [*TINY_GPT2, "--data", str(data), "--out-dir", str(out_dir)]
+    if nproc == 1:
+        assert train_gpt2.main(argv) == 0
+    else:
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc_per_node={nproc}", "train_gpt2.py", *argv], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
     return {r["step"]: r for r in rows if "val_bpb" in r}
 

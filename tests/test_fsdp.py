@@ -211,24 +211,25 @@ def test_fsdp_with_compile_and_bf16_trains(data, fsdp_run, tmp_path):
         assert loss == pytest.approx(ref_train[step], rel=2e-2)
 
 
-def _on_two_ranks(tmp_path, fn):
-    """fn(runtime) on 2 forked gloo ranks; {rank: what it returned}."""
+def _rank_main(rank, init_file, fn, args, results):
     import torch.distributed as dist
-    import torch.multiprocessing as mp
 
-    def rank_main(rank, results):
-        from trainer.distributed import Runtime
+    from trainer.distributed import Runtime
 
-        torch.set_num_threads(1)
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
-        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=rank, world_size=2)
-        results[rank] = fn(Runtime.from_env("cpu"))
-        dist.barrier()
-        dist.destroy_process_group()
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    results[rank] = fn(Runtime.from_env("cpu"), *args)
+    dist.barrier()
+    dist.destroy_process_group()
 
-    results = mp.Manager().dict()
-    mp.start_processes(rank_main, args=(results,), nprocs=2, start_method="fork")
-    return dict(results)
+
+def _on_two_ranks(tmp_path, fn, *args):
+    """fn(runtime, *args) on 2 gloo ranks (fn at module level: conftest.start_ranks);
+    {rank: what it returned}."""
+    from conftest import start_ranks
+
+    return start_ranks(_rank_main, tmp_path / "pg", fn, args)
 
 
 # 65 tokens and 33 positions: rows that 2 ranks cannot split evenly
@@ -236,24 +237,26 @@ UNEVEN = ["--preset", "cpu-smoke", "--vocab-size", "65", "--block-size", "33", "
           "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--seed", "7", "--compile", "false"]
 
 
+def _gathered_weights(runtime, cfg):
+    """(this rank's number of parameters, the full state dict gathered) of an FSDP build."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from train_gpt2 import build
+
+    model, _, _ = build(cfg, runtime, None)
+    local = sum(p.to_local().numel() for p in model.parameters())
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return local, full
+
+
 def test_fsdp_materialises_its_shards_with_the_weights_of_a_model_built_whole(tmp_path):
     """Built on the meta device, each rank holds only its shards, and gathered they are exactly
     the weights one process builds from the same seed (uneven shards included)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     from models.gpt2 import GPT, GPTConfig
-    from train_gpt2 import build
     from trainer.config import parse_config
 
     cfg = parse_config(UNEVEN + ["--fsdp"])
-
-    def gathered_weights(runtime):
-        model, _, _ = build(cfg, runtime, None)
-        local = sum(p.to_local().numel() for p in model.parameters())
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return local, full
-
-    results = _on_two_ranks(tmp_path, gathered_weights)
+    results = _on_two_ranks(tmp_path, _gathered_weights, cfg)
     torch.manual_seed(cfg.seed)
     whole = GPT(GPTConfig(**cfg.model_config()))
     assert results[0][1].keys() == whole.state_dict().keys()
@@ -262,28 +265,30 @@ def test_fsdp_materialises_its_shards_with_the_weights_of_a_model_built_whole(tm
     assert results[0][0] + results[1][0] == whole.num_params()  # each rank its share only
 
 
+def _gradient_copies(runtime, cfg):
+    """Two DDP steps of 2 micro-steps: after each first micro-step, how many gradients are not
+    views of DDP's buckets."""
+    from train_gpt2 import build
+
+    _, parallel, optimizer = build(cfg, runtime, None)
+    x = torch.randint(0, 65, (2, 32), generator=torch.Generator().manual_seed(runtime.rank))
+    copies = []
+    for _ in range(2):
+        parallel.zero_grad(optimizer)
+        for micro_step in range(2):
+            with parallel.gradient_sync(micro_step == 1):
+                parallel.train_module(x, x)[1].backward()
+            if micro_step == 0:
+                copies.append(sum(p.grad._base is None for p in parallel.module.parameters()))
+        optimizer.step()
+    return copies
+
+
 def test_ddp_gradients_stay_in_its_buckets_while_accumulating(tmp_path):
     """Zeroed in place between steps, the gradients of an accumulation micro-step (no reduction)
     are views of DDP's reduction buckets, not a second copy beside them."""
-    from train_gpt2 import build
     from trainer.config import parse_config
 
-    cfg = parse_config(UNEVEN)
-
-    def fresh_gradients(runtime):
-        _, parallel, optimizer = build(cfg, runtime, None)
-        x = torch.randint(0, 65, (2, 32), generator=torch.Generator().manual_seed(runtime.rank))
-        copies = []
-        for _ in range(2):
-            parallel.zero_grad(optimizer)
-            for micro_step in range(2):
-                with parallel.gradient_sync(micro_step == 1):
-                    parallel.train_module(x, x)[1].backward()
-                if micro_step == 0:
-                    copies.append(sum(p.grad._base is None for p in parallel.module.parameters()))
-            optimizer.step()
-        return copies
-
-    results = _on_two_ranks(tmp_path, fresh_gradients)
+    results = _on_two_ranks(tmp_path, _gradient_copies, parse_config(UNEVEN))
     # the first step starts from no gradients at all; from then on none is a copy
     assert results[0][1] == results[1][1] == 0 and results[0][0] > 0

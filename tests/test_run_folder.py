@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import train_gpt2
-from conftest import tiny_train_flags
+from conftest import start_ranks, tiny_train_flags
 from trainer import run_folder
 from trainer.checkpoint import save_checkpoint
 from trainer.config import parse_config
@@ -104,10 +103,8 @@ def _hold(rank, cfg, init_file, results):
 def test_every_rank_fails_alike_when_the_folder_is_held(tmp_path):
     cfg = parse_config(["--out-dir", str(tmp_path / "run")])
     lock = run_folder.take_lock(tmp_path / "run")  # the ranks do not inherit it (pipeline/lock.py)
-    # spawn, not fork: a fork of this many-threaded pytest process can deadlock in the child
-    results = mp.get_context("spawn").Manager().dict()
-    mp.start_processes(_hold, args=(cfg, tmp_path / "pg", results), nprocs=2, start_method="spawn")
-    assert results[0] == results[1] and "is in use by a training run" in results[0], dict(results)
+    results = start_ranks(_hold, cfg, tmp_path / "pg")
+    assert results[0] == results[1] and "is in use by a training run" in results[0], results
     lock.__exit__(None, None, None)
 
 

@@ -1,10 +1,11 @@
 """slurm/train.sbatch and slurm/fineweb.sbatch on a real Slurm cluster on this machine
-(slurm/cluster.sh). One node: a 2-process CPU training job equals a plain torchrun run; a job
-warned with SIGUSR1 checkpoints, requeues itself, resumes and ends with the same per-step losses
-(and one wandb run); a 2-task fineweb array writes the bytes of a single pipeline run, and its
-pack job never runs after a failed task. Two nodes (n1, n2: two slurmd, one rank each): the same
-losses, the same preemption cycle on both nodes, and a rank killed on one node ends the whole job
-within seconds, failed and not requeued.
+(slurm/cluster.sh). One node: a job warned with SIGUSR1 checkpoints, requeues itself, resumes and
+ends with the per-step losses of a plain torchrun run (and one wandb run); a scancelled job
+checkpoints and its resubmission resumes to the same losses; a 2-task fineweb array writes the
+bytes of a single pipeline run, and its pack job never runs after a failed task. Two nodes (n1,
+n2: two slurmd, one rank each): the same losses, the same preemption cycle on both nodes (with
+--recipe speedrun), and a rank killed on one node ends the whole job within seconds, failed and
+not requeued.
 
 Needs root and Debian's slurm-wlm + munge (`make setup` installs them when run as root);
 otherwise these tests skip with the reason, except under CI (CI=true), where they must run and
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "slurm" / "cluster.sh"
 STEPS = 80
 TINY = tiny_train_flags(STEPS, total_batch_size=512, eval_every=40)
+SPEEDRUN = ("--recipe", "speedrun", "--lr", "0.02", "--min-lr", "0", "--warmup-steps", "0")
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                 "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 
@@ -206,26 +208,27 @@ def two_nodes(clusters, char_shards):
     return {**clusters.of(2), "TEST_DATA": str(char_shards)}
 
 
-@pytest.fixture(scope="module")
-def reference(char_shards, tmp_path_factory):
-    """The same preset under a plain `torchrun --standalone --nproc_per_node=2`."""
-    out = tmp_path_factory.mktemp("plain_torchrun")
+def plain_torchrun_losses(data, out, *extra):
+    """TINY (and `extra`) under a plain `torchrun --standalone --nproc_per_node=2`: its losses."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", "train_gpt2.py", *TINY, "--data", str(char_shards),
-                           "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--nproc_per_node=2", "train_gpt2.py", *TINY, "--data", str(data),
+                           "--out-dir", str(out), *extra], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return losses(out)
 
 
-def test_train_sbatch_two_processes_equals_plain_torchrun(slurm_env, reference, tmp_path):
-    out = tmp_path / "run"
-    job = submit_training(slurm_env, tmp_path, out)
-    info = wait_job(slurm_env, job)
-    log = (out / "slurm" / f"{job}.out").read_text()  # the logs live in the run folder
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0"), log
-    assert "2 process(es) per node" in log and "rendezvous" in log
-    assert (out / "DONE").exists(), "a finished run writes DONE and is not requeued"
-    assert_same_losses(losses(out), reference)
+@pytest.fixture(scope="module")
+def reference(char_shards, tmp_path_factory):
+    """The same preset under a plain `torchrun --standalone --nproc_per_node=2`."""
+    return plain_torchrun_losses(char_shards, tmp_path_factory.mktemp("plain_torchrun"))
+
+
+@pytest.fixture(scope="module")
+def speedrun_reference(char_shards, tmp_path_factory):
+    """The same, with --recipe speedrun: the modern block, Muon + AdamW, the WSD schedule."""
+    return plain_torchrun_losses(char_shards, tmp_path_factory.mktemp("plain_torchrun_speedrun"),
+                                 *SPEEDRUN)
 
 
 @pytest.mark.slow
@@ -256,7 +259,8 @@ def test_scancel_checkpoints_and_the_resubmitted_job_resumes_with_same_losses(sl
     uninterrupted run's losses. The signals land during the evaluation at step 40, kept going
     for seconds by 2,000 sample tokens (a real model's step and checkpoint take seconds; this
     one's are over in milliseconds), which the stop ends early: the checkpoint of step 40
-    follows at once."""
+    follows at once. The resubmitted job is also the plain case: train.sbatch's 2 processes on
+    one node run to the end, write DONE and are not requeued."""
     out = tmp_path / "run"
     long_samples = ("--sample-tokens", "2000")  # samples only: the losses are TINY's
     job = submit_training(slurm_env, tmp_path, out, *long_samples)
@@ -280,9 +284,10 @@ def test_scancel_checkpoints_and_the_resubmitted_job_resumes_with_same_losses(sl
     again = submit_training(slurm_env, tmp_path, out, *long_samples)
     info = wait_job(slurm_env, again)
     log = (out / "slurm" / f"{again}.out").read_text()
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0"), log
+    assert "2 process(es) per node" in log and "rendezvous" in log
     assert f"resuming from {out}/ckpt_{int(stopped.group(1)):07d}.pt" in log, log
-    assert (out / "DONE").exists()
+    assert (out / "DONE").exists(), "a finished run writes DONE and is not requeued"
     assert_same_losses(losses(out), reference)
 
 
@@ -356,13 +361,16 @@ def test_two_node_job_equals_plain_torchrun(two_nodes, reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_node_preemption_checkpoints_requeues_resumes_on_both_nodes(two_nodes, reference, tmp_path):
-    """USR1 to the batch shell mid-run: both nodes checkpoint after the same step, the job
-    requeues, both resume, and the losses are the uninterrupted run's."""
+def test_two_node_preemption_of_a_speedrun_checkpoints_requeues_resumes_on_both_nodes(
+        two_nodes, speedrun_reference, tmp_path):
+    """--recipe speedrun (Muon's momentum and AdamW's moments in the checkpoint, the WSD schedule
+    and Muon's momentum warmup functions of the step); the one-node test above is the faithful
+    recipe's. USR1 to the batch shell mid-run: both nodes checkpoint after the same step, the job
+    requeues, both resume, and the losses are the uninterrupted speedrun's."""
     out = tmp_path / "run"
-    job = submit_training(two_nodes, tmp_path, out, nodes=2)
+    job = submit_training(two_nodes, tmp_path, out, *SPEEDRUN, nodes=2)
     warn_mid_training(two_nodes, job, out)
-    log, requeue_to_training = assert_requeued_and_resumed(two_nodes, job, out, reference)
+    log, requeue_to_training = assert_requeued_and_resumed(two_nodes, job, out, speedrun_reference)
     assert log.count("2 node(s) [n1 n2]") == 2, "both attempts ran on both nodes"
     print(f"\ntwo nodes: requeue -> training again {requeue_to_training:.1f} s")
 

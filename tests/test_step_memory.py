@@ -114,12 +114,9 @@ def test_the_probes_try_bounds_the_runs_steady_steps(tmp_path):
     """The micro-batch the probe picks runs steps 2..4 within the peak its try measured: the try
     holds AdamW's moments and DDP's gradient buckets through its forward and backward, as the
     run does from step 2 on. 2 gloo ranks, DDP and FSDP, one and two micro-steps."""
-    import torch.multiprocessing as mp
+    from conftest import start_ranks
 
-    # spawn, not fork: a fork of this many-threaded pytest process can deadlock in the child
-    results = mp.get_context("spawn").Manager().dict()
-    mp.start_processes(_probe_and_run_on_rank, args=(tmp_path / "pg", results), nprocs=2,
-                       start_method="spawn")
+    results = start_ranks(_probe_and_run_on_rank, tmp_path / "pg")
     assert len(results) == 8
     for key, (probe_peak, run_peak) in sorted(results.items()):
         # to the 512 bytes a CUDA allocation is rounded to: the run's step also holds a scalar
