@@ -299,13 +299,11 @@ def test_ranks_on_one_host_share_its_ram_and_agree_on_the_micro_batch(char_shard
     4 as rank 0 sees it and 2 as rank 1 does: both take 2."""
     import socket
 
-    import torch.multiprocessing as mp
+    from conftest import start_ranks
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     argv = _auto_on_cpu(char_shards, tmp_path) + ["--dist-timeout-min", "1"]
     ram = {0: _ram_for(argv, 2, 2, fits=4), 1: _ram_for(argv, 2, 2, fits=2)}
-    picks = mp.Manager().dict()
-    mp.start_processes(_train_on_rank_in_ram, args=(port, argv, ram, picks), nprocs=2, start_method="fork")
-    assert dict(picks) == {0: (2, 0), 1: (2, 0)}
+    assert start_ranks(_train_on_rank_in_ram, port, argv, ram) == {0: (2, 0), 1: (2, 0)}
