@@ -50,8 +50,9 @@ from pipeline.pool import (SHARED_MACHINE_WORKERS, TokenizerPool, WorkerDied,
 from pipeline.progress import advance, progress_bar
 from pipeline.retry import (DEFAULT_RETRY_FOR, EXIT_RETRIES_EXHAUSTED, RetriesExhausted, Retry,
                             parse_duration)
-from pipeline.sources import (FINEWEB_EDU, FileSource, SourceError, file_kind, find_local_files,
-                              is_hub_path, local_fingerprint, with_null_text)
+from pipeline.file_source import FileSource
+from pipeline.sources import (FINEWEB_EDU, SourceError, file_kind, find_local_files, is_hub_path,
+                              local_fingerprint, with_null_text)
 from pipeline.tokenizer import CharTokenizer, GPT2Tokenizer
 from pipeline.writer import (OutputError, ShardWriter, forget_unfinished_output,
                              remove_stale_temporaries, resume_manifest)
