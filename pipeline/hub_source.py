@@ -2,7 +2,7 @@
 
 A hub dataset is pinned to the commit it had when the output was started, so a resume reads the
 same documents. Its data files, in the order the dataset's config lists them, are read directly
-from the hub (`hf://` paths through fsspec) by a pipeline.sources.FileSource, streamed, never
+from the hub (`hf://` paths through fsspec) by a pipeline.file_source.FileSource, streamed, never
 downloaded whole; parquet footers let a resume or a Slurm array task start at any file or row
 group without reading what comes before. A hub `.txt` file means what it means to `datasets`:
 one document per line. A hub dataset whose files are in other formats is streamed through
@@ -20,7 +20,8 @@ from functools import partial
 
 from pipeline.output import no_space_behind
 from pipeline.retry import HubUnreachable, RetriesExhausted, causes, describe
-from pipeline.sources import FileSource, SourceError, file_kind
+from pipeline.file_source import FileSource
+from pipeline.sources import SourceError, file_kind
 
 
 def parse_hub_spec(spec):

@@ -34,3 +34,23 @@ def advance(bar, position):
         bar.refresh()
         return
     bar.update(position - bar.n)
+
+
+def progress(limit, source, written, by_bytes):
+    """A bar and the function that measures how far we are: tokens against the limit when there
+    is one, else bytes of the source read (a hub download's ETA), else documents."""
+    common = dict(smoothing=0.05, unit_scale=True)
+    if limit is not None:
+        return (progress_bar(total=limit, initial=written, unit="tok", **common),
+                lambda writer: writer.written + writer.fill)
+    if by_bytes and source.num_bytes:
+        return (progress_bar(total=source.num_bytes, unit="B", unit_divisor=1024, **common),
+                lambda writer: source.bytes_read)
+    return (progress_bar(total=source.num_documents, unit="doc", **common),
+            lambda writer: writer.end_doc)
+
+
+def show(bar, writer, measure):
+    advance(bar, measure(writer))
+    bar.set_postfix(refresh=False, docs=f"{writer.end_doc:,}",
+                    tokens=f"{writer.written + writer.fill:,}", shards=len(writer.manifest["shards"]))

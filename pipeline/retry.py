@@ -11,7 +11,7 @@ bound means what it says.
 
 Only transient failures are retried: network errors, timeouts, HTTP 408/429/5xx, and
 `TransientError` (a hub file whose bytes did not parse: a truncated or corrupt range read, until
-the same part fails the same way on a fresh read, pipeline/sources.py). A host name that does not
+the same part fails the same way on a fresh read, pipeline/readers.py). A host name that does not
 resolve before any request has succeeded is retried for a few minutes only (RESOLVE_FOR_S): on a
 compute node without internet it never will; once the hub has answered, DNS is just another
 outage, retried for --retry-for. Trouble in this machine's set-up (offline mode, an endpoint

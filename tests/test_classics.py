@@ -8,7 +8,8 @@ import urllib.request
 
 import pytest
 
-from trainer.config import PRESETS, parse_config
+from trainer.config import parse_config
+from trainer.presets import PRESETS
 from pipeline import shakespeare_char
 from pipeline.tokenizer import CharTokenizer, load_tokenizer
 from shards.__main__ import verify

@@ -84,8 +84,8 @@ def test_jsonl_stream_equals_direct_encoding(tmp_path):
 
 
 def test_parquet_folder_stream_and_text_field(tmp_path, monkeypatch):
-    import pipeline.sources
-    monkeypatch.setattr(pipeline.sources, "PARQUET_BATCH_ROWS", 7)  # several batches a row group
+    import pipeline.readers
+    monkeypatch.setattr(pipeline.readers, "PARQUET_BATCH_ROWS", 7)  # several batches a row group
     docs = make_docs(200, seed=1)
     folder = tmp_path / "pq"
     folder.mkdir()
@@ -294,8 +294,8 @@ def test_local_txt_with_a_document_separator(tmp_path):
 
 
 def test_txt_separator_split_across_read_blocks(tmp_path, monkeypatch):
-    import pipeline.sources
-    monkeypatch.setattr(pipeline.sources, "TXT_BLOCK_CHARS", 5)  # separators straddle blocks
+    import pipeline.readers
+    monkeypatch.setattr(pipeline.readers, "TXT_BLOCK_CHARS", 5)  # separators straddle blocks
     stories = [f"story number {i} " * (i % 4 + 1) for i in range(30)]
     src = tmp_path / "stories.txt"
     src.write_text("<|endoftext|>".join(stories))

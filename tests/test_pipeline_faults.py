@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.fineweb
+import pipeline.inputs
 from pipeline.lock import LOCK, FolderLock
 from shards.manifest import read_manifest
 from test_pipeline import ROOT, expected_stream, make_docs, run, run_ok, split_corpus, stream, write_jsonl
@@ -130,7 +130,7 @@ def test_array_tasks_racing_a_dataset_commit_read_one_revision(tmp_path, monkeyp
     src, docs = split_corpus(tmp_path, files=2)
     out = tmp_path / "out"
     flags = ["--source", "hf:me/growing", "--out", out, "--shard-tokens", 3000]
-    real_open = pipeline.fineweb.open_source
+    real_open = pipeline.inputs.open_source
     latest, opened = ["rev1"], []
 
     def open_hub(spec, text_field, split, revision=None, **_):
@@ -144,7 +144,7 @@ def test_array_tasks_racing_a_dataset_commit_read_one_revision(tmp_path, monkeyp
             run_ok(*flags, "--num-tasks", 2, "--task-index", 0)
         return source
 
-    monkeypatch.setattr(pipeline.fineweb, "open_source", open_hub)
+    monkeypatch.setattr(pipeline.inputs, "open_source", open_hub)
     run_ok(*flags, "--num-tasks", 2, "--task-index", 1)
     assert opened == ["rev1", "rev2", "rev2"]  # B, A, then B again at A's pin
     assert json.loads((out / "parts/parts.json").read_text())["revision"] == "rev2"
@@ -183,7 +183,7 @@ def test_progress_bar_and_summary_agree_and_a_big_whole_txt_is_announced(tmp_pat
     shards = len(read_manifest(tmp_path / "out")["shards"])
     assert f"wrote {shards} shards" in err and re.findall(r"shards=(\d+)", err)[-1] == str(shards)
 
-    monkeypatch.setattr(pipeline.fineweb, "WHOLE_DOCUMENT_WARNING_BYTES", 1000)
+    monkeypatch.setattr(pipeline.inputs, "WHOLE_DOCUMENT_WARNING_BYTES", 1000)
     book = tmp_path / "book.txt"
     book.write_text("All the world's a stage. " * 100)
     run_ok("--source", book, "--out", tmp_path / "book", "--tokenizer", "char")

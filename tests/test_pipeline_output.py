@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.fineweb
 import pipeline.lock
+import pipeline.make_shards
 import pipeline.pool
 from pipeline.lock import LOCK, FolderLock
 from test_pipeline import ROOT, expected_stream, make_docs, run, stream, write_jsonl
@@ -182,7 +182,7 @@ def test_a_failed_first_run_leaves_the_folder_the_user_made(tmp_path, capsys, mo
 
     def ctrl_c(*args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(pipeline.fineweb, "write_shards", ctrl_c)
+    monkeypatch.setattr(pipeline.make_shards, "write_shards", ctrl_c)
     capsys.readouterr()
     assert run("--source", src, "--out", mine) == "130"
     assert capsys.readouterr().err == "error: interrupted; run the same command again to resume\n"

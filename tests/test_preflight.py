@@ -19,7 +19,8 @@ import train_gpt2
 from conftest import tiny_train_flags, write_char_shards
 from shards.format import HEADER_BYTES, write_shard
 from trainer import memory
-from trainer.config import PRESETS, data_command, parse_config
+from trainer.config import parse_config
+from trainer.presets import PRESETS, data_command
 
 REPO = Path(__file__).resolve().parent.parent
 # cpu-smoke's shape shrunk: HellaSwag off, --resume auto, no wandb; 512 tokens a step

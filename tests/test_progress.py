@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from pipeline.fineweb import progress, show
-from pipeline.fineweb import open_source
+from pipeline.inputs import open_source
+from pipeline.progress import progress, show
 from test_pipeline import make_docs, run_ok, write_jsonl
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import PRESETS, TrainConfig, parse_config
+from trainer.config import TrainConfig, parse_config
+from trainer.presets import PRESETS
 from shards.format import write_shard
 from train_gpt2 import main
 from trainer.recipes import get_lr

@@ -34,9 +34,9 @@ from shards.loader import (describe_global_batch, describe_shards, sequences_in,
 from shards.manifest import MANIFEST, ManifestError, list_shards, read_manifest
 from models.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint
 from trainer.checkpoint import check_compatible
-from trainer.config import data_command
 from trainer.launch import record_exit
 from trainer.memory import GiB, MiB, checkpoint_bytes, count_parameters
+from trainer.presets import data_command
 from trainer.run_folder import refuse_mixing
 
 
