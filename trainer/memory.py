@@ -13,7 +13,6 @@ A checkpoint's size on disk is here too: the preflight checks the output folder 
 
 import argparse
 import functools
-import multiprocessing
 import os
 from dataclasses import replace
 
@@ -21,7 +20,6 @@ import torch
 
 from models import build_model
 from trainer import batch_size
-from trainer.config import parse_config
 from trainer.recipes import speedrun_groups
 
 GiB = 1024**3
@@ -245,40 +243,6 @@ def host_memory_available():
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-PARALLELISMS = {"DDP": {"fsdp": False}, "FSDP": {"fsdp": True},
-                "FSDP+AC": {"fsdp": True, "activation_checkpointing": True}}
-
-
-def fit_row(name, gpus, parallelism, memories):
-    """[largest traced micro-batch (0: none) for each memory in GB] of one preset, GPU count and
-    parallelism (bf16 on CUDA, 10% of the GPU kept in reserve)."""
-    cfg = replace(parse_config(["--preset", name]), dtype="bfloat16", **PARALLELISMS[parallelism])
-    picks = []
-    for memory in memories:
-        guess = largest_fitting_micro_batch(cfg, gpus, memory * 1e9) or 1
-        picks.append(largest_traced_micro_batch(cfg, gpus, (1 - RESERVE) * memory * 1e9, guess, 64,
-                                                "cuda"))
-    return picks
-
-
-def fit_table(presets=("gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m"), gpus=(1, 2, 8),
-              memories=(24, 40, 80), processes=None):
-    """Markdown: for each preset, GPU count and memory, the largest micro-batch whose traced peak
-    fits with DDP / FSDP / FSDP + activation checkpointing (bf16), or "-". Each (preset, GPUs,
-    parallelism) is searched in its own process (a few traces, each shape once)."""
-    rows = [(name, n, p) for name in presets for n in gpus for p in PARALLELISMS]
-    with multiprocessing.get_context("spawn").Pool(processes or os.cpu_count()) as pool:
-        picks = dict(zip(rows, pool.starmap(fit_row, [row + (memories,) for row in rows])))
-    header = "| preset | GPUs | " + " | ".join(f"{m} GB: {' / '.join(PARALLELISMS)}" for m in memories) + " |"
-    lines = [header, "|" + "---|" * (2 + len(memories))]
-    for name in presets:
-        for n in gpus:
-            cells = [" / ".join(f"B={picks[name, n, p][i]}" if picks[name, n, p][i] else "-"
-                                for p in PARALLELISMS) for i in range(len(memories))]
-            lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def checkpoint_bytes(parameters):
     """Bytes of one training checkpoint of a model with this many parameters."""
     return CHECKPOINT_BYTES_PER_PARAMETER * parameters + CHECKPOINT_OVERHEAD_BYTES
@@ -288,13 +252,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Memory plans for the GPT-2 presets")
     parser.add_argument("--fit-table", action="store_true",
                         help="print which preset fits on 1/2/8 GPUs of 24/40/80 GB (markdown; traced: "
-                             "minutes on CPU)")
+                             "trainer/fit_table.py)")
     parser.add_argument("--presets", default="gpt2-124m,gpt2-350m,gpt2-774m,gpt2-1558m",
                         help="comma-separated presets of the fit table")
     parser.add_argument("--processes", type=int, default=None,
                         help="traces run at once (default: one per CPU core)")
     args = parser.parse_args(argv)
     if args.fit_table:
+        from trainer.fit_table import fit_table  # the trackers' imports: only for the table
+
         print(fit_table(tuple(args.presets.split(",")), processes=args.processes))
     else:
         parser.print_help()
