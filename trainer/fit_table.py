@@ -1,10 +1,10 @@
 """The README's "what fits" table, every cell traced: `python -m trainer.memory --fit-table`.
 
 A cell is the largest power-of-two micro-batch B (at most 64, dividing a rank's share of the
-batch) whose traced peak (trainer/memory_trace.py, bf16 on CUDA) fits in 90% of the GPU (trainer/memory.py's RESERVE), for a
-preset, a GPU count, a GPU memory and DDP / FSDP / FSDP with activation checkpointing. A trace
-costs its operations, not its bytes (10-60 s of a CPU core by the preset's depth), so the table
-traces as few shapes as the claims need:
+batch) whose traced peak (trainer/memory_trace.py, bf16 on CUDA) fits in 90% of the GPU
+(trainer/memory.py's RESERVE), for a preset, a GPU count, a GPU memory and DDP / FSDP / FSDP with
+activation checkpointing. A trace costs its operations, not its bytes (about 10 s of a CPU core
+for gpt2-124m, more with depth), so the table traces as few shapes as the claims need:
 
 - A rank's live bytes at any moment of a step are affine in B (activations scale with it;
   weights, gradients and optimizer state do not), so the step's peak, their maximum, is convex in
