@@ -304,6 +304,11 @@ def test_memory_near_the_limit_is_traced_and_the_trace_decides(data, tmp_path, s
     ram(formula / memory.TRACE_ABOVE)  # far from the limit: the formula's word, no trace
     status, out, errors = run(capsys, data, tmp_path / "run")
     assert status == 0 and "a rank is under 25% of the" in out and "fits (not traced)" in out
+    # FSDP before the launch (Slurm's batch host): the shards' count is not known, so not checked
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ram(1)
+    status, out, errors = run(capsys, data, tmp_path / "run", "--fsdp")
+    assert status == 0 and "memory:" not in out
     assert started == []
 
 
