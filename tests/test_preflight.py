@@ -285,6 +285,34 @@ def test_out_dir_needs_room_for_two_checkpoints(data, tmp_path, started, capsys,
     assert started == []
 
 
+def test_memory_near_the_limit_is_traced_and_the_trace_decides(data, tmp_path, started, capsys,
+                                                               monkeypatch):
+    cfg = parse_config(TINY + ["--dtype", "float32"])
+    trace = memory.traced(cfg, 1, "cpu")["peak_bytes"]
+    formula = memory.memory_plan(cfg, 1)["total"]
+    assert formula < trace  # TINY's trace is a few KiB above the formula: between them it decides
+
+    def ram(usable):
+        monkeypatch.setattr(memory, "host_memory_available", lambda: usable / (1 - memory.RESERVE))
+
+    ram((formula + trace) / 2)
+    assert_refused(run(capsys, data, tmp_path / "run"),
+                   f"memory: traced peak {trace / 2**30:.2f} GiB a rank (the formula's: "
+                   f"{formula / 2**30:.2f} GiB) is over the")
+    ram(trace)
+    status, out, errors = run(capsys, data, tmp_path / "run")
+    assert (status, errors) == (0, []) and "(the formula's: " in out and "fits\n" in out
+    ram(formula / memory.TRACE_ABOVE)  # far from the limit: the formula's word, no trace
+    status, out, errors = run(capsys, data, tmp_path / "run")
+    assert status == 0 and "a rank is under 25% of the" in out and "fits (not traced)" in out
+    # FSDP before the launch (Slurm's batch host): the shards' count is not known, so not checked
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ram(1)
+    status, out, errors = run(capsys, data, tmp_path / "run", "--fsdp")
+    assert status == 0 and "memory:" not in out
+    assert started == []
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A real one-step run of the TINY model with its checkpoint."""

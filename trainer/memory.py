@@ -13,15 +13,14 @@ A checkpoint's size on disk is here too: the preflight checks the output folder 
 
 import argparse
 import functools
-import multiprocessing
 import os
 from dataclasses import replace
 
 import torch
 
 from models import build_model
+from models.device import pick_device_type
 from trainer import batch_size
-from trainer.config import parse_config
 from trainer.recipes import speedrun_groups
 
 GiB = 1024**3
@@ -34,6 +33,10 @@ CHECKPOINT_OVERHEAD_BYTES = MiB
 # of the memory kept for what no plan holds: the CUDA context, cuBLAS workspaces, NCCL buffers,
 # the allocator's fragmentation (on CPU: the rest of the process, the page cache)
 RESERVE = 0.1
+# The preflight traces a run whose formula's plan takes over a quarter of the usable memory; under
+# that it fits by far more than trace and formula differ (the trace came out 1.2x the formula for
+# a DDP 124m step, B=64 in bf16), and the start of a small run skips the trace's seconds
+TRACE_ABOVE = 0.25
 
 
 def count_parameters(model_config):
@@ -136,7 +139,7 @@ def dry_run_plan(cfg, world_size, gpu_memory=None, world_source="--world-size"):
     formula's plan per rank and the traced peak (trainer/memory_trace.py), which wins. The memory
     is --gpu-memory on a GPU, the RAM available now on CPU."""
     on_cpu = cfg.device in ("cpu", "mps")
-    fp32 = cfg.dtype == "float32" or (cfg.dtype == "auto" and on_cpu)
+    fp32 = planned_dtype(cfg, on_cpu) == "float32"
     memory = host_memory_available() if on_cpu else gpu_memory
     assumed = (f"dry run for {world_size} rank(s) ({world_source})"
                + (f", {memory / GiB:.1f} GiB of RAM available (--device {cfg.device})" if on_cpu else
@@ -191,6 +194,49 @@ def dry_run_plan(cfg, world_size, gpu_memory=None, world_source="--world-size"):
                "parts": trace["parts"], "micro_steps": trace["micro_steps"],
                "memory_bytes": memory and int(memory), "fits": fits}
     return cfg, lines, summary, fits
+
+
+def planned_dtype(cfg, on_cpu):
+    """The dtype a plan traces: --dtype, where auto is fp32 on CPU/MPS and bf16 autocast on GPUs
+    (float16 on older ones: the same bytes)."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "float32" if on_cpu else "bfloat16"
+
+
+def preflight_fit(cfg, world_size):
+    """(level, line) of the preflight's memory check, or None where the run's shape or memory is
+    not known here: micro-batch auto (the run's probe picks one that fits), a batch the micro-batch
+    does not divide (another check says so), MPS, or no CUDA. The memory is the RAM available on
+    CPU, the GPU's on CUDA; a plan near it is traced (see TRACE_ABOVE), and the trace decides."""
+    per_rank = cfg.total_batch_size // (cfg.seq_len * world_size)
+    if cfg.micro_batch_size == "auto" or per_rank % cfg.micro_batch_size or not per_rank:
+        return None
+    try:
+        device_type = pick_device_type(cfg.device)
+    except ValueError:
+        return None
+    if device_type == "cpu":
+        memory, what = host_memory_available(), "RAM available"
+    elif device_type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        memory, what = torch.cuda.get_device_properties(local_rank).total_memory, "a GPU's memory"
+    else:
+        return None
+    planned = replace(cfg, dtype=planned_dtype(cfg, device_type == "cpu"))
+    usable = (1 - RESERVE) * memory
+    formula = memory_plan(planned, world_size)["total"]
+    of = (f"{usable / GiB:.2f} GiB usable ({100 - 100 * RESERVE:g}% of {memory / GiB:.1f} GiB of "
+          f"{what}; {world_size} rank(s), micro-batch {cfg.micro_batch_size}, {planned.dtype})")
+    if formula <= TRACE_ABOVE * usable:
+        return "ok", (f"memory: the formula's {formula / GiB:.2f} GiB a rank is under "
+                      f"{100 * TRACE_ABOVE:g}% of the {of}: fits (not traced)")
+    peak = traced(planned, world_size, device_type)["peak_bytes"]
+    said = f"traced peak {peak / GiB:.2f} GiB a rank (the formula's: {formula / GiB:.2f} GiB)"
+    if peak <= usable:
+        return "ok", f"memory: {said} of the {of}: fits"
+    return "error", (f"memory: {said} is over the {of}; use --micro-batch-size auto or a smaller "
+                     f"one, --activation-checkpointing, or --fsdp")
 
 
 def traced(cfg, world_size, device_type):
@@ -255,40 +301,6 @@ def host_memory_share():
                     f"{available / GiB:.1f} GiB available{shared})")
 
 
-PARALLELISMS = {"DDP": {"fsdp": False}, "FSDP": {"fsdp": True},
-                "FSDP+AC": {"fsdp": True, "activation_checkpointing": True}}
-
-
-def fit_row(name, gpus, parallelism, memories):
-    """[largest traced micro-batch (0: none) for each memory in GB] of one preset, GPU count and
-    parallelism (bf16 on CUDA, 10% of the GPU kept in reserve)."""
-    cfg = replace(parse_config(["--preset", name]), dtype="bfloat16", **PARALLELISMS[parallelism])
-    picks = []
-    for memory in memories:
-        guess = largest_fitting_micro_batch(cfg, gpus, memory * 1e9) or 1
-        picks.append(largest_traced_micro_batch(cfg, gpus, (1 - RESERVE) * memory * 1e9, guess, 64,
-                                                "cuda"))
-    return picks
-
-
-def fit_table(presets=("gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m"), gpus=(1, 2, 8),
-              memories=(24, 40, 80), processes=None):
-    """Markdown: for each preset, GPU count and memory, the largest micro-batch whose traced peak
-    fits with DDP / FSDP / FSDP + activation checkpointing (bf16), or "-". Each (preset, GPUs,
-    parallelism) is searched in its own process (a few traces, each shape once)."""
-    rows = [(name, n, p) for name in presets for n in gpus for p in PARALLELISMS]
-    with multiprocessing.get_context("spawn").Pool(processes or os.cpu_count()) as pool:
-        picks = dict(zip(rows, pool.starmap(fit_row, [row + (memories,) for row in rows])))
-    header = "| preset | GPUs | " + " | ".join(f"{m} GB: {' / '.join(PARALLELISMS)}" for m in memories) + " |"
-    lines = [header, "|" + "---|" * (2 + len(memories))]
-    for name in presets:
-        for n in gpus:
-            cells = [" / ".join(f"B={picks[name, n, p][i]}" if picks[name, n, p][i] else "-"
-                                for p in PARALLELISMS) for i in range(len(memories))]
-            lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def checkpoint_bytes(parameters):
     """Bytes of one training checkpoint of a model with this many parameters."""
     return CHECKPOINT_BYTES_PER_PARAMETER * parameters + CHECKPOINT_OVERHEAD_BYTES
@@ -298,13 +310,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Memory plans for the GPT-2 presets")
     parser.add_argument("--fit-table", action="store_true",
                         help="print which preset fits on 1/2/8 GPUs of 24/40/80 GB (markdown; traced: "
-                             "minutes on CPU)")
+                             "trainer/fit_table.py)")
     parser.add_argument("--presets", default="gpt2-124m,gpt2-350m,gpt2-774m,gpt2-1558m",
                         help="comma-separated presets of the fit table")
     parser.add_argument("--processes", type=int, default=None,
                         help="traces run at once (default: one per CPU core)")
     args = parser.parse_args(argv)
     if args.fit_table:
+        from trainer.fit_table import fit_table  # the trackers' imports: only for the table
+
         print(fit_table(tuple(args.presets.split(",")), processes=args.processes))
     else:
         parser.print_help()

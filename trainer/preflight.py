@@ -7,14 +7,15 @@ and metadata only: the shard folder (a warning if its manifest says the pipeline
 it) and every shard's header and size, the training tokens the
 planned steps need (more than one epoch is a warning), the validation shard, the HellaSwag file
 (local only: training never downloads it) and whether its examples fit the model's context, the
-CORE bundle (local too), the tokenizer (offline), the output folder (writable, room for two checkpoints), the resume target,
+CORE bundle (local too), the tokenizer (offline), the output folder (writable, room for two checkpoints),
+a rank's memory for a set micro-batch (the traced plan where it is near the limit), the resume target,
 and wandb's credentials. Each problem is one line saying what is wrong and how to fix it, and all
 of them are listed, not only the first. train_gpt2.py runs the same checks at every start, on
 every rank, before any model or process group exists: each check costs milliseconds (HellaSwag's
 rendering about a second), and ranks on different nodes may see different disks (node-local
 data, a home folder without wandb's netrc), so each rank checks what it will itself read.
 
-The memory arithmetic (parameter counts, the memory plan, a checkpoint's size) is trainer/memory.py.
+The memory arithmetic (parameter counts, the memory plans, a checkpoint's size) is trainer/memory.py.
 """
 
 import importlib.util
@@ -35,7 +36,7 @@ from shards.manifest import MANIFEST, ManifestError, list_shards, read_manifest
 from models.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint
 from trainer.checkpoint import check_compatible
 from trainer.launch import record_exit
-from trainer.memory import GiB, MiB, checkpoint_bytes, count_parameters
+from trainer.memory import GiB, MiB, checkpoint_bytes, count_parameters, preflight_fit
 from trainer.presets import data_command
 from trainer.run_folder import refuse_mixing
 
@@ -74,6 +75,7 @@ def run_checks(cfg):
     check_hellaswag(cfg, tokenizer, report)
     check_core(cfg, tokenizer, report)
     check_out_dir(cfg, report)
+    check_memory(cfg, report)
     check_resume(cfg, report)
     check_wandb(cfg, report)
     return report
@@ -281,6 +283,17 @@ def check_out_dir(cfg, report):
                     f"another --out-dir")
     else:
         report.ok(f"--out-dir {out}: writable, {_size(free)} free, a checkpoint takes {_size(one)}")
+
+
+def check_memory(cfg, report):
+    """A run of a known micro-batch fits the memory of a rank (trainer/memory.py preflight_fit).
+    Without torchrun's WORLD_SIZE, one process; but FSDP's shards are not known before the launch
+    (slurm/train.sbatch's preflight on the batch host): not checked."""
+    if "WORLD_SIZE" not in os.environ and cfg.fsdp:
+        return
+    found = preflight_fit(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    if found:
+        report.add(*found)
 
 
 def check_resume(cfg, report):
