@@ -2,7 +2,7 @@
 recipe needs to reach that arm's end-of-schedule loss, divided by the tokens the arm used.
 
     python bench/speedrun.py                      # ../shared/data/tinyshakespeare, 0.5M tokens a run
-    python bench/speedrun.py --tokens 131072      # a quicker, noisier version
+    python bench/speedrun.py --tokens 131072 --curve 2,4,8,16   # 4x quicker; the curve to 2 epochs
     python bench/speedrun.py --data gpt2          # GPT-2 BPE tokens of the same text, 128K a run
 
 Arms, on Tiny Shakespeare (the lecture's 90/10 split), a 4-layer, 64-wide, 4-head model, T=64,
@@ -16,8 +16,8 @@ the ~11K ids that occur: a 50,257-wide embedding would dwarf a 64-wide model, an
 occur would only be pushed down, the same in every arm.
 Fair by construction: every arm sees the same windows (a seeded generator per seed), the same
 warmup-stable-decay schedule (5% warmup, flat, linear to 0.1x over the last 40%) and clipping at
-1.0; each arm's learning rate is swept over the same points per decade, widened past an edge
-whenever the best lands on one (the Muon arms' AdamW lr is 1e-2, as the pilot's); only
+1.0; each arm's learning rate is swept over 4 points, widened past an edge while the best
+lands on one (the Muon arms' AdamW lr is 1e-2, as the pilot's); only
 end-of-schedule validation losses count (the whole val split); the best learning rate of each arm
 is run again with a second seed. The faithful arm's best learning rate also runs --curve times
 the tokens, for both seeds: each seed's curve tokens -> loss, on which that seed's arm losses

@@ -17,21 +17,28 @@ speedrun = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(speedrun)
 
 VOCAB = 16
+NOISE = 0.1
 TOKENS = 65_536  # 64 steps of 1,024 tokens: 1 epoch of the training stream
 # each arm's best on this stream at this budget, seed 0 (faithful swept 1.5e-3 to 2e-2: 6e-3
 # 2.431, 3e-3 2.434; muon 0.02 to 0.05: 0.05 2.347), so that the faithful arm is not handicapped
 ARM_LRS = {"faithful": 6e-3, "muon": 0.05, "modern": 1e-2, "speedrun": 0.03}
 
 
-def second_order_stream(n, seed=0):
-    """Tokens where each follows its two predecessors (one of 2 successors a pair), 10% noise."""
+def second_order_stream(n_train, n_val, seed=0):
+    """(train, val) tokens where each follows its two predecessors (one of 2 successors a pair),
+    10% noise; and the true distribution's mean loss on val: no model can honestly go below it."""
+    n = n_train + n_val
     rng = np.random.default_rng(seed)
     successors = rng.integers(0, VOCAB, size=(VOCAB, VOCAB, 2))
     tokens = [0, 1]
     for _ in range(n - 2):
-        noisy = rng.random() < 0.1
+        noisy = rng.random() < NOISE
         tokens.append(int(rng.integers(0, VOCAB)) if noisy else int(successors[tokens[-2], tokens[-1], rng.integers(0, 2)]))
-    return torch.tensor(tokens)
+    tokens = np.array(tokens)
+    chosen = successors[tokens[:-2], tokens[1:-1]]  # (n - 2, 2): each pair's successors
+    p = NOISE / VOCAB + (1 - NOISE) / 2 * (chosen == tokens[2:, None]).sum(1)
+    tokens = torch.from_numpy(tokens)
+    return tokens[:n_train], tokens[n_train:], -np.log(p[-n_val:]).mean()
 
 
 def test_a_loss_is_placed_on_the_faithful_curve_in_log_tokens_and_never_past_its_ends():
@@ -62,9 +69,10 @@ def test_bad_input_is_refused_in_one_line(argv, message, capsys):
 
 @pytest.mark.slow
 def test_the_speedrun_arm_beats_muon_alone_and_the_block_alone_which_beat_faithful_for_both_seeds():
-    stream = second_order_stream(TOKENS + 4096)
-    data = (stream[:TOKENS], stream[TOKENS:], VOCAB)
+    train_ids, val_ids, true_loss = second_order_stream(TOKENS, 4096)
+    data = (train_ids, val_ids, VOCAB)
     for seed in (0, 1):
         loss = {arm: speedrun.train((arm, lr, TOKENS, seed, data)) for arm, lr in ARM_LRS.items()}
+        assert min(loss.values()) > true_loss, (seed, loss, true_loss)  # a model seeing ahead would
         assert loss["speedrun"] < min(loss["muon"], loss["modern"]), (seed, loss)
         assert max(loss["muon"], loss["modern"]) < loss["faithful"], (seed, loss)
