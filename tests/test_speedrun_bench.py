@@ -1,4 +1,4 @@
-"""bench/speedrun.py: how it places a loss on the faithful curve and widens a sweep, its refusals,
+"""bench/speedrun.py: how it places a loss on the faithful curve and widens a sweep, its GPT-2 data, its refusals,
 and its ordering of the four arms on a budget a test can afford (64 steps a run, ~1 min on 2
 quiet cores) on a stream made where a clone has no data: each token chosen by the two before it,
 so position (wpe, rotary) and attention matter, not only the embedding."""
@@ -54,6 +54,13 @@ def test_a_sweep_is_widened_past_the_edge_its_best_lr_sits_on():
     assert speedrun.widened(lrs, 2e-2) == (3e-3, 6e-3, 1e-2, 2e-2, 0.04)
     assert speedrun.widened(lrs, 3e-3) == (0.0015, 3e-3, 6e-3, 1e-2, 2e-2)
     assert speedrun.widened(lrs, 6e-3) is None
+
+
+def test_gpt2_data_is_gpt2s_tokens_renumbered_to_those_that_occur_in_their_id_order():
+    # GPT-2 ids: First 5962, Citizen 22307, ":" 25, " hello" 23748, " world" 995, "," 11
+    train_ids, val_ids, vocab_size = speedrun.load_gpt2("First Citizen: hello world, hello Citizen")
+    assert vocab_size == 6  # occurring, by id: 11 25 995 5962 22307 23748 -> 0..5
+    assert train_ids.tolist() == [3, 4, 1, 5, 2, 0, 5] and val_ids.tolist() == [4]  # the 90/10 split
 
 
 @pytest.mark.parametrize("argv, message", [
