@@ -1,7 +1,7 @@
-"""bench/speedrun.py: how it places a loss on the faithful curve and widens a sweep, its GPT-2 data, its refusals,
-and its ordering of the four arms on a budget a test can afford (64 steps a run, ~1 min on 2
-quiet cores) on a stream made where a clone has no data: each token chosen by the two before it,
-so position (wpe, rotary) and attention matter, not only the embedding."""
+"""bench/speedrun.py: how it places a loss on the faithful curve and widens a sweep, its GPT-2
+data, its refusals, and its ordering of the four arms on a budget a test can afford (64 steps a
+run, ~1 min on 2 quiet cores) on a stream made where a clone has no data: each token chosen by
+the two before it, so position (wpe, rotary) and attention matter, not only the embedding."""
 
 import importlib.util
 import math
