@@ -19,9 +19,10 @@ warmup-stable-decay schedule (5% warmup, flat, linear to 0.1x over the last 40%)
 1.0; each arm's learning rate is swept over 4 points, widened past an edge while the best
 lands on one (the Muon arms' AdamW lr is 1e-2, as the pilot's); only
 end-of-schedule validation losses count (the whole val split); the best learning rate of each arm
-is run again with a second seed. The faithful arm's best learning rate also runs --curve times
-the tokens, for both seeds: each seed's curve tokens -> loss, on which that seed's arm losses
-are placed (linear in log tokens). A loss below the curve's last point is reported as "> Nx",
+is run again with a second seed. The faithful arm also runs --curve times the tokens, its
+learning rate swept again there (the 1x best and its neighbours, widened likewise), the best for
+both seeds: each seed's curve tokens -> loss, on which that seed's arm losses are placed (linear
+in log tokens). A loss below the curve's last point is reported as "> Nx",
 never extrapolated. Runs go --workers at a time, one thread each.
 """
 
@@ -207,15 +208,30 @@ def measure(data, tokens, curve_multiples=(2, 4), workers=2, sweeps=SWEEPS, resu
             sweeps.update(wider)
             run([(arm, lr, tokens, 0) for arm, lrs in wider.items() for lr in lrs])
         best = {arm: best_lr(arm) for arm in sweeps}
+
+        # each curve point at its own best lr: a longer run may want another (3x more runs a
+        # point, the 1x best and its sweep neighbours, widened as the sweeps are)
+        def curve_best(k):
+            return min(curve_lrs[k], key=lambda lr: runs[("faithful", lr, k * tokens, 0)])
+
+        i = sweeps["faithful"].index(best["faithful"])
+        curve_lrs = {k: sweeps["faithful"][max(0, i - 1):i + 2] for k in curve_multiples}
         run([(arm, best[arm], tokens, 1) for arm in sweeps] +
-            [("faithful", best["faithful"], k * tokens, 0) for k in curve_multiples])
-        run([("faithful", best["faithful"], k * tokens, 1) for k in curve_multiples])
+            [("faithful", lr, k * tokens, 0) for k, lrs in curve_lrs.items() for lr in lrs])
+        for _ in range(MAX_WIDENINGS):
+            wider = {k: lrs for k in curve_lrs if (lrs := widened(curve_lrs[k], curve_best(k)))}
+            if not wider:
+                break
+            curve_lrs.update(wider)
+            run([("faithful", lr, k * tokens, 0) for k, lrs in wider.items() for lr in lrs])
+        curve_lr = {1: best["faithful"], **{k: curve_best(k) for k in curve_multiples}}
+        run([("faithful", curve_lr[k], k * tokens, 1) for k in curve_multiples])
     losses = {arm: [runs[(arm, best[arm], tokens, seed)] for seed in (0, 1)] for arm in sweeps}
-    curves = [[(tokens, losses["faithful"][seed])] +
-              [(k * tokens, runs[("faithful", best["faithful"], k * tokens, seed)]) for k in curve_multiples]
+    curves = [[(k * tokens, runs[("faithful", curve_lr[k], k * tokens, seed)]) for k in curve_lr]
               for seed in (0, 1)]
     ratios = {arm: [tokens_ratio(losses[arm][seed], tokens, curves[seed]) for seed in (0, 1)] for arm in sweeps}
-    return dict(sweeps=sweeps, best=best, runs=runs, losses=losses, curves=curves, ratios=ratios)
+    return dict(sweeps=sweeps, best=best, runs=runs, losses=losses, curves=curves, ratios=ratios,
+                curve_lrs=curve_lrs, curve_lr=curve_lr)
 
 
 def report(result, tokens, train_tokens, unit):
@@ -227,9 +243,13 @@ def report(result, tokens, train_tokens, unit):
         cells = [f"{lr:g}: {runs[(arm, lr, tokens, 0)]:.4f}" for lr in lrs]
         edge = " (best at the sweep's edge)" if best[arm] in (lrs[0], lrs[-1]) else ""
         print(f"  {arm:9s} lr sweep (seed 0): " + ", ".join(cells) + edge)
+    for k, lrs in result["curve_lrs"].items():
+        cells = [f"{lr:g}: {runs[('faithful', lr, k * tokens, 0)]:.4f}" for lr in lrs]
+        print(f"  faithful  lr sweep at {k}x the tokens (seed 0): " + ", ".join(cells))
     for seed, curve in enumerate(result["curves"]):
         print(f"\n  faithful curve, seed {seed}: " + ", ".join(
-            f"{t:,} tokens ({t / train_tokens:.1f} ep) {loss:.4f}" for t, loss in curve))
+            f"{t:,} tokens ({t / train_tokens:.1f} ep, lr {lr:g}) {loss:.4f}"
+            for (t, loss), lr in zip(curve, result["curve_lr"].values())))
     print(f"\n  {'arm':9s} {'best lr':>8s} {'seed 0':>7s} {'seed 1':>7s}  "
           "tokens the faithful recipe needs / tokens used (seed 0, seed 1)")
     for arm in sweeps:
