@@ -144,5 +144,6 @@ def fit_table(presets=PRESETS, gpus=GPUS, memories=MEMORIES_GB, processes=None):
                               for p in PARALLELISMS) for m in memories]
             lines.append(f"| {name} | {n} | " + " | ".join(row) + " |")
     lines.append(f"\nAll {len(picks)} cells traced, none measured on a GPU: {len(peaks)} shapes "
-                 f"traced in {minutes:.1f} min ({processes} processes, {cpu_minutes:.1f} min of CPU).")
+                 f"traced in {minutes:.1f} min ({processes} process{'es' if processes > 1 else ''}, "
+                 f"{cpu_minutes:.1f} min of CPU).")
     return "\n".join(lines)
