@@ -10,7 +10,11 @@ PyTorch's own trackers count the live bytes after every operation: MemTracker, a
 FSDPMemTracker (sharded and unsharded weights and gradients) in a fake process group of the
 target world size. Each step has the run's shape: two micro-steps when the run accumulates (the
 gradients of the first are held while the second runs), the global-norm clip, fused AdamW. The
-peak of the second step is the steady state, AdamW's moments resident from its start.
+peak is the second step's alone, the steady state, AdamW's moments resident from its start: the
+first step's is not the run's, and under FSDP it also counts DTensor's sharding propagation,
+which meets each new op and shape once in a process by running it on fake tensors of the
+unsharded size (four copies of the weights at fused AdamW's first call), so a first trace would
+differ from the next trace of the same shape.
 
 What the trace does not run, and how it stands in for it:
 - DDP: its C++ reducer cannot hold fake tensors, so the model is traced unwrapped with what DDP
@@ -86,7 +90,9 @@ def trace_training_step(cfg, world_size, device_type="cuda"):
             tracker = PeakTracker()
             tracker.track_external(model, *optimizer, x)
         with tracker:
-            for _ in range(2):  # AdamW's state is made by the first step: the second is the run's
+            for step in range(2):  # AdamW's state is made by the first step: the second is the run's
+                if step == 1:
+                    tracker.forget_peak()  # from the live bytes now: the steady step's peak alone
                 optimizer.zero_grad(set_to_none=not ddp)  # DDP zeroes its buckets in place
                 for micro_step in range(steps):
                     tracker.reset_mod_stats()  # the trackers refuse a module's second forward
@@ -115,6 +121,11 @@ class _GlobalPeakOnly:
             if self._peak_mem.get(device, 0) < snapshot["Total"]:
                 self._peak_mem[device] = snapshot["Total"]
                 self._peak_mem_snap[device] = dict(snapshot)
+
+    def forget_peak(self):
+        """The peak so far set to the live bytes now."""
+        self._peak_mem = {device: snapshot["Total"] for device, snapshot in self._curr_mem_snap.items()}
+        self._peak_mem_snap = {device: dict(snapshot) for device, snapshot in self._curr_mem_snap.items()}
 
 
 class PeakTracker(_GlobalPeakOnly, MemTracker):
